@@ -1,0 +1,130 @@
+"""Hive-style partitioned Parquet tables: `{base}/{table}/dt={YYYY-MM-DD}/part-*.parquet`.
+
+A partition is replaced by writing the new files into a hidden staging folder (names starting with `_`
+are ignored by pyarrow.dataset, Spark, DuckDB and Athena) and swapping folders with renames, so a
+reader sees either the old files or the new ones, never a half-written file or a mix of both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARTITION_COLUMN = "dt"
+STAGING_DIR = "_staging"
+ROWS_PER_FILE = 2_000_000
+ROW_GROUP_SIZE = 256 * 1024
+
+
+class PartitionNotFoundError(FileNotFoundError):
+    """A partition that was asked for has never been written."""
+
+
+class PartitionedParquetStore:
+    """Reads and atomically replaces daily partitions of Parquet tables under one base folder."""
+
+    def __init__(self, base_uri: str | os.PathLike[str]):
+        base = str(base_uri)
+        if "://" in base and not base.startswith("file://"):
+            raise ValueError(f"storage URI {base!r} is not a local path; only local storage is supported here")
+        self.base = Path(base.removeprefix("file://")).absolute()
+
+    def table_dir(self, table: str) -> Path:
+        """The folder of one table."""
+        return self.base / table
+
+    def partition_dir(self, table: str, dt: str) -> Path:
+        """The folder of one day of one table."""
+        return self.table_dir(table) / f"{PARTITION_COLUMN}={dt}"
+
+    def has_partition(self, table: str, dt: str) -> bool:
+        """Whether the day has been written."""
+        self._restore_interrupted_swap(table, dt)
+        return self.partition_dir(table, dt).is_dir()
+
+    def partition_files(self, table: str, dt: str) -> list[Path]:
+        """The day's Parquet files in read order."""
+        self._restore_interrupted_swap(table, dt)
+        folder = self.partition_dir(table, dt)
+        if not folder.is_dir():
+            raise PartitionNotFoundError(f"no partition dt={dt} of table {table!r}: {folder} does not exist")
+        return sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith((".", "_")))
+
+    def read_partition(self, table: str, dt: str, columns: Iterable[str] | None = None) -> pa.Table:
+        """The whole day as one Arrow table (an empty day keeps its schema)."""
+        files = self.partition_files(table, dt)
+        cols = list(columns) if columns is not None else None
+        tables = [pq.read_table(f, columns=cols) for f in files]
+        if len(tables) == 1:
+            return tables[0]
+        return pa.concat_tables(tables)
+
+    def iter_batches(
+        self, table: str, dt: str, batch_size: int, columns: Iterable[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The day as a stream of record batches, so memory stays bounded by the batch size."""
+        cols = list(columns) if columns is not None else None
+        for path in self.partition_files(table, dt):
+            with pq.ParquetFile(path) as pf:
+                yield from pf.iter_batches(batch_size=batch_size, columns=cols)
+
+    def write_partition(self, table: str, dt: str, data: pa.Table) -> Path:
+        """Replace the day's files with `data`, atomically for readers."""
+        self._restore_interrupted_swap(table, dt)
+        table_dir = self.table_dir(table)
+        staging_root = table_dir / STAGING_DIR
+        token = uuid.uuid4().hex
+        staging = staging_root / f"{PARTITION_COLUMN}={dt}.{token}"
+        staging.mkdir(parents=True, exist_ok=False)
+        try:
+            for i, offset in enumerate(range(0, max(data.num_rows, 1), ROWS_PER_FILE)):
+                _write_file(staging / f"part-{i:05d}.parquet", data.slice(offset, ROWS_PER_FILE))
+            _fsync_dir(staging)
+            final = self.partition_dir(table, dt)
+            previous = staging_root / f"{PARTITION_COLUMN}={dt}.{token}.previous"
+            if final.exists():
+                os.rename(final, previous)
+            os.rename(staging, final)
+            _fsync_dir(table_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
+        return final
+
+    def delete_partition(self, table: str, dt: str) -> None:
+        """Remove the day's folder if present."""
+        shutil.rmtree(self.partition_dir(table, dt), ignore_errors=True)
+
+    def _restore_interrupted_swap(self, table: str, dt: str) -> None:
+        # A process killed between the two renames of a swap leaves the day only in `.previous`.
+        final = self.partition_dir(table, dt)
+        if final.exists():
+            return
+        staging_root = self.table_dir(table) / STAGING_DIR
+        if not staging_root.is_dir():
+            return
+        leftovers = sorted(staging_root.glob(f"{PARTITION_COLUMN}={dt}.*.previous"), key=lambda p: p.stat().st_mtime)
+        if leftovers:
+            os.rename(leftovers[-1], final)
+
+
+def _write_file(path: Path, data: pa.Table) -> None:
+    with open(path, "wb") as sink:
+        pq.write_table(data, sink, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,7 @@
+"""The one partitioning scheme of the project: UTC days from 2025-01-01."""
+
+import dagster as dg
+
+PARTITIONS_START = "2025-01-01"
+
+daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")

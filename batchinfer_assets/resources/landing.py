@@ -1,0 +1,64 @@
+"""Landing zones: where a day's raw transactions come from."""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame, read_landing_day
+from batchinfer_assets.lib.synthetic import DEFAULT_SEED, generate_day
+
+
+class LandingZoneResource(dg.ConfigurableResource, ABC):
+    """A source of one day of transactions in the contract's landing columns."""
+
+    allow_empty_days: bool = Field(
+        default=False, description="Accept a day with zero transactions instead of failing it."
+    )
+
+    @abstractmethod
+    def location(self, day: dt.date) -> str:
+        """Where the day's data is read from, for messages and metadata."""
+
+    @abstractmethod
+    def _read_day(self, day: dt.date) -> pd.DataFrame:
+        """The day's rows, conformed to the landing columns."""
+
+    def load_day(self, day: dt.date) -> pd.DataFrame:
+        """The day's transactions; an empty day is an error unless allowed."""
+        frame = self._read_day(day)
+        if frame.empty and not self.allow_empty_days:
+            raise LandingDataError(
+                f"landing data for {day.isoformat()} at {self.location(day)} has no rows "
+                "(set allow_empty_days on the landing zone resource to accept empty days)"
+            )
+        return frame
+
+
+class SyntheticLandingZoneResource(LandingZoneResource):
+    """The built-in deterministic card-traffic generator: the same rows for the same day everywhere."""
+
+    rows_per_day: int = Field(default=20_000, gt=0, description="Transactions generated per day.")
+    seed: int = Field(default=DEFAULT_SEED, description="Seed of the customer population and every day's draw.")
+
+    def location(self, day: dt.date) -> str:
+        return f"synthetic://seed={self.seed}/rows={self.rows_per_day}/dt={day.isoformat()}"
+
+    def _read_day(self, day: dt.date) -> pd.DataFrame:
+        return conform_landing_frame(generate_day(day, self.rows_per_day, seed=self.seed), source=self.location(day))
+
+
+class ParquetLandingZoneResource(LandingZoneResource):
+    """Parquet files under `{uri}/dt={YYYY-MM-DD}/`, as an upstream system lands them."""
+
+    uri: str = Field(description="Root of the landing zone: a local folder.")
+
+    def location(self, day: dt.date) -> str:
+        return f"{self.uri.rstrip('/')}/dt={day.isoformat()}/"
+
+    def _read_day(self, day: dt.date) -> pd.DataFrame:
+        return read_landing_day(self.uri, day)

@@ -1,0 +1,108 @@
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from batchinfer_assets.lib.parquet_store import STAGING_DIR, PartitionedParquetStore, PartitionNotFoundError
+
+
+def _table(n: int, offset: int = 0) -> pa.Table:
+    return pa.table({"transaction_id": [f"t{i}" for i in range(offset, offset + n)], "score": [i / 10 for i in range(n)]})
+
+
+def test_write_then_read_roundtrip_in_hive_layout(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("predictions", "2025-01-02", _table(5))
+
+    files = list((tmp_path / "predictions" / "dt=2025-01-02").glob("*.parquet"))
+    assert len(files) == 1
+    assert store.read_partition("predictions", "2025-01-02").equals(_table(5))
+
+
+def test_rewrite_replaces_never_appends(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("predictions", "2025-01-02", _table(5))
+    store.write_partition("predictions", "2025-01-02", _table(3, offset=100))
+
+    assert store.read_partition("predictions", "2025-01-02").column("transaction_id").to_pylist() == ["t100", "t101", "t102"]
+    assert os.listdir(tmp_path / "predictions" / STAGING_DIR) == []
+
+
+def test_other_days_untouched_by_a_write(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+    before = (tmp_path / "t" / "dt=2025-01-01").stat().st_ino
+    store.write_partition("t", "2025-01-02", _table(3))
+    assert (tmp_path / "t" / "dt=2025-01-01").stat().st_ino == before
+
+
+def test_hive_readers_see_dt_column_and_ignore_staging(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+    store.write_partition("t", "2025-01-02", _table(3))
+    (tmp_path / "t" / STAGING_DIR / "dt=2025-01-03.abc").mkdir(parents=True)
+    (tmp_path / "t" / STAGING_DIR / "dt=2025-01-03.abc" / "part-00000.parquet").write_bytes(b"half written")
+
+    dataset = ds.dataset(tmp_path / "t", format="parquet", partitioning="hive")
+    table = dataset.to_table()
+    assert table.num_rows == 5
+    assert sorted(set(table.column("dt").to_pylist())) == ["2025-01-01", "2025-01-02"]
+
+
+def test_missing_partition_names_table_and_day(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    with pytest.raises(PartitionNotFoundError, match=r"dt=2025-02-03 of table 'predictions'"):
+        store.read_partition("predictions", "2025-02-03")
+
+
+def test_failed_write_keeps_previous_files(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+
+
+    with pytest.raises(AttributeError):
+        store.write_partition("t", "2025-01-01", None)  # type: ignore[arg-type]
+    assert store.read_partition("t", "2025-01-01").equals(_table(2))
+    assert os.listdir(tmp_path / "t" / STAGING_DIR) == []
+
+
+def test_interrupted_swap_is_restored(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+    # Simulate a process killed between the two renames of a swap.
+    staging = tmp_path / "t" / STAGING_DIR
+    os.rename(tmp_path / "t" / "dt=2025-01-01", staging / "dt=2025-01-01.deadbeef.previous")
+
+    assert store.read_partition("t", "2025-01-01").equals(_table(2))
+
+
+def test_killed_writer_leaves_previous_day_intact(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(3))
+    # A real process writes a large day and is killed with SIGKILL while writing.
+    script = (
+        "import sys, pyarrow as pa\n"
+        "from batchinfer_assets.lib import parquet_store as ps\n"
+        "ps.ROWS_PER_FILE = 10_000\n"
+        "store = ps.PartitionedParquetStore(sys.argv[1])\n"
+        "real = ps._write_file\n"
+        "def slow(path, data):\n"
+        "    real(path, data)\n"
+        "    print('wrote', path, flush=True)\n"
+        "    import time; time.sleep(30)\n"
+        "ps._write_file = slow\n"
+        "store.write_partition('t', '2025-01-01', pa.table({'transaction_id': [str(i) for i in range(50_000)], 'score': [0.5] * 50_000}))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith("wrote")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+    assert store.read_partition("t", "2025-01-01").equals(_table(3))
+    visible = ds.dataset(tmp_path / "t", format="parquet", partitioning="hive").to_table()
+    assert visible.num_rows == 3

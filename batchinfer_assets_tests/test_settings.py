@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from batchinfer_assets.settings import DEFAULT_MODEL_URI, Settings
+
+
+def test_embedded_defaults_live_under_the_working_directory(tmp_path):
+    settings = Settings.from_env({}, cwd=tmp_path)
+
+    home = tmp_path / ".batchinfer"
+    assert settings.home == home
+    assert settings.storage_uri == str(home / "storage")
+    assert settings.landing_uri is None
+    assert settings.rows_per_day == 20_000
+    assert settings.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    assert settings.model_uri == DEFAULT_MODEL_URI
+    assert settings.device == "auto"
+    assert settings.batch_size is None
+    assert settings.max_invalid_fraction == 0.01
+    assert settings.predictions_db_url == f"sqlite:///{home / 'predictions.db'}"
+    assert settings.artifact_location == (home / "mlartifacts").as_uri()
+
+
+def test_every_contract_variable_is_honoured(tmp_path):
+    env = {
+        "BATCHINFER_HOME": str(tmp_path / "h"),
+        "BATCHINFER_STORAGE_URI": "s3://bucket/prefix",
+        "BATCHINFER_LANDING_URI": "/data/landing",
+        "BATCHINFER_DEMO_ROWS_PER_DAY": "500",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "BATCHINFER_MODEL_URI": "models:/mine/3",
+        "BATCHINFER_DEVICE": "cuda:1",
+        "BATCHINFER_BATCH_SIZE": "4096",
+        "BATCHINFER_MAX_INVALID_FRACTION": "0.05",
+        "BATCHINFER_PREDICTIONS_DB_URL": "postgresql+psycopg://u:p@db/preds",
+    }
+    s = Settings.from_env(env)
+    assert (s.home, s.storage_uri, s.landing_uri, s.rows_per_day) == (Path(tmp_path / "h"), "s3://bucket/prefix", "/data/landing", 500)
+    assert (s.tracking_uri, s.model_uri, s.device, s.batch_size) == ("http://mlflow:5000", "models:/mine/3", "cuda:1", 4096)
+    assert (s.max_invalid_fraction, s.predictions_db_url) == (0.05, "postgresql+psycopg://u:p@db/preds")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BATCHINFER_DEMO_ROWS_PER_DAY", "many"),
+        ("BATCHINFER_DEMO_ROWS_PER_DAY", "0"),
+        ("BATCHINFER_BATCH_SIZE", "-3"),
+        ("BATCHINFER_MAX_INVALID_FRACTION", "1.5"),
+        ("BATCHINFER_MAX_INVALID_FRACTION", "ten percent"),
+    ],
+)
+def test_bad_values_name_the_variable(tmp_path, name, value):
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env({name: value}, cwd=tmp_path)

@@ -35,7 +35,7 @@ class HiveParquetIOManager(dg.ConfigurableIOManager):
         for dt, frame in frames.items():
             store.write_partition(table, dt, pa.Table.from_pandas(frame, preserve_index=False))
             row_counts[dt] = len(frame)
-        metadata: dict[str, dg.RawMetadataValue] = {
+        metadata: dict[str, object] = {
             "uri": dg.MetadataValue.path(str(store.table_dir(table))),
             "row_count": sum(row_counts.values()),
         }

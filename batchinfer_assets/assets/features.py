@@ -1,0 +1,122 @@
+"""Row validation with quarantine, and the model-ready features of the valid rows."""
+
+from collections import Counter
+
+import dagster as dg
+import pandas as pd
+
+from batchinfer_assets.assets._partitions import as_date, per_day_metadata, run_days
+from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
+from batchinfer_assets.partitions import daily_partitions
+from batchinfer_assets.resources.validation import ValidationPolicyResource
+from batchinfer_assets.schemas import split_valid_rows
+
+INVALID_SHARE_CHECK = "invalid_share_within_limit"
+_SAMPLE_ROWS = 10
+
+
+@dg.multi_asset(
+    outs={
+        "transaction_features": dg.AssetOut(
+            description="Model-ready numeric features, one row per valid transaction.",
+            kinds={"pandas", "parquet"},
+            code_version="1",
+            metadata={"features": dg.MetadataValue.json(FEATURE_DESCRIPTIONS)},
+        ),
+        "quarantined_transactions": dg.AssetOut(
+            description="Raw rows that failed validation, with the reason for each row.",
+            kinds={"pandas", "parquet"},
+            code_version="1",
+        ),
+    },
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name="features",
+    check_specs=[
+        dg.AssetCheckSpec(
+            INVALID_SHARE_CHECK,
+            asset="transaction_features",
+            blocking=True,
+            description="The day's quarantined share stays within the validation policy's limit.",
+        )
+    ],
+)
+def transaction_features(
+    context: dg.AssetExecutionContext,
+    raw_transactions: dict[str, pd.DataFrame],
+    validation_policy: ValidationPolicyResource,
+):
+    """Validates each day's raw rows, quarantines the bad ones and builds features from the rest."""
+    features: dict[str, pd.DataFrame] = {}
+    quarantine: dict[str, pd.DataFrame] = {}
+    shares: dict[str, float] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    for day in run_days(context):
+        raw = raw_transactions[day]
+        valid, bad = split_valid_rows(raw, as_date(day))
+        features[day] = build_features(valid)
+        quarantine[day] = bad
+        shares[day] = len(bad) / len(raw) if len(raw) else 0.0
+        reasons[day] = _reason_counts(bad)
+        if len(bad):
+            context.log.warning(f"{day}: quarantined {len(bad)} of {len(raw)} rows: {reasons[day]}")
+
+    yield dg.Output(
+        features,
+        output_name="transaction_features",
+        metadata={
+            "row_count": sum(len(f) for f in features.values()),
+            "feature_count": len(FEATURE_COLUMNS),
+            **per_day_metadata({d: len(f) for d, f in features.items()}),
+        },
+    )
+    total_bad = sum(len(q) for q in quarantine.values())
+    yield dg.Output(
+        quarantine,
+        output_name="quarantined_transactions",
+        metadata={
+            "quarantined_rows": total_bad,
+            "reasons": dg.MetadataValue.json(_merge_counts(reasons.values())),
+            **per_day_metadata(reasons),
+        },
+    )
+
+    limit = validation_policy.max_invalid_fraction
+    blocked = sorted(d for d, share in shares.items() if share > limit)
+    worst = max(shares, key=lambda d: shares[d])
+    sample = quarantine[worst].head(_SAMPLE_ROWS)
+    yield dg.AssetCheckResult(
+        check_name=INVALID_SHARE_CHECK,
+        asset_key="transaction_features",
+        passed=not blocked,
+        metadata={
+            "max_invalid_fraction": limit,
+            "invalid_fraction": shares[worst],
+            "quarantined_rows": total_bad,
+            "reasons": dg.MetadataValue.json(reasons[worst]),
+            "blocked_days": dg.MetadataValue.json(blocked),
+            "sample_failing_rows": dg.MetadataValue.md(sample.to_markdown(index=False) if len(sample) else "none"),
+            **per_day_metadata({d: round(s, 6) for d, s in shares.items()}),
+        },
+        description=(
+            f"{len(blocked)} day(s) over the {limit:.2%} limit: {', '.join(blocked)}"
+            if blocked
+            else f"worst day {worst}: {shares[worst]:.3%} quarantined (limit {limit:.2%})"
+        ),
+    )
+
+
+def _reason_counts(quarantined: pd.DataFrame) -> dict[str, int]:
+    if quarantined.empty:
+        return {}
+    counts: Counter[str] = Counter()
+    for reason in quarantined["reason"].astype(str):
+        counts.update(r.strip() for r in reason.split(";") if r.strip())
+    return dict(counts.most_common())
+
+
+def _merge_counts(counts: object) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for c in counts:  # type: ignore[attr-defined]
+        total.update(c)
+    return dict(total.most_common())

@@ -1,0 +1,54 @@
+"""The code location: every asset, check, job, schedule and resource, built from explicit settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from batchinfer_assets.assets import features, ingest, monitoring, scoring, serving, snapshot
+from batchinfer_assets.jobs import daily_scoring_job
+from batchinfer_assets.resources.landing import (
+    LandingZoneResource,
+    ParquetLandingZoneResource,
+    SyntheticLandingZoneResource,
+)
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
+from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.storage import HiveParquetIOManager
+from batchinfer_assets.resources.torch_scorer import TorchScorerResource
+from batchinfer_assets.resources.validation import ValidationPolicyResource
+from batchinfer_assets.schedules import daily_scoring_schedule
+from batchinfer_assets.settings import Settings
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    """The resources for one set of settings: the only place implementations are chosen."""
+    landing_zone: LandingZoneResource = (
+        ParquetLandingZoneResource(uri=settings.landing_uri)
+        if settings.landing_uri
+        else SyntheticLandingZoneResource(rows_per_day=settings.rows_per_day)
+    )
+    return {
+        "io_manager": HiveParquetIOManager(base_uri=settings.storage_uri),
+        "landing_zone": landing_zone,
+        "validation_policy": ValidationPolicyResource(max_invalid_fraction=settings.max_invalid_fraction),
+        "model_registry": MlflowModelRegistryResource(
+            tracking_uri=settings.tracking_uri,
+            model_uri=settings.model_uri,
+            artifact_location=settings.artifact_location,
+        ),
+        "torch_scorer": TorchScorerResource(device=settings.device, batch_size=settings.batch_size),
+        "prediction_db": PredictionDatabaseResource(url=settings.predictions_db_url),
+    }
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """All definitions of the project, wired to the given settings."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([ingest, features, snapshot, scoring, monitoring, serving]),
+        jobs=[daily_scoring_job],
+        schedules=[daily_scoring_schedule],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,97 @@
+"""The MLflow model registry the scorer resolves its model from."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field, PrivateAttr
+
+from batchinfer_assets.lib.model_loading import (
+    DEFAULT_MODEL_URI,
+    ModelNotFoundError,
+    ResolvedModel,
+    default_artifact_location,
+    describe_model,
+    load_reference_frame,
+    make_client,
+    pin_model_uri,
+)
+
+__all__ = ["DEFAULT_MODEL_URI", "MlflowModelRegistryResource", "ModelNotFoundError", "ResolvedModel"]
+
+
+class MlflowModelRegistryResource(dg.ConfigurableResource):
+    """Resolves a model URI to one pinned MLflow model version, registering the demo model when the default is absent."""
+
+    tracking_uri: str = Field(description="MLflow tracking URI, e.g. sqlite:///.batchinfer/mlflow.db or http://mlflow:5000.")
+    registry_uri: Optional[str] = Field(
+        default=None, description="MLflow model registry URI; the tracking URI when unset."
+    )
+    model_uri: str = Field(
+        default=DEFAULT_MODEL_URI,
+        description="Model to score with: models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>.",
+    )
+    artifact_location: Optional[str] = Field(
+        default=None,
+        description=(
+            "Artifact location of the demo experiment when it has to be created; unset: an `mlartifacts` "
+            "folder beside a local sqlite database, else the server's default."
+        ),
+    )
+    demo_when_missing: bool = Field(
+        default=True,
+        description=(
+            f"Train and register the demo model when model_uri is the default ({DEFAULT_MODEL_URI}) and the "
+            "registry lacks it. Any other missing model is an error."
+        ),
+    )
+
+    _described: dict[str, ResolvedModel] = PrivateAttr(default_factory=dict)
+
+    def _client(self):
+        return make_client(self.tracking_uri, self.registry_uri)
+
+    def resolve(self) -> ResolvedModel:
+        """Pin model_uri to one immutable version and describe it (checksum, input columns, format)."""
+        client = self._client()
+        try:
+            pinned_uri, *_ = pin_model_uri(client, self.model_uri, self.tracking_uri)
+        except ModelNotFoundError:
+            if not (self.demo_when_missing and self.model_uri == DEFAULT_MODEL_URI):
+                raise
+            self._register_demo()
+            pinned_uri, *_ = pin_model_uri(client, self.model_uri, self.tracking_uri)
+        # An alias can move between calls, so it is looked up every time; what a pinned version
+        # holds cannot change, so its download and checksum are done once.
+        cached = self._described.get(pinned_uri)
+        if cached is None:
+            cached = describe_model(
+                client, pinned_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
+            )
+            self._described[pinned_uri] = cached
+        return _with_requested(cached, self.model_uri)
+
+    def _register_demo(self) -> str:
+        # Imported here: the demo pulls in the synthetic source and training code, which a user's
+        # own model never needs.
+        from batchinfer_assets.lib.demo_model import DEMO_ALIAS, DEMO_MODEL_NAME, register_demo_model
+
+        return register_demo_model(
+            tracking_uri=self.tracking_uri,
+            registry_uri=self.registry_uri,
+            artifact_location=self.artifact_location or default_artifact_location(self.tracking_uri),
+            model_name=DEMO_MODEL_NAME,
+            alias=DEMO_ALIAS,
+        )
+
+    def load_reference(self, resolved: ResolvedModel) -> pd.DataFrame | None:
+        """The model run's `reference/training_sample.parquet` artifact, or None when it has none."""
+        return load_reference_frame(self._client(), resolved.run_id)
+
+
+def _with_requested(resolved: ResolvedModel, requested_uri: str) -> ResolvedModel:
+    from dataclasses import replace
+
+    return resolved if resolved.requested_uri == requested_uri else replace(resolved, requested_uri=requested_uri)

@@ -1,0 +1,62 @@
+"""Prints where a range of days landed: files, row counts, drift verdicts and published rows.
+
+Usage: python -m batchinfer_assets.summary START END
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+
+import pandas as pd
+
+from batchinfer_assets.definitions import build_resources
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore, PartitionNotFoundError
+from batchinfer_assets.settings import Settings
+
+
+def summarize(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFrame:
+    """One row per day: predictions, quarantined rows, drifted features and published rows."""
+    store = PartitionedParquetStore(settings.storage_uri)
+    database = build_resources(settings)["prediction_db"]
+    rows = []
+    for offset in range((end - start).days + 1):
+        day = (start + dt.timedelta(days=offset)).isoformat()
+        try:
+            preds = store.read_partition("predictions", day, columns=["label", "model_version"])
+            drift = store.read_partition("drift_metrics", day).to_pandas()
+            quarantined = store.read_partition("quarantined_transactions", day).num_rows
+        except PartitionNotFoundError as exc:
+            rows.append({"dt": day, "status": f"missing: {exc}"})
+            continue
+        rows.append(
+            {
+                "dt": day,
+                "predictions": preds.num_rows,
+                "flagged": int(pd.Series(preds.column("label").to_numpy()).sum()),
+                "model_version": ",".join(sorted(set(preds.column("model_version").to_pylist()))),
+                "quarantined": quarantined,
+                "drifted_features": int(drift["drifted"].sum()),
+                "published_rows": database.count_partition(day),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str]) -> int:
+    """Print the summary table for START..END (inclusive)."""
+    start, end = (dt.date.fromisoformat(a) for a in argv[1:3])
+    settings = Settings.from_env()
+    table = summarize(settings, start, end)
+    print(f"storage: {settings.storage_uri}\nprediction database: {database_label(settings)}")
+    print(table.to_string(index=False))
+    return 0 if "status" not in table.columns else 1
+
+
+def database_label(settings: Settings) -> str:
+    """The prediction database URL without secrets."""
+    return build_resources(settings)["prediction_db"].safe_url()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

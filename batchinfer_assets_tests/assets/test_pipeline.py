@@ -1,0 +1,133 @@
+"""The contract's assets end to end against real small resources in tmp_path."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from batchinfer_assets.definitions import build_definitions, build_resources
+from batchinfer_assets.lib.drift import DRIFT_COLUMNS
+from batchinfer_assets.lib.features import FEATURE_COLUMNS
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.settings import Settings
+
+ROWS_PER_DAY = 1500
+DAILY_TABLES = ("raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, demo_model_store: Settings) -> Settings:
+    """Fresh storage and database per test, sharing the session's registered demo model."""
+    return dataclasses.replace(
+        demo_model_store,
+        home=tmp_path,
+        storage_uri=str(tmp_path / "storage"),
+        rows_per_day=ROWS_PER_DAY,
+        predictions_db_url=f"sqlite:///{tmp_path / 'predictions.db'}",
+    )
+
+
+def _assets(settings: Settings):
+    defs = build_definitions(settings)
+    return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)] + [
+        a for a in defs.assets if isinstance(a, dg.SourceAsset)
+    ]
+
+
+def _materialize(settings: Settings, *, partition_key: str | None = None, days: tuple[str, str] | None = None):
+    tags = {}
+    if days is not None:
+        tags = {"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[1]}
+    result = dg.materialize(
+        _assets(settings),
+        resources=build_resources(settings),
+        partition_key=partition_key,
+        tags=tags,
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("scoring_model"),
+    )
+    assert result.success
+    return result
+
+
+def _days(start: str, n: int) -> list[str]:
+    first = dt.date.fromisoformat(start)
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def _db_rows(settings: Settings) -> pd.DataFrame:
+    with sa.create_engine(settings.predictions_db_url).connect() as conn:
+        return pd.read_sql("select * from predictions order by dt, transaction_id", conn)
+
+
+def test_one_day_end_to_end(settings):
+    result = _materialize(settings, partition_key="2025-01-03")
+    store = PartitionedParquetStore(settings.storage_uri)
+
+    for table in DAILY_TABLES:
+        assert list((Path(settings.storage_uri) / table / "dt=2025-01-03").glob("*.parquet")), table
+    raw = store.read_partition("raw_transactions", "2025-01-03").to_pandas()
+    snapshot = store.read_partition("input_snapshot", "2025-01-03").to_pandas()
+    preds = store.read_partition("predictions", "2025-01-03").to_pandas()
+    drift = store.read_partition("drift_metrics", "2025-01-03").to_pandas()
+
+    assert len(raw) == ROWS_PER_DAY
+    assert list(snapshot.columns) == ["transaction_id", *FEATURE_COLUMNS]
+    assert list(preds.columns) == ["transaction_id", "score", "label", "model_name", "model_version"]
+    assert preds["transaction_id"].tolist() == snapshot["transaction_id"].tolist()
+    assert preds["score"].between(0, 1).all()
+    assert (preds["label"] == (preds["score"] >= 0.5)).all()
+    assert set(preds["model_name"]) == {"fraud-detector"} and set(preds["model_version"]) == {"1"}
+    assert list(drift.columns)[: len(DRIFT_COLUMNS)] == list(DRIFT_COLUMNS)
+    assert set(drift["feature"]) == {*FEATURE_COLUMNS, "score"}
+    assert set(drift["reference"]) == {"training"}
+
+    published = _db_rows(settings)
+    assert len(published) == len(preds) and set(published["dt"]) == {"2025-01-03"}
+
+    meta = result.asset_materializations_for_node("predictions")[0].metadata
+    for key in ("model_uri", "model_version", "input_snapshot_hash", "row_count", "rows_per_second", "device", "batch_size"):
+        assert key in meta, key
+    assert meta["model_version"].value == "1"
+    assert meta["row_count"].value == len(preds)
+    snapshot_meta = result.asset_materializations_for_node("input_snapshot")[0].metadata
+    assert meta["input_snapshot_hash"].value == snapshot_meta["content_hash"].value
+
+
+def test_week_as_one_range_equals_day_by_day(settings, tmp_path):
+    days = _days("2025-01-06", 7)
+    ranged = settings
+    daily = dataclasses.replace(
+        settings, storage_uri=str(tmp_path / "daily"), predictions_db_url=f"sqlite:///{tmp_path / 'daily.db'}"
+    )
+    result = _materialize(ranged, days=(days[0], days[-1]))
+    for day in days:
+        _materialize(daily, partition_key=day)
+
+    assert len(result.asset_materializations_for_node("predictions")) == 7
+    ranged_store = PartitionedParquetStore(ranged.storage_uri)
+    daily_store = PartitionedParquetStore(daily.storage_uri)
+    for table in DAILY_TABLES:
+        for day in days:
+            assert ranged_store.read_partition(table, day).equals(daily_store.read_partition(table, day)), (table, day)
+    pd.testing.assert_frame_equal(_db_rows(ranged), _db_rows(daily))
+    assert sorted(set(_db_rows(ranged)["dt"])) == days
+
+
+def test_rerun_of_a_day_is_byte_identical_and_never_duplicates(settings):
+    _materialize(settings, partition_key="2025-02-10")
+    folder = Path(settings.storage_uri) / "predictions" / "dt=2025-02-10"
+    first = {p.name: p.read_bytes() for p in folder.glob("*.parquet")}
+    rows_before = _db_rows(settings)
+
+    _materialize(settings, partition_key="2025-02-10")
+
+    assert {p.name: p.read_bytes() for p in folder.glob("*.parquet")} == first
+    rows_after = _db_rows(settings)
+    assert len(rows_after) == len(rows_before) == rows_after["transaction_id"].nunique()
+    pd.testing.assert_frame_equal(rows_before, rows_after)

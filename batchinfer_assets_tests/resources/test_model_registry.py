@@ -1,0 +1,141 @@
+"""The registry resource pins URIs to versions against a real local MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchinfer_assets.lib.model_loading import ModelNotFoundError, ModelResolutionError
+from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MlflowModelRegistryResource
+
+
+def _registry(store, uri: str, **kwargs) -> MlflowModelRegistryResource:
+    return MlflowModelRegistryResource(tracking_uri=store.tracking_uri, model_uri=uri, **kwargs)
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "pickle"])
+def test_alias_resolves_to_pinned_version(tiny_model_store, fmt):
+    name = tiny_model_store.names[fmt]
+    resolved = _registry(tiny_model_store, f"models:/{name}@champion").resolve()
+    assert resolved.requested_uri == f"models:/{name}@champion"
+    assert resolved.pinned_uri == f"models:/{name}/1"
+    assert (resolved.name, resolved.version) == (name, "1")
+    assert resolved.run_id == tiny_model_store.run_id
+    assert resolved.input_columns == tiny_model_store.columns
+    assert resolved.model_format == fmt
+    assert len(resolved.artifact_checksum) == 64
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "pickle"])
+def test_version_and_runs_uris(tiny_model_store, fmt):
+    name = tiny_model_store.names[fmt]
+    by_alias = _registry(tiny_model_store, f"models:/{name}@champion").resolve()
+    by_version = _registry(tiny_model_store, f"models:/{name}/1").resolve()
+    assert by_version.pinned_uri == by_alias.pinned_uri
+    assert by_version.artifact_checksum == by_alias.artifact_checksum
+
+    runs_uri = f"runs:/{tiny_model_store.run_id}/model_{fmt}"
+    by_run = _registry(tiny_model_store, runs_uri).resolve()
+    assert by_run.pinned_uri == runs_uri
+    assert by_run.name is None
+    assert by_run.version == by_run.run_id == tiny_model_store.run_id
+    assert by_run.input_columns == tiny_model_store.columns
+    assert by_run.model_format == fmt
+    assert by_run.artifact_checksum == by_alias.artifact_checksum
+
+
+def test_formats_have_different_checksums(tiny_model_store):
+    pt2 = _registry(tiny_model_store, "models:/tiny-pt2/1").resolve()
+    pickle = _registry(tiny_model_store, "models:/tiny-pickle/1").resolve()
+    assert pt2.artifact_checksum != pickle.artifact_checksum
+
+
+@pytest.mark.parametrize(
+    "uri", ["models:/tiny-pt2@challenger", "models:/tiny-pt2/7", "models:/no-such-model@champion"]
+)
+def test_missing_model_names_uri_and_tracking_uri(tiny_model_store, uri):
+    with pytest.raises(ModelNotFoundError) as error:
+        _registry(tiny_model_store, uri).resolve()
+    assert uri in str(error.value)
+    assert tiny_model_store.tracking_uri in str(error.value)
+
+
+def test_missing_run_is_not_found(tiny_model_store):
+    with pytest.raises(ModelNotFoundError, match="runs:/0123456789abcdef0123456789abcdef/model"):
+        _registry(tiny_model_store, "runs:/0123456789abcdef0123456789abcdef/model").resolve()
+
+
+def test_unsupported_uri(tiny_model_store):
+    with pytest.raises(ModelResolutionError, match="Unsupported model URI"):
+        _registry(tiny_model_store, "s3://bucket/model").resolve()
+
+
+def test_non_default_missing_uri_never_trains_demo(tmp_path):
+    registry = MlflowModelRegistryResource(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_uri="models:/fraud-detector@staging"
+    )
+    with pytest.raises(ModelNotFoundError, match="fraud-detector@staging"):
+        registry.resolve()
+    assert not (tmp_path / "mlartifacts").exists()
+
+
+def test_default_uri_missing_without_demo_is_error(tmp_path):
+    registry = MlflowModelRegistryResource(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", demo_when_missing=False
+    )
+    with pytest.raises(ModelNotFoundError, match=DEFAULT_MODEL_URI):
+        registry.resolve()
+
+
+def test_default_uri_registers_demo_once(tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts = tmp_path / "home" / "mlartifacts"
+    registry = MlflowModelRegistryResource(tracking_uri=tracking_uri, artifact_location=str(artifacts))
+    first = registry.resolve()
+    assert first.pinned_uri == "models:/fraud-detector/1"
+    assert first.model_format == "pt2"
+    assert artifacts.is_dir() and any(artifacts.iterdir())
+    assert not (tmp_path / "mlruns").exists()
+
+    # A fresh resource instance (no in-memory cache) must find the registered model, not retrain.
+    second = MlflowModelRegistryResource(tracking_uri=tracking_uri, artifact_location=str(artifacts)).resolve()
+    assert second == first
+
+    from batchinfer_assets.lib.features import FEATURE_COLUMNS
+    from batchinfer_assets.lib.model_loading import make_client
+
+    client = make_client(tracking_uri)
+    assert [str(mv.version) for mv in client.search_model_versions("name = 'fraud-detector'")] == ["1"]
+    run = client.get_run(first.run_id)
+    assert run.data.metrics["holdout_roc_auc"] >= 0.85
+    assert first.input_columns == FEATURE_COLUMNS
+
+    reference = registry.load_reference(first)
+    assert reference is not None
+    assert list(reference.columns) == [*FEATURE_COLUMNS, "score"]
+    assert len(reference) == 20_000
+
+
+def test_load_reference(tiny_model_store):
+    registry = _registry(tiny_model_store, "models:/tiny-pt2@champion")
+    reference = registry.load_reference(registry.resolve())
+    assert reference is not None
+    assert reference.equals(tiny_model_store.reference)
+
+
+def test_load_reference_absent(tmp_path, tiny_model_store):
+    import mlflow
+    import numpy as np
+
+    from batchinfer_assets.lib.model_loading import ensure_experiment, log_torch_model, make_client, mlflow_uris
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = ensure_experiment(make_client(tracking_uri), "bare", str(tmp_path / "artifacts"))
+    with mlflow_uris(tracking_uri), mlflow.start_run(experiment_id=experiment_id):
+        log_torch_model(
+            tiny_model_store.module,
+            input_columns=tiny_model_store.columns,
+            example=np.ones((3, 3), dtype=np.float32),
+            registered_model_name="bare",
+        )
+    registry = MlflowModelRegistryResource(tracking_uri=tracking_uri, model_uri="models:/bare/1")
+    assert registry.load_reference(registry.resolve()) is None

@@ -1,0 +1,83 @@
+"""The code location loads and its asset graph matches the contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import pytest
+
+from batchinfer_assets.definitions import build_definitions
+from batchinfer_assets.partitions import daily_partitions
+from batchinfer_assets.settings import Settings
+
+CONTRACT_DAILY = {
+    "raw_transactions",
+    "transaction_features",
+    "input_snapshot",
+    "predictions",
+    "drift_metrics",
+    "published_predictions",
+}
+EXPECTED_DEPS = {
+    "raw_transactions": set(),
+    "transaction_features": {"raw_transactions"},
+    "quarantined_transactions": {"raw_transactions"},
+    "input_snapshot": {"transaction_features"},
+    "predictions": {"input_snapshot", "scoring_model"},
+    "drift_metrics": {"input_snapshot", "predictions"},
+    "published_predictions": {"predictions"},
+}
+
+
+@pytest.fixture(scope="module")
+def defs(tmp_path_factory) -> dg.Definitions:
+    return build_definitions(Settings.from_env({}, cwd=tmp_path_factory.mktemp("defs")))
+
+
+def test_module_level_defs_load():
+    from batchinfer_assets.definitions import defs as module_defs
+
+    assert isinstance(module_defs, dg.Definitions)
+    module_defs.get_repository_def().load_all_definitions()
+
+
+def test_asset_graph_matches_contract(defs):
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == CONTRACT_DAILY | {"scoring_model", "quarantined_transactions"}
+
+    for key, deps in EXPECTED_DEPS.items():
+        node = graph.get(dg.AssetKey(key))
+        assert {p.to_user_string() for p in node.parent_keys} == deps, key
+        assert node.partitions_def == daily_partitions, key
+        assert node.backfill_policy == dg.BackfillPolicy.single_run(), key
+
+    scoring_model = graph.get(dg.AssetKey("scoring_model"))
+    assert scoring_model.is_observable and not scoring_model.is_materializable
+    assert scoring_model.partitions_def is None
+
+
+def test_partitions_are_utc_days_from_2025():
+    assert daily_partitions.timezone == "UTC"
+    assert daily_partitions.start == dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    assert daily_partitions.get_partition_keys_in_range(dg.PartitionKeyRange("2025-01-01", "2025-01-03")) == [
+        "2025-01-01",
+        "2025-01-02",
+        "2025-01-03",
+    ]
+
+
+def test_quarantine_check_is_blocking(defs):
+    graph = defs.resolve_asset_graph()
+    check = dg.AssetCheckKey(dg.AssetKey("transaction_features"), "invalid_share_within_limit")
+    assert check in graph.asset_check_keys
+    assert graph.get(check).blocking
+
+
+def test_schedule_requests_yesterday(defs):
+    schedule = defs.get_schedule_def("daily_scoring_schedule")
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2025, 3, 5, 2, 0, tzinfo=dt.timezone.utc))
+    requests = list(schedule.evaluate_tick(context).run_requests or [])
+    assert [r.partition_key for r in requests] == ["2025-03-04"]
+    assert schedule.job_name == "daily_scoring_job"

@@ -1,0 +1,215 @@
+"""Landing and feature schemas: a good frame passes; one corrupted cell gives the named quarantine reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pandera.errors import SchemaErrors
+
+from batchinfer_assets.lib.features import FEATURE_COLUMNS, build_features
+from batchinfer_assets.lib.synthetic import generate_day
+from batchinfer_assets.schemas import (
+    REASON_COLUMN,
+    FeatureSchema,
+    RawTransactionSchema,
+    feature_schema,
+    raw_transaction_schema,
+    split_valid_rows,
+)
+
+DAY = dt.date(2025, 3, 8)
+ROW = 3
+
+
+@pytest.fixture
+def good() -> pd.DataFrame:
+    return generate_day(DAY, 10)
+
+
+def test_a_good_frame_passes_both_landing_schemas(good):
+    raw_transaction_schema(DAY).validate(good, lazy=True)
+    RawTransactionSchema.validate(good, lazy=True)
+
+    valid, quarantined = split_valid_rows(good, DAY)
+
+    pd.testing.assert_frame_equal(valid, good)
+    assert quarantined.empty
+    assert list(quarantined.columns) == [*good.columns, REASON_COLUMN]
+
+
+def _set(column: str, value):
+    def corrupt(frame: pd.DataFrame) -> None:
+        frame[column] = frame[column].astype(object)
+        frame.loc[ROW, column] = value
+
+    return corrupt
+
+
+def _duplicate_earlier_id(frame: pd.DataFrame) -> None:
+    frame.loc[ROW, "transaction_id"] = frame.loc[1, "transaction_id"]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        pytest.param(_set("transaction_id", None), "transaction_id: not_null", id="null id"),
+        pytest.param(_duplicate_earlier_id, "transaction_id: unique", id="duplicate id"),
+        pytest.param(_set("customer_id", None), "customer_id: not_null", id="null customer"),
+        pytest.param(_set("merchant_category", None), "merchant_category: not_null", id="null category"),
+        pytest.param(_set("amount", -0.01), "amount: greater_than_or_equal_to(0)", id="negative amount"),
+        pytest.param(_set("amount", np.nan), "amount: not_null", id="null amount"),
+        pytest.param(_set("amount", np.inf), "amount: finite", id="infinite amount"),
+        pytest.param(_set("channel", "web"), "channel: isin(['pos', 'online', 'atm'])", id="bad channel"),
+        pytest.param(_set("channel", None), "channel: not_null", id="null channel"),
+        pytest.param(_set("currency", "usd"), "currency: str_matches('^[A-Z]{3}$')", id="lower-case currency"),
+        pytest.param(_set("currency", "USDX"), "currency: str_matches('^[A-Z]{3}$')", id="long currency"),
+        pytest.param(_set("country", "USA"), "country: str_matches('^[A-Z]{2}$')", id="three-letter country"),
+        pytest.param(_set("country", None), "country: not_null", id="null country"),
+        pytest.param(_set("event_time", pd.Timestamp("2025-03-09T00:00:00Z")), "event_time: within_day(2025-03-08)", id="next midnight"),
+        pytest.param(_set("event_time", pd.Timestamp("2025-03-07T23:59:59.999999Z")), "event_time: within_day(2025-03-08)", id="day before"),
+        pytest.param(_set("event_time", pd.NaT), "event_time: not_null", id="null time"),
+    ],
+)
+def test_one_corrupted_cell_quarantines_that_row_with_the_named_reason(good, corrupt, reason):
+    frame = good.copy()
+    corrupt(frame)
+    # _set goes through object dtype; restore the landed dtypes so only the cell's value is wrong.
+    frame = frame.astype({"event_time": good["event_time"].dtype, "amount": np.float64})
+
+    valid, quarantined = split_valid_rows(frame, DAY)
+
+    assert len(quarantined) == 1
+    assert quarantined.loc[0, REASON_COLUMN] == reason
+    assert quarantined.loc[0, "customer_id"] is pd.NA or quarantined.loc[0, "customer_id"] == frame.loc[ROW, "customer_id"]
+    assert quarantined.loc[0, "event_time"] is pd.NaT or quarantined.loc[0, "event_time"] == frame.loc[ROW, "event_time"]
+    expected_valid = frame.drop(index=ROW).reset_index(drop=True)
+    assert valid["event_time"].tolist() == expected_valid["event_time"].tolist()
+    assert isinstance(valid.index, pd.RangeIndex)
+
+
+def test_the_first_occurrence_of_a_duplicate_id_stays_valid(good):
+    frame = good.copy()
+    frame.loc[[5, 8], "transaction_id"] = frame.loc[2, "transaction_id"]
+
+    valid, quarantined = split_valid_rows(frame, DAY)
+
+    assert (valid["transaction_id"] == good.loc[2, "transaction_id"]).sum() == 1
+    assert quarantined["event_time"].tolist() == frame.loc[[5, 8], "event_time"].tolist()
+    assert set(quarantined[REASON_COLUMN]) == {"transaction_id: unique"}
+
+
+def test_several_failures_in_one_row_are_joined_in_a_stable_order(good):
+    frame = good.copy()
+    frame.loc[ROW, ["amount", "currency", "country"]] = [-5.0, "usd", "USA"]
+
+    _, quarantined = split_valid_rows(frame, DAY)
+
+    assert quarantined[REASON_COLUMN].tolist() == [
+        "amount: greater_than_or_equal_to(0); country: str_matches('^[A-Z]{2}$'); currency: str_matches('^[A-Z]{3}$')"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        pytest.param(lambda f: f.assign(event_time=f["event_time"].dt.tz_localize(None)), "event_time: utc_timestamp", id="naive time"),
+        pytest.param(lambda f: f.assign(event_time=f["event_time"].dt.tz_convert("Europe/Paris")), "event_time: utc_timestamp", id="non-UTC time"),
+        pytest.param(lambda f: f.drop(columns=["channel"]), "channel: column_in_dataframe", id="missing column"),
+        pytest.param(lambda f: f.assign(amount=f["amount"].astype(str)), "amount: dtype('float64')", id="amount as text"),
+    ],
+)
+def test_a_column_level_failure_quarantines_every_row(good, corrupt, reason):
+    valid, quarantined = split_valid_rows(corrupt(good), DAY)
+
+    assert valid.empty
+    assert len(quarantined) == len(good)
+    assert quarantined[REASON_COLUMN].str.startswith(reason).all()
+
+
+def test_index_is_reset_extra_columns_kept_and_order_preserved(good):
+    frame = good.assign(source="file-1").set_index(pd.Index(range(100, 110)))
+    frame.loc[104, "amount"] = -1.0
+
+    valid, quarantined = split_valid_rows(frame, DAY)
+
+    assert isinstance(valid.index, pd.RangeIndex) and isinstance(quarantined.index, pd.RangeIndex)
+    assert "source" in valid.columns and "source" in quarantined.columns
+    assert valid["transaction_id"].tolist() == good.drop(index=4)["transaction_id"].tolist()
+    assert quarantined["transaction_id"].tolist() == [good.loc[4, "transaction_id"]]
+
+
+def test_the_static_schema_leaves_day_bounds_to_the_partition(good):
+    other_day = good.assign(event_time=good["event_time"] + pd.Timedelta(days=3))
+
+    RawTransactionSchema.validate(other_day)
+    with pytest.raises(SchemaErrors, match="within_day"):
+        raw_transaction_schema(DAY).validate(other_day, lazy=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(bad_rows=st.sets(st.integers(0, 199), max_size=40))
+def test_exactly_the_corrupted_rows_are_quarantined(bad_rows):
+    frame = generate_day(DAY, 200)
+    rows = sorted(bad_rows)
+    frame.loc[rows, "amount"] = -1.0
+
+    valid, quarantined = split_valid_rows(frame, DAY)
+
+    assert quarantined["transaction_id"].tolist() == frame.loc[rows, "transaction_id"].tolist()
+    assert valid["transaction_id"].tolist() == frame.drop(index=rows)["transaction_id"].tolist()
+
+
+def test_splitting_a_large_day_is_fast():
+    frame = generate_day(DAY, 200_000)
+    frame.loc[::100, "currency"] = "usd"
+    start = time.perf_counter()
+    valid, quarantined = split_valid_rows(frame, DAY)
+    elapsed = time.perf_counter() - start
+
+    assert len(quarantined) == 2_000 and len(valid) == 198_000
+    assert elapsed < 3.0
+
+
+@pytest.fixture
+def features() -> pd.DataFrame:
+    return build_features(generate_day(DAY, 50))
+
+
+def test_good_features_pass(features):
+    FeatureSchema.validate(features, lazy=True)
+    feature_schema(["log_amount"]).validate(features[["transaction_id", "log_amount"]])
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "check"),
+    [
+        pytest.param(lambda f: f.loc.__setitem__((ROW, "log_amount"), np.nan), "not_nullable", id="nan"),
+        pytest.param(lambda f: f.loc.__setitem__((ROW, "hour_sin"), np.inf), "finite", id="inf"),
+        pytest.param(lambda f: f.loc.__setitem__((ROW, "transaction_id"), f.loc[0, "transaction_id"]), "field_uniqueness", id="duplicate id"),
+        pytest.param(lambda f: f.loc.__setitem__((ROW, "transaction_id"), pd.NA), "not_nullable", id="null id"),
+        pytest.param(lambda f: f.__setitem__("is_night", f["is_night"].astype(np.float64)), "dtype('float32')", id="float64"),
+        pytest.param(lambda f: f.__setitem__("transaction_id", np.arange(len(f))), "string_dtype", id="integer ids"),
+        pytest.param(lambda f: f.__delitem__("channel_atm"), "column_in_dataframe", id="missing feature"),
+    ],
+)
+def test_corrupted_features_fail_with_the_named_check(features, corrupt, check):
+    corrupt(features)
+
+    with pytest.raises(SchemaErrors) as error:
+        feature_schema(FEATURE_COLUMNS).validate(features, lazy=True)
+
+    assert check in set(error.value.failure_cases["check"].astype(str))
+
+
+def test_feature_schema_is_a_pandera_schema_over_the_given_columns():
+    schema = feature_schema(["a", "b"])
+    assert isinstance(schema, pa.DataFrameSchema)
+    assert list(schema.columns) == ["transaction_id", "a", "b"]
+    assert list(FeatureSchema.columns) == ["transaction_id", *FEATURE_COLUMNS]

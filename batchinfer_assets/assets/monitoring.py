@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from batchinfer_assets.assets._partitions import per_day_metadata, run_days
+from batchinfer_assets.lib.features import CALENDAR_FEATURES
 from batchinfer_assets.lib.drift import compute_drift, drift_markdown, empty_drift_table, summarize_drift
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
@@ -28,7 +29,7 @@ def drift_metrics(
     """Per-feature and score drift of the day against the reference the model was trained on."""
     resolved = model_registry.resolve()
     reference = model_registry.load_reference(resolved)
-    columns = [*resolved.input_columns, SCORE_COLUMN]
+    columns = [*(c for c in resolved.input_columns if c not in CALENDAR_FEATURES), SCORE_COLUMN]
     tables: dict[str, pd.DataFrame] = {}
     verdicts: dict[str, dict[str, object]] = {}
     for day in run_days(context):
@@ -52,6 +53,7 @@ def drift_metrics(
     last = tables[days[-1]]
     metadata: dict[str, object] = {
         "reference": TRAINING_REFERENCE if reference is not None else "none",
+        "not_compared": dg.MetadataValue.json(sorted(set(resolved.input_columns) & set(CALENDAR_FEATURES))),
         "model_version": resolved.version,
         "drifted_features": sum(int(v["drifted_features"]) for v in verdicts.values()),
         "dataset_drifted": any(bool(v["dataset_drifted"]) for v in verdicts.values()),

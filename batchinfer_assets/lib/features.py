@@ -32,6 +32,9 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
 FEATURE_COLUMNS: tuple[str, ...] = tuple(FEATURE_DESCRIPTIONS)
 
 # Fixed domain knowledge, never learned from data, so a feature means the same thing on every day.
+# Constant within a day by construction: one day cannot be compared with a reference spanning all weekdays.
+CALENDAR_FEATURES: tuple[str, ...] = ("is_weekend",)
+
 HIGH_RISK_CATEGORIES = frozenset({"electronics", "jewelry", "travel"})
 MEDIUM_RISK_CATEGORIES = frozenset({"online_retail", "entertainment", "cash_withdrawal"})
 LOW_RISK_CATEGORIES = frozenset({"grocery", "restaurants", "fuel", "health", "utilities"})

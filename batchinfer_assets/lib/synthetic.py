@@ -107,8 +107,12 @@ class _Population:
 
 
 def population_size(rows: int) -> int:
-    """Number of customers behind a day of `rows` transactions."""
-    return max(1000, rows // 8)
+    """Number of customers behind a day of `rows` transactions.
+
+    Proportional to `rows` so per-customer daily behaviour (transactions a day, gaps between them) is the
+    same at any volume: a model trained on small days then sees the same feature distributions on big ones.
+    """
+    return max(50, rows // 8)
 
 
 @functools.lru_cache(maxsize=8)
@@ -161,7 +165,8 @@ def generate_day(day: dt.date, rows: int, seed: int = DEFAULT_SEED) -> pd.DataFr
     weekend = day.weekday() >= 5
 
     # Fraud: a few compromised cards, each used in a burst by someone else.
-    bursts = min(int(rng.poisson(rows * 0.019 / 4.5)), rows // 6) if rows else 0
+    # Capped so that bursts (at most 10 rows each) never take more than half of a tiny day.
+    bursts = min(int(rng.poisson(rows * 0.019 / 4.5)), rows // 20)
     burst_sizes = np.minimum(2 + rng.poisson(2.5, bursts), 10)
     n_attack = int(burst_sizes.sum())
     n_legit = rows - n_attack

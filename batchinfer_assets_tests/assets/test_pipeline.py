@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.drift import DRIFT_COLUMNS
-from batchinfer_assets.lib.features import FEATURE_COLUMNS
+from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.settings import Settings
 
@@ -84,7 +84,7 @@ def test_one_day_end_to_end(settings):
     assert (preds["label"] == (preds["score"] >= 0.5)).all()
     assert set(preds["model_name"]) == {"fraud-detector"} and set(preds["model_version"]) == {"1"}
     assert list(drift.columns)[: len(DRIFT_COLUMNS)] == list(DRIFT_COLUMNS)
-    assert set(drift["feature"]) == {*FEATURE_COLUMNS, "score"}
+    assert set(drift["feature"]) == {*FEATURE_COLUMNS, "score"} - set(CALENDAR_FEATURES)
     assert set(drift["reference"]) == {"training"}
 
     published = _db_rows(settings)

@@ -96,6 +96,12 @@ def test_any_day_rows_and_seed_give_a_valid_sorted_day(day, rows, seed):
     assert split_valid_rows(frame, day)[1].empty
 
 
+@pytest.mark.parametrize("rows", [1, 6, 19, 20, 45])
+def test_tiny_days_have_exactly_the_requested_rows(rows):
+    for offset in range(0, 365, 5):
+        assert len(generate_day(dt.date(2025, 1, 1) + dt.timedelta(days=offset), rows, seed=offset)) == rows
+
+
 def test_same_arguments_give_the_same_frame_in_a_separate_process(tmp_path):
     day, rows, seed = dt.date(2025, 2, 14), 3_000, 7
     child_file = tmp_path / "child.parquet"
@@ -217,3 +223,11 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("small, large", [(4_000, 20_000), (1_600, 40_000)])
+def test_per_customer_daily_behaviour_does_not_depend_on_volume(small, large):
+    """The demo model trains on small days and scores big ones: customer-day features must not shift."""
+    day = dt.date(2025, 1, 8)
+    per_customer = [generate_day(day, rows).groupby("customer_id").size().mean() for rows in (small, large)]
+    assert per_customer[0] == pytest.approx(per_customer[1], rel=0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.assets import features, ingest, monitoring, scoring, serving, snapshot
 from batchinfer_assets.jobs import daily_scoring_job
 from batchinfer_assets.resources.landing import (
@@ -45,6 +46,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     """All definitions of the project, wired to the given settings."""
     return dg.Definitions(
         assets=dg.load_assets_from_modules([ingest, features, snapshot, scoring, monitoring, serving]),
+        asset_checks=ASSET_CHECKS,
         jobs=[daily_scoring_job],
         schedules=[daily_scoring_schedule],
         resources=build_resources(settings),

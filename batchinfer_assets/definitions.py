@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.assets import features, ingest, monitoring, scoring, serving, snapshot
+from batchinfer_assets.checks import ASSET_CHECKS
+from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policies
 from batchinfer_assets.jobs import daily_scoring_job
 from batchinfer_assets.resources.landing import (
     LandingZoneResource,
@@ -18,6 +19,7 @@ from batchinfer_assets.resources.storage import HiveParquetIOManager
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.schedules import daily_scoring_schedule
+from batchinfer_assets.sensors import freshness_checks_sensor, publish_predictions_sensor
 from batchinfer_assets.settings import Settings
 
 
@@ -45,10 +47,13 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings) -> dg.Definitions:
     """All definitions of the project, wired to the given settings."""
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, features, snapshot, scoring, monitoring, serving]),
-        asset_checks=ASSET_CHECKS,
+        assets=with_freshness_policies(
+            dg.load_assets_from_modules([ingest, features, snapshot, scoring, monitoring, serving])
+        ),
+        asset_checks=[*ASSET_CHECKS, *FRESHNESS_CHECKS],
         jobs=[daily_scoring_job],
         schedules=[daily_scoring_schedule],
+        sensors=[publish_predictions_sensor, freshness_checks_sensor],
         resources=build_resources(settings),
     )
 

@@ -105,3 +105,17 @@ def demo_model_store(tmp_path_factory: pytest.TempPathFactory, demo_training):
         tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location, training=demo_training
     )
     return settings
+
+
+@pytest.fixture
+def pipeline_settings(tmp_path, demo_model_store):
+    """Fresh storage and prediction database per test, sharing the session's registered demo model."""
+    import dataclasses
+
+    return dataclasses.replace(
+        demo_model_store,
+        home=tmp_path,
+        storage_uri=str(tmp_path / "storage"),
+        rows_per_day=1500,
+        predictions_db_url=f"sqlite:///{tmp_path / 'predictions.db'}",
+    )

@@ -17,20 +17,12 @@ from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.settings import Settings
 
-ROWS_PER_DAY = 1500
 DAILY_TABLES = ("raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics")
 
 
 @pytest.fixture
-def settings(tmp_path: Path, demo_model_store: Settings) -> Settings:
-    """Fresh storage and database per test, sharing the session's registered demo model."""
-    return dataclasses.replace(
-        demo_model_store,
-        home=tmp_path,
-        storage_uri=str(tmp_path / "storage"),
-        rows_per_day=ROWS_PER_DAY,
-        predictions_db_url=f"sqlite:///{tmp_path / 'predictions.db'}",
-    )
+def settings(pipeline_settings: Settings) -> Settings:
+    return pipeline_settings
 
 
 def _assets(settings: Settings):
@@ -76,7 +68,7 @@ def test_one_day_end_to_end(settings):
     preds = store.read_partition("predictions", "2025-01-03").to_pandas()
     drift = store.read_partition("drift_metrics", "2025-01-03").to_pandas()
 
-    assert len(raw) == ROWS_PER_DAY
+    assert len(raw) == settings.rows_per_day
     assert list(snapshot.columns) == ["transaction_id", *FEATURE_COLUMNS]
     assert list(preds.columns) == ["transaction_id", "score", "label", "model_name", "model_version"]
     assert preds["transaction_id"].tolist() == snapshot["transaction_id"].tolist()

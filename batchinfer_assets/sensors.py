@@ -1,0 +1,78 @@
+"""Sensors: publishing follows predictions, and freshness checks are evaluated as days close."""
+
+import dagster as dg
+
+# Dagster has no public constructor for the subset behind `RunRequest.for_asset_graph_subset`, the only way
+# a sensor can request a backfill (one single-run backfill for many days instead of one run per day).
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.events import AssetKeyPartitionKey
+
+from batchinfer_assets.freshness import FRESHNESS_CHECKS
+
+PREDICTIONS = dg.AssetKey("predictions")
+PUBLISHED_PREDICTIONS = dg.AssetKey("published_predictions")
+_BATCH = 1000
+
+
+@dg.sensor(
+    name="publish_predictions_sensor",
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=[PUBLISHED_PREDICTIONS],
+    description="Publishes every day whose predictions were materialized and not yet published since.",
+)
+def publish_predictions_sensor(context: dg.SensorEvaluationContext):
+    """Requests `published_predictions` for each day whose `predictions` landed after its last publication.
+
+    It reads every new materialization of `predictions` (a storage-id cursor, so old days and multi-day
+    backfills are all seen, unlike `@asset_sensor`), waits for the run that wrote it to finish (that run may
+    publish the day itself), and requests the remaining days as one backfill, which the single-run backfill
+    policy turns into one run.
+    """
+    instance = context.instance
+    cursor = int(context.cursor) if context.cursor else 0
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=PREDICTIONS, after_storage_id=cursor), limit=_BATCH, ascending=True
+    ).records
+
+    landed: dict[str, int] = {}
+    new_cursor = cursor
+    finished_runs: dict[str, bool] = {}
+    for record in records:
+        if record.run_id not in finished_runs:
+            run = instance.get_run_by_id(record.run_id)
+            finished_runs[record.run_id] = run is None or run.is_finished
+        if not finished_runs[record.run_id]:
+            break
+        new_cursor = record.storage_id
+        if record.partition_key is not None:
+            landed[record.partition_key] = record.storage_id
+
+    if not landed:
+        return dg.SensorResult(skip_reason="no new predictions", cursor=str(new_cursor))
+
+    published = instance.get_latest_storage_id_by_partition(
+        PUBLISHED_PREDICTIONS, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(landed)
+    )
+    days = sorted(day for day, storage_id in landed.items() if published.get(day, -1) < storage_id)
+    if not days:
+        return dg.SensorResult(
+            skip_reason=f"{len(landed)} day(s) already published by the runs that scored them",
+            cursor=str(new_cursor),
+        )
+    context.log.info(f"publishing {len(days)} day(s): {days[0]}..{days[-1]}")
+    subset = AssetGraphSubset.from_asset_partition_set(
+        {AssetKeyPartitionKey(PUBLISHED_PREDICTIONS, day) for day in days},
+        asset_graph=context.repository_def.asset_graph,
+    )
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "predictions"})],
+        cursor=str(new_cursor),
+    )
+
+
+freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
+    freshness_checks=FRESHNESS_CHECKS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=300,
+)

@@ -16,6 +16,7 @@ from batchinfer_assets.resources.landing import (
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.storage import HiveParquetIOManager
+from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.schedules import daily_scoring_schedule
@@ -41,6 +42,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         ),
         "torch_scorer": TorchScorerResource(device=settings.device, batch_size=settings.batch_size),
         "prediction_db": PredictionDatabaseResource(url=settings.predictions_db_url),
+        "table_storage": TableStorageResource(base_uri=settings.storage_uri),
     }
 
 

@@ -4,10 +4,16 @@ Each column in ``columns`` gives one row of ``DRIFT_COLUMNS`` (plus ``psi``). Th
 column and the sample sizes (defaults of ``DriftConfig``):
 
 - **Categorical** columns -- a non-numeric or boolean dtype, or at most ``max_categories`` (20)
-  distinct values in the reference -- use the Jensen-Shannon distance, base 2 (so it lies in [0, 1]),
-  between the two category frequency tables (``scipy.spatial.distance.jensenshannon``). A category
-  seen on one side only counts as frequency 0 on the other. Drifted when the distance is at least
-  ``js_threshold`` (0.1). No p-value.
+  distinct values in the current and reference samples together -- are compared as category frequency tables (a category seen on
+  one side only counts as frequency 0 on the other), with the same small/large split as numbers:
+- **Categorical, small samples**: effective sample size (below) at most ``chi2_max_n`` (5000):
+  Pearson's chi-squared test of homogeneity on the 2 x k table of counts
+  (``scipy.stats.chi2_contingency``, no Yates correction). ``value`` is the chi-squared statistic,
+  ``threshold`` is ``chi2_alpha`` (0.01) and the column is drifted when the p-value is below it.
+- **Categorical, large samples**: the Jensen-Shannon distance, base 2 (so it lies in [0, 1]),
+  between the two frequency tables (``scipy.spatial.distance.jensenshannon``). Drifted when the
+  distance is at least ``js_threshold`` (0.1). No p-value: like KS, chi-squared on tens of thousands
+  of rows flags differences of a fraction of a percentage point, so big samples are judged by size.
 - **Numeric, small samples**: when the effective sample size ``n_current * n_reference /
   (n_current + n_reference)`` (the quantity that sets the power of the test) is at most ``ks_max_n``
   (5000), the two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``). ``value`` is the KS
@@ -35,7 +41,9 @@ against any reference.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +68,9 @@ OUTPUT_COLUMNS = (*DRIFT_COLUMNS, PSI_COLUMN)
 KS = "kolmogorov_smirnov"
 WASSERSTEIN = "wasserstein_normalized"
 JENSEN_SHANNON = "jensen_shannon"
+CHI_SQUARED = "chi_squared"
+# Statistics judged by their p-value (drifted when p < threshold) rather than by their value.
+P_VALUE_STATISTICS = frozenset({KS, CHI_SQUARED})
 
 PSI_EPSILON = 1e-4
 
@@ -78,6 +89,8 @@ class DriftConfig:
     psi_bins: int = 10
     psi_threshold: float = 0.2
     max_categories: int = 20
+    chi2_max_n: int = 5000
+    chi2_alpha: float = 0.01
     js_threshold: float = 0.1
     min_samples: int = 100
     dataset_drift_share: float = 0.5
@@ -100,6 +113,7 @@ def compute_drift(
     columns: Sequence[str],
     reference_name: str,
     config: DriftConfig = DriftConfig(),
+    max_workers: int | None = None,
 ) -> pd.DataFrame:
     """One drift row per column of ``columns`` comparing ``current`` with ``reference``."""
     missing = [c for c in columns if c not in current.columns or c not in reference.columns]
@@ -109,8 +123,15 @@ def compute_drift(
             for c in missing
         }
         raise KeyError(f"drift columns missing: {where}")
-    rows = [_column_drift(current[c], reference[c], str(c), reference_name, config) for c in columns]
-    return _to_frame(rows)
+    def one(column: str) -> dict:
+        return _column_drift(current[column], reference[column], str(column), reference_name, config)
+
+    workers = min(len(columns), max_workers if max_workers is not None else os.cpu_count() or 1)
+    if workers <= 1:
+        return _to_frame([one(c) for c in columns])
+    # numpy's sorts and searches release the GIL, so columns run in parallel on threads; map keeps order.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return _to_frame(list(pool.map(one, columns)))
 
 
 def empty_drift_table() -> pd.DataFrame:
@@ -148,7 +169,7 @@ def summarize_drift(
 
 
 def drift_markdown(table: pd.DataFrame, top: int = 10) -> str:
-    """A markdown table of the ``top`` most drifted rows, drifted first, then by value/threshold."""
+    """A markdown table of the ``top`` most drifted rows, in ``severity_order``."""
     header = "| feature | reference | statistic | value | threshold | p_value | psi | drifted |"
     rule = "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"
     if table.empty:
@@ -156,22 +177,8 @@ def drift_markdown(table: pd.DataFrame, top: int = 10) -> str:
 
     value = table["value"].to_numpy(dtype=float)
     threshold = table["threshold"].to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(threshold > 0, value / threshold, np.nan)
-    # KS is judged on its p-value, so its severity is how far the p-value falls below alpha.
-    statistic = table["statistic"].astype(str).to_numpy()
     p_value = table["p_value"].to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ks_ratio = threshold / np.maximum(p_value, np.finfo(float).tiny)
-    ratio = np.where(statistic == KS, ks_ratio, ratio)
-
-    order = pd.DataFrame(
-        {
-            "drifted": table["drifted"].to_numpy(dtype=bool),
-            "ratio": np.nan_to_num(ratio, nan=-np.inf),
-            "pos": np.arange(len(table)),
-        }
-    ).sort_values(["drifted", "ratio", "pos"], ascending=[False, False, True], kind="mergesort")
+    order = severity_order(table)
 
     psi = (
         table[PSI_COLUMN].to_numpy(dtype=float)
@@ -179,7 +186,7 @@ def drift_markdown(table: pd.DataFrame, top: int = 10) -> str:
         else np.full(len(table), math.nan)
     )
     lines = [header, rule]
-    for i in order["pos"].to_numpy()[:top]:
+    for i in order[:top]:
         row = table.iloc[i]
         lines.append(
             "| "
@@ -200,22 +207,70 @@ def drift_markdown(table: pd.DataFrame, top: int = 10) -> str:
     return "\n".join(lines)
 
 
+def drift_severity(table: pd.DataFrame) -> np.ndarray:
+    """How far each row is past its threshold (>= 1 means drifted); NaN where not judged.
+
+    Distances are value / threshold; p-value tests are alpha / p-value, so a p-value a hundred times
+    below alpha is as severe as a distance a hundred times its threshold.
+    """
+    value = table["value"].to_numpy(dtype=float)
+    threshold = table["threshold"].to_numpy(dtype=float)
+    p_value = table["p_value"].to_numpy(dtype=float)
+    by_p_value = table["statistic"].astype(str).isin(P_VALUE_STATISTICS).to_numpy(dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance_ratio = np.where(threshold > 0, value / threshold, np.nan)
+        p_ratio = threshold / np.maximum(p_value, np.finfo(float).tiny)
+    return np.where(by_p_value, p_ratio, distance_ratio)
+
+
+def severity_order(table: pd.DataFrame) -> np.ndarray:
+    """Row positions, drifted rows first, then by severity, then table order (a stable ranking)."""
+    order = pd.DataFrame(
+        {
+            "drifted": table["drifted"].to_numpy(dtype=bool),
+            "severity": np.nan_to_num(drift_severity(table), nan=-np.inf),
+            "pos": np.arange(len(table)),
+        }
+    ).sort_values(["drifted", "severity", "pos"], ascending=[False, False, True], kind="mergesort")
+    return order["pos"].to_numpy()
+
+
 def _column_drift(
     current: pd.Series, reference: pd.Series, feature: str, reference_name: str, config: DriftConfig
 ) -> dict:
     """The drift row of one column."""
-    if _is_categorical(current, reference, config):
-        cur = _finite_values(current)
-        ref = _finite_values(reference)
-        n_cur, n_ref = len(cur), len(ref)
-        value = _js_distance(cur, ref) if n_cur and n_ref else math.nan
-        statistic, p_value, psi, threshold = JENSEN_SHANNON, math.nan, math.nan, config.js_threshold
-        drifted = value >= threshold
-    else:
+    if _is_numeric(current) and _is_numeric(reference):
         cur = np.sort(_finite_numeric(current))
         ref = np.sort(_finite_numeric(reference))
         n_cur, n_ref = len(cur), len(ref)
-        n_eff = n_cur * n_ref / (n_cur + n_ref) if n_cur + n_ref else 0.0
+        # Judged on both samples together, so a tiny reference cannot make a continuous column look categorical.
+        categorical = (
+            _distinct_sorted(cur) <= config.max_categories and _distinct_sorted(ref) <= config.max_categories
+        )
+        if categorical:
+            categories, cur_counts, ref_counts = _aligned_counts(_sorted_counts(cur), _sorted_counts(ref))
+            categorical = len(categories) <= config.max_categories
+    else:
+        categorical = True
+        cur_vc = _finite_values(current).value_counts(sort=False)
+        ref_vc = _finite_values(reference).value_counts(sort=False)
+        n_cur, n_ref = int(cur_vc.sum()), int(ref_vc.sum())
+        categories, cur_counts, ref_counts = _aligned_counts(
+            (cur_vc.index.to_numpy(), cur_vc.to_numpy()), (ref_vc.index.to_numpy(), ref_vc.to_numpy())
+        )
+    n_eff = n_cur * n_ref / (n_cur + n_ref) if n_cur + n_ref else 0.0
+
+    if categorical:
+        psi = math.nan
+        if n_eff <= config.chi2_max_n:
+            statistic, threshold = CHI_SQUARED, config.chi2_alpha
+            value, p_value = _chi_squared(cur_counts, ref_counts) if n_cur and n_ref else (math.nan, math.nan)
+            drifted = p_value < threshold
+        else:
+            statistic, threshold, p_value = JENSEN_SHANNON, config.js_threshold, math.nan
+            value = float(jensenshannon(cur_counts, ref_counts, base=2)) if n_cur and n_ref else math.nan
+            drifted = value >= threshold
+    else:
         psi = _psi(cur, ref, config.psi_bins) if n_cur and n_ref else math.nan
         if n_eff <= config.ks_max_n:
             statistic, threshold = KS, config.ks_alpha
@@ -252,13 +307,17 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
 
 
-def _is_categorical(current: pd.Series, reference: pd.Series, config: DriftConfig) -> bool:
-    """Whether a column is judged by category frequencies rather than as a continuous value."""
-    if not (_is_numeric(current) and _is_numeric(reference)):
-        return True
-    ref = _finite_numeric(reference)
-    sample = ref if len(ref) else _finite_numeric(current)
-    return len(np.unique(sample)) <= config.max_categories
+def _distinct_sorted(values: np.ndarray) -> int:
+    """Number of distinct values of a sorted array."""
+    return int(np.count_nonzero(values[1:] != values[:-1])) + 1 if len(values) else 0
+
+
+def _sorted_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a sorted array and how often each occurs."""
+    if not len(values):
+        return values, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    return values[starts], np.diff(np.append(starts, len(values)))
 
 
 def _finite_numeric(s: pd.Series) -> np.ndarray:
@@ -275,17 +334,30 @@ def _finite_values(s: pd.Series) -> pd.Series:
     return s
 
 
-def _js_distance(current: pd.Series, reference: pd.Series) -> float:
-    """Jensen-Shannon distance (base 2) between the category frequencies of two samples."""
-    cur_counts = current.value_counts(sort=False)
-    ref_counts = reference.value_counts(sort=False)
-    # A fixed category order keeps the floating-point sum, and so the output, reproducible.
-    categories = sorted(
-        set(cur_counts.index) | set(ref_counts.index), key=lambda v: (type(v).__name__, str(v))
+def _aligned_counts(
+    current: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray]
+) -> tuple[list, np.ndarray, np.ndarray]:
+    """Both samples' counts over the union of their categories (0 where a side lacks one)."""
+    cur = dict(zip(current[0].tolist(), current[1].tolist()))
+    ref = dict(zip(reference[0].tolist(), reference[1].tolist()))
+    # A fixed category order keeps the floating-point sums, and so the output, reproducible.
+    categories = sorted(set(cur) | set(ref), key=_category_key)
+    return (
+        categories,
+        np.array([cur.get(c, 0) for c in categories], dtype=np.float64),
+        np.array([ref.get(c, 0) for c in categories], dtype=np.float64),
     )
-    p = cur_counts.reindex(categories, fill_value=0).to_numpy(dtype=np.float64)
-    q = ref_counts.reindex(categories, fill_value=0).to_numpy(dtype=np.float64)
-    return float(jensenshannon(p, q, base=2))
+
+
+def _category_key(value: object) -> tuple[str, object]:
+    """Sort key grouping categories by type, numbers in numeric order and anything else by text."""
+    return (type(value).__name__, value if isinstance(value, (int, float)) else str(value))
+
+
+def _chi_squared(current_counts: np.ndarray, reference_counts: np.ndarray) -> tuple[float, float]:
+    """Pearson's chi-squared statistic and p-value for two samples sharing one category distribution."""
+    res = stats.chi2_contingency(np.vstack([current_counts, reference_counts]), correction=False)
+    return float(res.statistic), float(res.pvalue)
 
 
 def _normalized_wasserstein(current: np.ndarray, reference: np.ndarray) -> float:

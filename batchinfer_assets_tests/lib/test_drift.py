@@ -1,3 +1,4 @@
+import datetime as dt
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from batchinfer_assets.lib.drift import (
+    CHI_SQUARED,
     DRIFT_COLUMNS,
     JENSEN_SHANNON,
     KS,
@@ -16,8 +18,10 @@ from batchinfer_assets.lib.drift import (
     DriftConfig,
     compute_drift,
     drift_markdown,
+    drift_severity,
     empty_drift_table,
     population_stability_index,
+    severity_order,
     summarize_drift,
 )
 
@@ -105,8 +109,9 @@ def _wasserstein_lognormal_case(rng):
 
 
 def _js_string_case(rng):
-    cur = rng.choice(["pos", "online", "atm"], 3000, p=[0.5, 0.3, 0.2])
-    ref = rng.choice(["pos", "online", "atm"], 4000, p=[0.6, 0.3, 0.1])
+    # Effective n = 12000 * 16000 / 28000 > 5000: large enough to be judged by distance.
+    cur = rng.choice(["pos", "online", "atm"], 12_000, p=[0.5, 0.3, 0.2])
+    ref = rng.choice(["pos", "online", "atm"], 16_000, p=[0.6, 0.3, 0.1])
     cats = ["atm", "online", "pos"]
     p = [np.sum(cur == c) for c in cats]
     q = [np.sum(ref == c) for c in cats]
@@ -114,18 +119,36 @@ def _js_string_case(rng):
 
 
 def _js_low_cardinality_numeric_case(rng):
-    cur = rng.integers(0, 5, 2000).astype(float)
-    ref = rng.integers(0, 6, 2500).astype(float)
+    cur = rng.integers(0, 5, 20_000).astype(float)
+    ref = rng.integers(0, 6, 25_000).astype(float)
     cats = range(6)
     p = [np.sum(cur == c) for c in cats]
     q = [np.sum(ref == c) for c in cats]
     return cur, ref, JENSEN_SHANNON, jensenshannon(p, q, base=2), math.nan, 0.1
 
 
+def _chi2_string_case(rng):
+    cur = rng.choice(["pos", "online", "atm"], 800, p=[0.55, 0.3, 0.15])
+    ref = rng.choice(["pos", "online", "atm"], 1200, p=[0.6, 0.3, 0.1])
+    cats = ["atm", "online", "pos"]
+    counts = [[np.sum(cur == c) for c in cats], [np.sum(ref == c) for c in cats]]
+    res = stats.chi2_contingency(counts, correction=False)
+    return cur, ref, CHI_SQUARED, res.statistic, res.pvalue, CONFIG.chi2_alpha
+
+
+def _chi2_binary_unseen_category_case(rng):
+    # A binary flag the reference never sets: the 2 x 2 table has a zero cell, still a valid test.
+    cur = (rng.random(600) < 0.02).astype(np.float32)
+    ref = np.zeros(900, dtype=np.float32)
+    counts = [[np.sum(cur == 0), np.sum(cur == 1)], [900, 0]]
+    res = stats.chi2_contingency(counts, correction=False)
+    return cur, ref, CHI_SQUARED, res.statistic, res.pvalue, CONFIG.chi2_alpha
+
+
 @pytest.mark.parametrize(
     "case",
     [_ks_case, _ks_unbalanced_case, _wasserstein_case, _wasserstein_lognormal_case, _js_string_case,
-     _js_low_cardinality_numeric_case],
+     _js_low_cardinality_numeric_case, _chi2_string_case, _chi2_binary_unseen_category_case],
     ids=lambda f: f.__name__,
 )
 def test_statistic_matches_scipy(case):
@@ -141,7 +164,7 @@ def test_statistic_matches_scipy(case):
     assert row["threshold"] == threshold
     assert row["n_current"] == len(cur)
     assert row["n_reference"] == len(ref)
-    expected_drift = p_value < threshold if statistic == KS else value >= threshold
+    expected_drift = p_value < threshold if statistic in (KS, CHI_SQUARED) else value >= threshold
     assert bool(row["drifted"]) == bool(expected_drift)
 
 
@@ -213,14 +236,23 @@ def test_same_distribution_false_alarm_rate_at_most_five_percent(n_current, n_re
     assert alarms <= 2
 
 
-def test_same_categorical_distribution_is_not_flagged():
+@pytest.mark.parametrize(
+    ("n_current", "n_reference", "statistic"),
+    [(500, 2000, CHI_SQUARED), (20_000, 20_000, JENSEN_SHANNON)],
+    ids=["chi_squared_regime", "jensen_shannon_regime"],
+)
+def test_same_categorical_distribution_is_not_flagged(n_current, n_reference, statistic):
     alarms = 0
     for seed in range(40):
         rng = np.random.default_rng(2000 + seed)
         p = [0.5, 0.3, 0.15, 0.05]
         row = compute_drift(
-            _frame(c=rng.choice(list("abcd"), 500, p=p)), _frame(c=rng.choice(list("abcd"), 2000, p=p)), ["c"], "r"
+            _frame(c=rng.choice(list("abcd"), n_current, p=p)),
+            _frame(c=rng.choice(list("abcd"), n_reference, p=p)),
+            ["c"],
+            "r",
         ).iloc[0]
+        assert row["statistic"] == statistic
         alarms += bool(row["drifted"])
     assert alarms <= 2
 
@@ -244,22 +276,32 @@ def test_shifted_column_is_flagged_and_untouched_ones_are_not(n_current, n_refer
     assert _row(table, "b")["psi"] > _row(table, "a")["psi"]
 
 
-def test_categorical_shift_is_caught_by_jensen_shannon():
+@pytest.mark.parametrize(("n", "statistic"), [(1000, CHI_SQUARED), (15_000, JENSEN_SHANNON)])
+def test_categorical_shift_is_caught(n, statistic):
     rng = np.random.default_rng(7)
-    cur = rng.choice(["pos", "online", "atm"], 5000, p=[0.2, 0.3, 0.5])
-    ref = rng.choice(["pos", "online", "atm"], 5000, p=[0.6, 0.3, 0.1])
+    cur = rng.choice(["pos", "online", "atm"], n, p=[0.2, 0.3, 0.5])
+    ref = rng.choice(["pos", "online", "atm"], n, p=[0.6, 0.3, 0.1])
     row = compute_drift(_frame(channel=cur), _frame(channel=ref), ["channel"], "r").iloc[0]
-    assert row["statistic"] == JENSEN_SHANNON
-    assert row["value"] > 0.1
+    assert row["statistic"] == statistic
     assert bool(row["drifted"])
-    assert math.isnan(row["p_value"])
+    if statistic == JENSEN_SHANNON:
+        assert row["value"] > 0.1
+        assert math.isnan(row["p_value"])
+    else:
+        assert row["p_value"] < 1e-10
 
 
-def test_category_unseen_in_reference_counts_as_drift():
-    cur = np.array(["pos"] * 300 + ["crypto"] * 300)
-    ref = np.array(["pos"] * 600)
+@pytest.mark.parametrize("n", [600, 12_000])
+def test_category_unseen_in_reference_counts_as_drift(n):
+    cur = np.array(["pos"] * (n // 2) + ["crypto"] * (n // 2))
+    ref = np.array(["pos"] * n)
     row = compute_drift(_frame(channel=cur), _frame(channel=ref), ["channel"], "r").iloc[0]
-    assert row["value"] == pytest.approx(jensenshannon([300, 300], [600, 0], base=2))
+    if row["statistic"] == JENSEN_SHANNON:
+        assert row["value"] == pytest.approx(jensenshannon([n // 2, n // 2], [n, 0], base=2))
+    else:
+        assert row["statistic"] == CHI_SQUARED
+        expected = stats.chi2_contingency([[n // 2, n // 2], [0, n]], correction=False)
+        assert row["value"] == pytest.approx(expected.statistic)
     assert bool(row["drifted"])
 
 
@@ -268,7 +310,7 @@ def test_boolean_and_category_dtypes_are_categorical():
     cur = _frame(flag=rng.random(1000) < 0.5, cat=pd.Categorical(rng.choice(list("xyz"), 1000)))
     ref = _frame(flag=rng.random(1000) < 0.1, cat=pd.Categorical(rng.choice(list("xyz"), 1000)))
     table = compute_drift(cur, ref, ["flag", "cat"], "r")
-    assert list(table["statistic"]) == [JENSEN_SHANNON, JENSEN_SHANNON]
+    assert list(table["statistic"]) == [CHI_SQUARED, CHI_SQUARED]
     assert list(table["drifted"]) == [True, False]
 
 
@@ -296,8 +338,8 @@ def test_small_samples_are_reported_but_not_judged(n_current, n_reference, kind)
         assert row["value"] == pytest.approx(stats.ks_2samp(cur, ref).statistic)
         assert row["value"] > 0.9
     else:
-        assert row["statistic"] == JENSEN_SHANNON
-        assert row["value"] == pytest.approx(1.0)
+        assert row["statistic"] == CHI_SQUARED
+        assert row["p_value"] < 1e-10
 
 
 def test_empty_column_is_reported_with_nan_value():
@@ -363,7 +405,7 @@ def test_sample_compared_with_itself_never_drifts(values, categorical):
     if len(values):
         assert row["value"] == pytest.approx(0.0, abs=1e-12)
         assert row["value"] >= 0.0
-        if row["statistic"] != JENSEN_SHANNON:
+        if row["statistic"] not in (JENSEN_SHANNON, CHI_SQUARED):
             assert row["psi"] == pytest.approx(0.0, abs=1e-12)
     assert row["n_current"] == row["n_reference"] == len(values)
 
@@ -466,3 +508,82 @@ def test_drift_markdown_of_empty_table():
     md = drift_markdown(empty_drift_table())
     assert "no rows" in md
     assert md.splitlines()[0].startswith("| feature |")
+
+
+# --- dataset verdicts on whole days ------------------------------------------------------------------
+
+
+def _day(rng, n, shifted=()):
+    """Twenty input columns (numeric and binary) and a score; `shifted` columns move by half a std or 15 points."""
+    cols = {}
+    for i in range(14):
+        cols[f"num{i}"] = rng.normal(0.5 if f"num{i}" in shifted else 0.0, 1.0, n)
+    for i in range(6):
+        cols[f"flag{i}"] = (rng.random(n) < (0.45 if f"flag{i}" in shifted else 0.3)).astype(np.float32)
+    cols["score"] = rng.beta(1.0, 30.0 if "score" in shifted else 20.0, n)
+    return pd.DataFrame(cols)
+
+
+@pytest.mark.parametrize(("n_current", "n_reference"), [(2000, 4000), (12_000, 12_000)], ids=["tests", "distances"])
+def test_days_from_the_reference_distribution_are_rarely_called_drifted(n_current, n_reference):
+    alarms = 0
+    for seed in range(40):
+        rng = np.random.default_rng(3000 + seed)
+        current, reference = _day(rng, n_current), _day(rng, n_reference)
+        alarms += summarize_drift(compute_drift(current, reference, list(current.columns), "r")).dataset_drifted
+    assert alarms <= 2
+
+
+@pytest.mark.parametrize(("n_current", "n_reference"), [(2000, 4000), (20_000, 20_000)], ids=["tests", "distances"])
+def test_shifted_day_is_flagged_on_exactly_the_shifted_columns(n_current, n_reference):
+    rng = np.random.default_rng(4000)
+    shifted = {"num2", "num9", "flag1", "score"}
+    current, reference = _day(rng, n_current, shifted), _day(rng, n_reference)
+    table = compute_drift(current, reference, list(current.columns), "r")
+    summary = summarize_drift(table)
+    assert set(summary.drifted_features) == shifted
+    assert summary.score_drifted and summary.dataset_drifted
+
+
+def test_synthetic_source_slow_shift_shows_up_over_months():
+    from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_COLUMNS, build_features
+    from batchinfer_assets.lib.synthetic import generate_day
+
+    columns = [c for c in FEATURE_COLUMNS if c not in CALENDAR_FEATURES]
+
+    def features(day: str):
+        # 12,000 rows a day puts every column in the distance regime (effective n 6,000 > 5,000).
+        return build_features(generate_day(dt.date.fromisoformat(day), 12_000))
+
+    january = features("2025-01-15")  # all Wednesdays, so the weekly rhythm is the same
+    tables = {
+        day: compute_drift(features(day), january, columns, "2025-01-15").set_index("feature")
+        for day in ("2025-01-22", "2025-04-16", "2025-07-16", "2025-10-15")
+    }
+
+    assert not tables["2025-01-22"]["drifted"].any()
+    october = set(tables["2025-10-15"].index[tables["2025-10-15"]["drifted"]])
+    assert {"log_amount", "hour_cos"} <= october
+    for feature in ("log_amount", "channel_online", "hour_cos"):
+        values = [tables[d].loc[feature, "value"] for d in ("2025-01-22", "2025-04-16", "2025-07-16", "2025-10-15")]
+        assert values == sorted(values), feature
+    assert tables["2025-10-15"].loc["log_amount", "statistic"] == WASSERSTEIN
+    assert tables["2025-10-15"].loc["channel_online", "statistic"] == JENSEN_SHANNON
+
+
+def test_severity_ranks_p_value_tests_and_distances_on_one_scale():
+    table = pd.DataFrame(
+        {
+            "feature": ["ks", "w", "chi", "small"],
+            "reference": ["r"] * 4,
+            "statistic": [KS, WASSERSTEIN, CHI_SQUARED, KS],
+            "value": [0.2, 0.5, 30.0, 0.9],
+            "p_value": [1e-4, math.nan, 1e-6, 1e-9],
+            "threshold": [0.01, 0.1, 0.01, math.nan],
+            "drifted": [True, True, True, False],
+        }
+    )
+    severity = drift_severity(table)
+    assert severity[:3] == pytest.approx([100.0, 5.0, 1e4])
+    assert math.isnan(severity[3])
+    assert list(severity_order(table)) == [2, 0, 1, 3]

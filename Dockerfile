@@ -1,40 +1,46 @@
 # syntax=docker/dockerfile:1.7
-# User-code image for batchinfer_assets: serves the code location over gRPC to a Dagster
-# webserver/daemon (or runs as the run worker image).
-#   docker build -t batchinfer-assets .                                  # CPU torch
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t batchinfer-assets:cuda .
-FROM python:3.11-slim-bookworm AS base
+# User-code image for batchinfer_assets: serves the code location over gRPC and is the image of
+# every run pod and step pod the K8sRunLauncher and k8s_job_executor start.
+#   docker build -t batchinfer-assets:cpu .                                   # CPU torch (default)
+#   docker build --build-arg TORCH_VARIANT=cu128 -t batchinfer-assets:cu128 .  # CUDA 12.8 torch
+# TORCH_VARIANT is any wheel index under https://download.pytorch.org/whl/ (cpu, cu126, cu128, ...).
+# A CUDA image also runs on CPU nodes: BATCHINFER_DEVICE=auto falls back to the CPU.
+FROM python:3.11-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
-# The CPU wheel index keeps the image small; point it at a CUDA index for GPU nodes.
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    TORCH_VERSION=${TORCH_VERSION} \
+    TORCH_INDEX_URL=${TORCH_INDEX_URL} \
+    PROJECT_EXTRAS=deploy \
     BATCHINFER_HOME=/var/lib/batchinfer \
     DAGSTER_HOME=/opt/dagster/home
 
+# A fixed numeric uid so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 RUN groupadd --system --gid 10001 dagster \
- && useradd --system --uid 10001 --gid dagster --home-dir /opt/dagster --create-home dagster \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /opt/dagster --create-home dagster \
  && mkdir -p "$BATCHINFER_HOME" "$DAGSTER_HOME" \
- && chown -R dagster:dagster "$BATCHINFER_HOME" "$DAGSTER_HOME"
+ && chown -R 10001:10001 "$BATCHINFER_HOME" "$DAGSTER_HOME"
 
 WORKDIR /opt/dagster/app
 
-# Dependencies before source: editing code does not re-run the heavy torch/mlflow layers.
-RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
-COPY pyproject.toml README.md ./
-RUN mkdir -p batchinfer_assets && touch batchinfer_assets/__init__.py \
- && pip install . \
- && pip uninstall -y batchinfer_assets
+# Dependencies before source: editing code does not re-run the torch/mlflow layer.
+COPY deploy/docker/install.sh /usr/local/bin/batchinfer-install
+COPY pyproject.toml ./
+RUN batchinfer-install deps
 
 COPY batchinfer_assets ./batchinfer_assets
-COPY workspace.yaml dagster.yaml ./
-RUN pip install --no-deps . && cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+COPY README.md workspace.yaml dagster.yaml ./
+RUN batchinfer-install app \
+ && cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
-USER dagster
+USER 10001:10001
 EXPOSE 4000
 
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \

@@ -11,6 +11,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
+from batchinfer_assets.lib.landing import LandingDataError
 
 CHANNELS = ("pos", "online", "atm")
 REASON_COLUMN = "reason"
@@ -72,10 +73,18 @@ def raw_transaction_schema(day: dt.date) -> pa.DataFrameSchema:
     return _landing_schema(day)
 
 
+class ColumnLevelSchemaError(ValueError):
+    """A whole column breaks the schema (missing, wrong dtype, not UTC): a structural fault, not bad rows."""
+
+
 def split_valid_rows(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a landed day into (valid rows, quarantined rows with a `reason`), both in input order."""
     frame = frame.reset_index(drop=True)
-    reasons = failure_reasons(frame, raw_transaction_schema(day))
+    try:
+        reasons = failure_reasons(frame, raw_transaction_schema(day))
+    except ColumnLevelSchemaError as exc:
+        # Quarantining every row would hide a broken export behind a "too many bad rows" block.
+        raise LandingDataError(f"landing data for {day.isoformat()} is structurally invalid: {exc}") from exc
     bad = reasons.notna().to_numpy()
     valid = frame.loc[~bad].reset_index(drop=True)
     quarantined = frame.loc[bad].reset_index(drop=True)
@@ -84,7 +93,7 @@ def split_valid_rows(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, p
 
 
 def failure_reasons(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.Series:
-    """Per row of a RangeIndex frame: `"column: check"` reasons joined by "; ", or NA when the row is valid."""
+    """Per row of a RangeIndex frame: `"column: check"` reasons joined by "; ", or NA; column-level failures raise."""
     try:
         schema.validate(frame, lazy=True)
     except SchemaErrors as errors:
@@ -99,11 +108,12 @@ def failure_reasons(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.Serie
     check = cases["check"].astype("string").replace(_READABLE_CHECK_NAMES)
     reason_codes, reason_names = pd.factorize(column + ": " + check, sort=True)
     index = pd.to_numeric(cases["index"], errors="coerce").to_numpy(dtype=np.float64)
-    failed = np.zeros((len(frame), len(reason_names)), dtype=bool)
-    # A failure without a row index (wrong dtype, missing column) condemns every row.
     whole = np.isnan(index)
-    failed[:, np.unique(reason_codes[whole])] = True
-    failed[index[~whole].astype(np.int64), reason_codes[~whole]] = True
+    if whole.any():
+        names = sorted({reason_names[code] for code in reason_codes[whole]})
+        raise ColumnLevelSchemaError(f"column-level failure(s): {'; '.join(names)}")
+    failed = np.zeros((len(frame), len(reason_names)), dtype=bool)
+    failed[index.astype(np.int64), reason_codes] = True
 
     # Rows share few distinct combinations of reasons: join the strings once per combination.
     bad = failed.any(axis=1)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pandera.errors import SchemaErrors
 
 from batchinfer_assets.lib.features import FEATURE_COLUMNS, build_features
+from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.schemas import (
     REASON_COLUMN,
@@ -125,12 +126,11 @@ def test_several_failures_in_one_row_are_joined_in_a_stable_order(good):
         pytest.param(lambda f: f.assign(amount=f["amount"].astype(str)), "amount: dtype('float64')", id="amount as text"),
     ],
 )
-def test_a_column_level_failure_quarantines_every_row(good, corrupt, reason):
-    valid, quarantined = split_valid_rows(corrupt(good), DAY)
+def test_a_column_level_failure_fails_the_day_instead_of_quarantining_every_row(good, corrupt, reason):
+    with pytest.raises(LandingDataError, match=r"landing data for 2025-03-08 is structurally invalid: .*") as error:
+        split_valid_rows(corrupt(good), DAY)
 
-    assert valid.empty
-    assert len(quarantined) == len(good)
-    assert quarantined[REASON_COLUMN].str.startswith(reason).all()
+    assert reason in str(error.value)
 
 
 def test_index_is_reset_extra_columns_kept_and_order_preserved(good):

@@ -38,6 +38,9 @@ _SAMPLE_ROWS = 10
             asset="transaction_features",
             blocking=True,
             description="The day's quarantined share stays within the validation policy's limit.",
+            # Per-partition results in the UI for one-day runs; a range run records one result whose
+            # `by_day` metadata holds each day's figures (Dagster ties a check result to the step's partition).
+            partitions_def=daily_partitions,
         )
     ],
 )
@@ -84,7 +87,21 @@ def transaction_features(
     limit = validation_policy.max_invalid_fraction
     blocked = sorted(d for d, share in shares.items() if share > limit)
     worst = max(shares, key=lambda d: shares[d])
-    sample = quarantine[worst].head(_SAMPLE_ROWS)
+    # The sample comes from the days that are blocked (the worst day when none is), one slice per day.
+    sample_days = blocked or [worst]
+    sample = pd.concat(
+        [quarantine[d].head(_SAMPLE_ROWS).assign(dt=d) for d in sample_days], ignore_index=True
+    ).head(_SAMPLE_ROWS * 3)
+    by_day = {
+        d: {
+            "rows": len(raw_transactions[d]),
+            "quarantined": len(quarantine[d]),
+            "invalid_fraction": round(shares[d], 6),
+            "blocked": d in blocked,
+            "reasons": reasons[d],
+        }
+        for d in shares
+    }
     yield dg.AssetCheckResult(
         check_name=INVALID_SHARE_CHECK,
         asset_key="transaction_features",
@@ -92,18 +109,27 @@ def transaction_features(
         metadata={
             "max_invalid_fraction": limit,
             "invalid_fraction": shares[worst],
+            "rows": sum(d["rows"] for d in by_day.values()),
             "quarantined_rows": total_bad,
-            "reasons": dg.MetadataValue.json(reasons[worst]),
+            "reasons": dg.MetadataValue.json(_merge_counts(reasons.values())),
             "blocked_days": dg.MetadataValue.json(blocked),
-            "sample_failing_rows": dg.MetadataValue.md(sample.to_markdown(index=False) if len(sample) else "none"),
-            **per_day_metadata({d: round(s, 6) for d, s in shares.items()}),
+            "sample_failing_rows": dg.MetadataValue.md(
+                _sample_markdown(sample) if len(sample) else "none"
+            ),
+            "by_day": dg.MetadataValue.json(by_day),
         },
         description=(
-            f"{len(blocked)} day(s) over the {limit:.2%} limit: {', '.join(blocked)}"
+            f"{len(blocked)} day(s) over the {limit:.2%} limit: "
+            + ", ".join(f"{d} ({shares[d]:.3%})" for d in blocked)
             if blocked
             else f"worst day {worst}: {shares[worst]:.3%} quarantined (limit {limit:.2%})"
         ),
     )
+
+
+def _sample_markdown(sample: pd.DataFrame) -> str:
+    columns = ["dt", "reason", *[c for c in sample.columns if c not in ("dt", "reason")]]
+    return sample.loc[:, columns].astype("string").fillna("<null>").to_markdown(index=False)
 
 
 def _reason_counts(quarantined: pd.DataFrame) -> dict[str, int]:

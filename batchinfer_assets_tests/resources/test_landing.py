@@ -83,3 +83,24 @@ def test_empty_day_fails_unless_allowed(tmp_path):
     with pytest.raises(LandingDataError, match="has no rows"):
         ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
     assert ParquetLandingZoneResource(uri=str(tmp_path), allow_empty_days=True).load_day(DAY).empty
+
+
+@pytest.mark.parametrize(
+    ("event_time", "expected"),
+    [
+        pytest.param(pd.Timestamp("2025-03-04 09:30", tz="Europe/Paris"), pd.Timestamp("2025-03-04 08:30", tz="UTC"), id="zoned: converted"),
+        pytest.param(pd.Timestamp("2025-03-04 09:30"), pd.Timestamp("2025-03-04 09:30", tz="UTC"), id="naive: read as UTC"),
+    ],
+)
+def test_event_times_in_any_zone_are_conformed_to_utc(tmp_path, event_time, expected):
+    _land(tmp_path, _landing_frame(1).assign(event_time=[event_time]))
+
+    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+
+    assert frame.loc[0, "event_time"] == expected and str(frame["event_time"].dtype) == "datetime64[us, UTC]"
+
+
+def test_timestamps_as_numbers_are_named(tmp_path):
+    _land(tmp_path, _landing_frame().assign(event_time=[1, 2, 3, 4]))
+    with pytest.raises(LandingDataError, match="column 'event_time'.*cannot be cast to datetime64"):
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)

@@ -40,7 +40,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
             model_uri=settings.model_uri,
             artifact_location=settings.artifact_location,
         ),
-        "torch_scorer": TorchScorerResource(device=settings.device, batch_size=settings.batch_size),
+        "torch_scorer": TorchScorerResource(
+            device=settings.device, batch_size=settings.batch_size, state_dir=str(settings.state_dir)
+        ),
         "prediction_db": PredictionDatabaseResource(url=settings.predictions_db_url),
         "table_storage": TableStorageResource(base_uri=settings.storage_uri),
     }

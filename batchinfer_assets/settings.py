@@ -53,6 +53,11 @@ class Settings:
         )
 
     @property
+    def state_dir(self) -> Path:
+        """Small state the scorer keeps between runs (e.g. the batch size that fit after an out-of-memory)."""
+        return self.home / "state"
+
+    @property
     def artifact_location(self) -> str:
         """Where the demo experiment's MLflow artifacts go: under home, never a stray ./mlruns."""
         return (self.home / "mlartifacts").as_uri()

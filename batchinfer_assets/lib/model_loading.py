@@ -229,6 +229,19 @@ def pin_model_uri(client, uri: str, tracking_uri: str) -> tuple[str, str | None,
     return f"models:/{name}/{version}", name, version, model_version.run_id
 
 
+def with_version(uri: str, version: str) -> str:
+    """`models:/name/<version>` for a models:/ URI (alias or version), to reproduce with a recorded version."""
+    if not str(version).isdigit():
+        raise ModelResolutionError(f"model version to pin must be a registry version number, got {version!r}")
+    match = _MODELS_ALIAS.match(uri) or _MODELS_VERSION.match(uri)
+    if match is None:
+        raise ModelResolutionError(
+            f"cannot pin {uri!r} to version {version}: only models:/<name>@<alias> and models:/<name>/<version> "
+            "URIs name a registered model (a runs:/ URI is pinned already)"
+        )
+    return f"models:/{match['name']}/{version}"
+
+
 @contextlib.contextmanager
 def downloaded_model(pinned_uri: str, tracking_uri: str, registry_uri: str | None = None) -> Iterator[Path]:
     """A private temporary copy of the model's artifacts (MLmodel, data/...), removed afterwards."""

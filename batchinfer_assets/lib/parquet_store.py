@@ -7,6 +7,7 @@ reader sees either the old files or the new ones, never a half-written file or a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -98,6 +99,31 @@ class PartitionedParquetStore:
         shutil.rmtree(previous, ignore_errors=True)
         return final
 
+    @contextlib.contextmanager
+    def partition_writer(self, table: str, dt: str, schema: pa.Schema) -> Iterator[PartitionWriter]:
+        """Replace the day's files with what is written through the yielded writer, swapped in only on success."""
+        self._restore_interrupted_swap(table, dt)
+        table_dir = self.table_dir(table)
+        staging_root = table_dir / STAGING_DIR
+        token = uuid.uuid4().hex
+        staging = staging_root / f"{PARTITION_COLUMN}={dt}.{token}"
+        staging.mkdir(parents=True, exist_ok=False)
+        previous = staging_root / f"{PARTITION_COLUMN}={dt}.{token}.previous"
+        try:
+            writer = PartitionWriter(staging, schema)
+            yield writer
+            writer.close()
+            _fsync_dir(staging)
+            final = self.partition_dir(table, dt)
+            if final.exists():
+                os.rename(final, previous)
+            os.rename(staging, final)
+            _fsync_dir(table_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
+
     def delete_partition(self, table: str, dt: str) -> None:
         """Remove the day's folder if present."""
         shutil.rmtree(self.partition_dir(table, dt), ignore_errors=True)
@@ -113,6 +139,71 @@ class PartitionedParquetStore:
         leftovers = sorted(staging_root.glob(f"{PARTITION_COLUMN}={dt}.*.previous"), key=lambda p: p.stat().st_mtime)
         if leftovers:
             os.rename(leftovers[-1], final)
+
+
+class PartitionWriter:
+    """Streams record batches into a staging folder: row groups of ROW_GROUP_SIZE, a new file every ROWS_PER_FILE rows."""
+
+    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+        self.folder = folder
+        self.schema = schema
+        self.rows_written = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._files = 0
+        self._file_rows = 0
+        self._sink = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Append rows (cast to the writer's schema); full row groups go to disk, the rest waits."""
+        if batch.schema != self.schema:
+            batch = batch.cast(self.schema) if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]).cast(self.schema)
+        parts = batch.to_batches() if isinstance(batch, pa.Table) else [batch]
+        for part in parts:
+            if part.num_rows:
+                self._pending.append(part)
+                self._pending_rows += part.num_rows
+        while self._pending_rows >= ROW_GROUP_SIZE:
+            self._flush(ROW_GROUP_SIZE)
+
+    def close(self) -> None:
+        """Write what is left (an empty file when nothing was written, so the day keeps its schema) and sync."""
+        if self._pending_rows or self._writer is None:
+            self._flush(self._pending_rows)
+        self._close_file()
+
+    def _flush(self, rows: int) -> None:
+        pending = pa.Table.from_batches(self._pending, schema=self.schema)
+        group, rest = pending.slice(0, rows), pending.slice(rows)
+        self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
+        offset = 0
+        while True:
+            if self._writer is None or self._file_rows >= ROWS_PER_FILE:
+                self._open_file()
+            take = min(group.num_rows - offset, ROWS_PER_FILE - self._file_rows)
+            self._writer.write_table(group.slice(offset, take), row_group_size=ROW_GROUP_SIZE)
+            self._file_rows += take
+            self.rows_written += take
+            offset += take
+            if offset >= group.num_rows:
+                return
+
+    def _open_file(self) -> None:
+        self._close_file()
+        self._sink = open(self.folder / f"part-{self._files:05d}.parquet", "wb")
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+        self._files += 1
+        self._file_rows = 0
+
+    def _close_file(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._sink.flush()
+        os.fsync(self._sink.fileno())
+        self._sink.close()
+        self._writer = self._sink = None
 
 
 def _write_file(path: Path, data: pa.Table) -> None:

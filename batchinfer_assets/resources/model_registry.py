@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Optional
 
 import dagster as dg
@@ -17,9 +18,19 @@ from batchinfer_assets.lib.model_loading import (
     load_reference_frame,
     make_client,
     pin_model_uri,
+    with_version,
 )
 
-__all__ = ["DEFAULT_MODEL_URI", "MlflowModelRegistryResource", "ModelNotFoundError", "ResolvedModel"]
+__all__ = [
+    "DEFAULT_MODEL_URI",
+    "MODEL_VERSION_TAG",
+    "MlflowModelRegistryResource",
+    "ModelNotFoundError",
+    "ResolvedModel",
+]
+
+# A run tag that pins the registered version instead of following the alias, e.g. to reproduce a past day.
+MODEL_VERSION_TAG = "batchinfer/model_version"
 
 
 class MlflowModelRegistryResource(dg.ConfigurableResource):
@@ -53,16 +64,17 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
     def _client(self):
         return make_client(self.tracking_uri, self.registry_uri)
 
-    def resolve(self) -> ResolvedModel:
-        """Pin model_uri to one immutable version and describe it (checksum, input columns, format)."""
+    def resolve(self, version: Optional[str] = None) -> ResolvedModel:
+        """Pin model_uri (or, given `version`, that version of its registered model) and describe it."""
+        requested = self.model_uri if version is None else with_version(self.model_uri, version)
         client = self._client()
         try:
-            pinned_uri, *_ = pin_model_uri(client, self.model_uri, self.tracking_uri)
+            pinned_uri, *_ = pin_model_uri(client, requested, self.tracking_uri)
         except ModelNotFoundError:
-            if not (self.demo_when_missing and self.model_uri == DEFAULT_MODEL_URI):
+            if not (version is None and self.demo_when_missing and self.model_uri == DEFAULT_MODEL_URI):
                 raise
             self._register_demo()
-            pinned_uri, *_ = pin_model_uri(client, self.model_uri, self.tracking_uri)
+            pinned_uri, *_ = pin_model_uri(client, requested, self.tracking_uri)
         # An alias can move between calls, so it is looked up every time; what a pinned version
         # holds cannot change, so its download and checksum are done once.
         cached = self._described.get(pinned_uri)
@@ -71,7 +83,11 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
                 client, pinned_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
             )
             self._described[pinned_uri] = cached
-        return _with_requested(cached, self.model_uri)
+        return _with_requested(cached, requested)
+
+    def resolve_for_run(self, run_tags: Mapping[str, str]) -> ResolvedModel:
+        """The run's model: the version its `batchinfer/model_version` tag pins, else what model_uri resolves to now."""
+        return self.resolve(version=run_tags.get(MODEL_VERSION_TAG))
 
     def _register_demo(self) -> str:
         # Imported here: the demo pulls in the synthetic source and training code, which a user's

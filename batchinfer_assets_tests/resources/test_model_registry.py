@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchinfer_assets.lib.model_loading import ModelNotFoundError, ModelResolutionError
-from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MlflowModelRegistryResource
+from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MODEL_VERSION_TAG, MlflowModelRegistryResource
 
 
 def _registry(store, uri: str, **kwargs) -> MlflowModelRegistryResource:
@@ -139,3 +139,29 @@ def test_load_reference_absent(tmp_path, tiny_model_store):
         )
     registry = MlflowModelRegistryResource(tracking_uri=tracking_uri, model_uri="models:/bare/1")
     assert registry.load_reference(registry.resolve()) is None
+
+
+@pytest.mark.parametrize("uri", ["models:/tiny-pt2@champion", "models:/tiny-pt2/1"])
+def test_version_pins_instead_of_alias(tiny_model_store, uri):
+    registry = _registry(tiny_model_store, uri)
+    resolved = registry.resolve(version="1")
+    assert resolved.requested_uri == resolved.pinned_uri == "models:/tiny-pt2/1"
+    assert registry.resolve_for_run({MODEL_VERSION_TAG: "1"}) == resolved
+    assert registry.resolve_for_run({}).requested_uri == uri
+
+
+def test_pinned_version_missing_is_not_found(tiny_model_store):
+    with pytest.raises(ModelNotFoundError, match="models:/tiny-pt2/9"):
+        _registry(tiny_model_store, "models:/tiny-pt2@champion").resolve(version="9")
+
+
+@pytest.mark.parametrize(
+    ("uri", "version", "message"),
+    [
+        ("runs:/0123456789abcdef0123456789abcdef/model", "1", "runs:/ URI is pinned already"),
+        ("models:/tiny-pt2@champion", "champion", "registry version number"),
+    ],
+)
+def test_pinning_a_version_that_cannot_apply(tiny_model_store, uri, version, message):
+    with pytest.raises(ModelResolutionError, match=message):
+        _registry(tiny_model_store, uri).resolve(version=version)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from batchinfer_assets.lib.batching import BATCH_SIZES_FILE
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.torch_scorer import (
     CPU_BATCH_SIZE,
@@ -152,3 +155,92 @@ def test_defaults_on_this_machine():
     if expected == "cpu":
         assert scorer.effective_batch_size() == CPU_BATCH_SIZE
     assert TorchScorerResource(batch_size=100).effective_batch_size() == 100
+
+
+class _OutOfMemoryAbove(torch.nn.Module):
+    """Raises CUDA's out-of-memory error for batches above `limit` rows, like a GPU that is too small."""
+
+    def __init__(self, inner: torch.nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit = inner, limit
+        self.batch_rows: list[int] = []
+
+    def forward(self, x):
+        self.batch_rows.append(int(x.shape[0]))
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: batch of {x.shape[0]} rows")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_retries_and_remembers(tiny_model_store, tmp_path):
+    resolved = _resolve(tiny_model_store, "models:/tiny-pt2/1")
+    frame = _shuffled_frame(tiny_model_store.columns, rows=1000, seed=5)
+    module = _OutOfMemoryAbove(tiny_model_store.module, limit=100)
+    loaded = LoadedModel(module=module, resolved=resolved, device="cpu")
+    scorer = TorchScorerResource(device="cpu", batch_size=400, state_dir=str(tmp_path / "state"))
+
+    scores, run = scorer.score_matrix(loaded, frame[list(tiny_model_store.columns)].to_numpy(np.float32))
+
+    np.testing.assert_allclose(scores, _expected(tiny_model_store, frame), rtol=1e-6, atol=1e-7)
+    assert (run.started_batch_size, run.batch_size, run.backoffs) == (400, 100, 2)
+    # The failing first batch is retried at 200, then 100; no row is skipped or scored twice after that.
+    assert module.batch_rows == [400, 200, *([100] * 10)]
+    remembered = json.loads((tmp_path / "state" / BATCH_SIZES_FILE).read_text())
+    assert remembered == {f"{loaded.version_id}|cpu": 100}
+
+    fresh = TorchScorerResource(device="cpu", batch_size=400, state_dir=str(tmp_path / "state"))
+    assert fresh.starting_batch_size(loaded) == 100
+    module.batch_rows.clear()
+    fresh.score_matrix(loaded, frame[list(tiny_model_store.columns)].to_numpy(np.float32))
+    assert module.batch_rows == [100] * 10
+    other_version = LoadedModel(module=module, resolved=_resolve(tiny_model_store, "models:/tiny-pickle/1"), device="cpu")
+    assert fresh.starting_batch_size(other_version) == 400
+
+
+def test_out_of_memory_at_one_row_is_raised(tiny_model_store):
+    resolved = _resolve(tiny_model_store, "models:/tiny-pt2/1")
+    loaded = LoadedModel(module=_OutOfMemoryAbove(tiny_model_store.module, limit=0), resolved=resolved, device="cpu")
+    with pytest.raises(torch.OutOfMemoryError, match="batch of 1 rows"):
+        TorchScorerResource(device="cpu", batch_size=8).score(loaded, _shuffled_frame(tiny_model_store.columns, rows=20))
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("bf16", 2e-2), ("fp16", 2e-3)])
+def test_autocast_precision_stays_close_to_fp32(tiny_model_store, precision, tolerance):
+    resolved = _resolve(tiny_model_store, "models:/tiny-pickle/1")
+    frame = _shuffled_frame(tiny_model_store.columns, rows=300, seed=7)
+    scorer = TorchScorerResource(device="cpu", precision=precision)
+    scores = scorer.score(scorer.load(resolved), frame)
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, _expected(tiny_model_store, frame), atol=tolerance)
+
+
+def test_unknown_precision_is_refused(tiny_model_store):
+    with pytest.raises(ValueError, match="precision must be fp32, bf16 or fp16"):
+        TorchScorerResource(device="cpu", precision="int8").load(_resolve(tiny_model_store, "models:/tiny-pt2/1"))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; CI has none")
+
+
+@needs_cuda
+@pytest.mark.parametrize("fmt", ["pt2", "pickle"])
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-5), ("bf16", 2e-2)])
+def test_cuda_scores_match_cpu(tiny_model_store, fmt, precision, tolerance):
+    resolved = _resolve(tiny_model_store, f"models:/{tiny_model_store.names[fmt]}/1")
+    frame = _shuffled_frame(tiny_model_store.columns, rows=10_007, seed=11)
+    scorer = TorchScorerResource(device="cuda", batch_size=1000, precision=precision)
+    loaded = scorer.load(resolved)
+    assert loaded.device == "cuda:0"
+    np.testing.assert_allclose(scorer.score(loaded, frame), _expected(tiny_model_store, frame), atol=tolerance)
+
+
+@needs_cuda
+def test_cuda_out_of_memory_backoff(tiny_model_store, tmp_path):
+    resolved = _resolve(tiny_model_store, "models:/tiny-pt2/1")
+    module = _OutOfMemoryAbove(tiny_model_store.module.to("cuda:0"), limit=300)
+    loaded = LoadedModel(module=module, resolved=resolved, device="cuda:0")
+    frame = _shuffled_frame(tiny_model_store.columns, rows=5000, seed=13)
+    scorer = TorchScorerResource(device="cuda", batch_size=1000, state_dir=str(tmp_path))
+    scores, run = scorer.score_matrix(loaded, frame[list(tiny_model_store.columns)].to_numpy(np.float32))
+    assert (run.batch_size, run.backoffs) == (250, 2)
+    np.testing.assert_allclose(scores, _expected(tiny_model_store, frame), atol=1e-5)

@@ -1,6 +1,7 @@
 """Helpers shared by the daily assets for runs that cover one day or a range of days."""
 
 import datetime as dt
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -15,6 +16,15 @@ def as_date(partition_key: str) -> dt.date:
     return dt.date.fromisoformat(partition_key)
 
 
-def per_day_metadata(values: dict[str, object]) -> dict[str, object]:
-    """A compact per-day breakdown for range runs; empty for single days, whose top-level values say it all."""
-    return {"by_day": dg.MetadataValue.json(values)} if len(values) > 1 else {}
+def record_each_day(
+    context: dg.AssetExecutionContext,
+    metadata_by_day: Mapping[str, Mapping[str, object]],
+    asset_key: str | None = None,
+) -> None:
+    """Attach each day's own figures to that day's materialization.
+
+    A single-run range yields one output for many days; without this every day of the range would show the
+    range's totals. Values given here override the output's run-level metadata for that day only.
+    """
+    for day, metadata in metadata_by_day.items():
+        context.add_asset_metadata(dict(metadata), asset_key=asset_key, partition_key=day)

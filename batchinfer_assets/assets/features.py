@@ -5,7 +5,7 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 
-from batchinfer_assets.assets._partitions import as_date, per_day_metadata, run_days
+from batchinfer_assets.assets._partitions import as_date, record_each_day, run_days
 from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.validation import ValidationPolicyResource
@@ -70,9 +70,9 @@ def transaction_features(
         metadata={
             "row_count": sum(len(f) for f in features.values()),
             "feature_count": len(FEATURE_COLUMNS),
-            **per_day_metadata({d: len(f) for d, f in features.items()}),
         },
     )
+    record_each_day(context, {d: {"row_count": len(f)} for d, f in features.items()}, "transaction_features")
     total_bad = sum(len(q) for q in quarantine.values())
     yield dg.Output(
         quarantine,
@@ -80,8 +80,15 @@ def transaction_features(
         metadata={
             "quarantined_rows": total_bad,
             "reasons": dg.MetadataValue.json(_merge_counts(reasons.values())),
-            **per_day_metadata(reasons),
         },
+    )
+    record_each_day(
+        context,
+        {
+            d: {"quarantined_rows": len(q), "row_count": len(q), "reasons": dg.MetadataValue.json(reasons[d])}
+            for d, q in quarantine.items()
+        },
+        "quarantined_transactions",
     )
 
     limit = validation_policy.max_invalid_fraction

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from batchinfer_assets.assets._partitions import as_date, per_day_metadata, run_days
+from batchinfer_assets.assets._partitions import as_date, record_each_day, run_days
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.landing import LandingZoneResource
 
@@ -21,12 +21,11 @@ def raw_transactions(context: dg.AssetExecutionContext, landing_zone: LandingZon
     for day in run_days(context):
         frames[day] = landing_zone.load_day(as_date(day))
         context.log.info(f"{day}: {len(frames[day])} transactions from {landing_zone.location(as_date(day))}")
-    counts = {day: len(frame) for day, frame in frames.items()}
-    return dg.Output(
-        frames,
-        metadata={
-            "source": landing_zone.location(as_date(run_days(context)[0])),
-            "transactions": sum(counts.values()),
-            **per_day_metadata(counts),
+    record_each_day(
+        context,
+        {
+            day: {"source": landing_zone.location(as_date(day)), "transactions": len(frame), "row_count": len(frame)}
+            for day, frame in frames.items()
         },
     )
+    return dg.Output(frames, metadata={"transactions": sum(len(f) for f in frames.values())})

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from batchinfer_assets.assets._partitions import as_date, per_day_metadata, run_days
+from batchinfer_assets.assets._partitions import as_date, record_each_day, run_days
 from batchinfer_assets.lib.drift import (
     DriftConfig,
     compute_drift,
@@ -139,8 +139,21 @@ def drift_metrics(
         "n_reference_trailing": int(trailing.rows_used(last)),
         "most_drifted": dg.MetadataValue.md(drift_markdown(tables[last])),
         "report": dg.MetadataValue.path(str(reports[last])),
-        **per_day_metadata(verdicts),
     }
+    record_each_day(
+        context,
+        {
+            day: {
+                **verdicts[day],
+                "row_count": len(tables[day]),
+                "verdict": f"drifted on {day}" if verdicts[day]["dataset_drifted"] else "no dataset drift",
+                "most_drifted": dg.MetadataValue.md(drift_markdown(tables[day])),
+                "report": dg.MetadataValue.path(str(reports[day])),
+                "n_reference_trailing": int(trailing.rows_used(day)),
+            }
+            for day in days
+        },
+    )
     if shared_notes:
         metadata["note"] = " ".join(shared_notes)
     yield dg.Output(tables, metadata=metadata)

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchinfer_assets.assets._partitions import per_day_metadata, run_days
+from batchinfer_assets.assets._partitions import record_each_day, run_days
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
@@ -82,7 +82,6 @@ def predictions(
     context.log.info(progress.line())
     hashes = {day: snapshot_content_hash(context, store, day) for day in days}
     rows = sum(r.rows for r in results.values())
-    row_counts = {day: r.rows for day, r in results.items()}
     metadata: dict[str, object] = {
         "model_uri": resolved.requested_uri,
         "pinned_model_uri": resolved.pinned_uri,
@@ -90,7 +89,7 @@ def predictions(
         "model_version": resolved.version,
         "model_run_id": resolved.run_id,
         "model_artifact_checksum": resolved.artifact_checksum,
-        "input_snapshot_hash": hashes[days[0]] if len(days) == 1 else dg.MetadataValue.json(hashes),
+        "input_snapshot_hash": hashes[days[0]],
         "row_count": rows,
         "rows_per_second": round(rows / progress.elapsed_s, 1) if progress.elapsed_s > 0 else float(rows),
         "device": model.device,
@@ -100,10 +99,19 @@ def predictions(
         "threshold": torch_scorer.threshold,
         "positive_rate": sum(r.positives for r in results.values()) / rows if rows else 0.0,
         "uri": dg.MetadataValue.path(str(store.table_dir(PREDICTIONS_TABLE))),
-        **per_day_metadata(row_counts),
     }
-    if len(days) > 1:
-        metadata["row_count_by_day"] = dg.MetadataValue.json(row_counts)
+    record_each_day(
+        context,
+        {
+            day: {
+                "input_snapshot_hash": hashes[day],
+                "row_count": r.rows,
+                "positive_rate": r.positives / r.rows if r.rows else 0.0,
+                "batch_size": r.batch_size,
+            }
+            for day, r in results.items()
+        },
+    )
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -223,9 +231,6 @@ def snapshot_content_hash(context: dg.AssetExecutionContext, store: PartitionedP
         metadata = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
         if "content_hash" in metadata:
             return str(metadata["content_hash"].value)
-        by_day = metadata.get("by_day")
-        if by_day is not None and isinstance(by_day.value, dict) and isinstance(by_day.value.get(day), str):
-            return by_day.value[day]
     # Reads the whole day: only reached when the snapshot was written outside this Dagster instance.
     context.log.warning(f"input_snapshot dt={day} has no recorded content hash; hashing its files")
     return table_content_hash(store.read_partition(SNAPSHOT_TABLE, day))

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from batchinfer_assets.assets._partitions import per_day_metadata, run_days
+from batchinfer_assets.assets._partitions import record_each_day, run_days
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE, PredictionDatabaseResource
 
@@ -25,11 +25,11 @@ def published_predictions(
     for day in run_days(context):
         written[day] = prediction_db.replace_partition(day, predictions[day])
         context.log.info(f"{day}: published {written[day]} rows to {PREDICTIONS_TABLE}")
+    record_each_day(context, {day: {"row_count": n} for day, n in written.items()})
     return dg.MaterializeResult(
         metadata={
             "table": PREDICTIONS_TABLE,
             "database": prediction_db.safe_url(),
             "row_count": sum(written.values()),
-            **per_day_metadata(written),
         }
     )

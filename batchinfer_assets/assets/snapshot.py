@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 from pandera.errors import SchemaErrors
 
-from batchinfer_assets.assets._partitions import per_day_metadata, run_days
+from batchinfer_assets.assets._partitions import record_each_day, run_days
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.hashing import frame_content_hash
 from batchinfer_assets.lib.model_loading import mlflow_uris
@@ -51,10 +51,10 @@ def input_snapshot(
     metadata: dict[str, object] = {
         "row_count": sum(len(s) for s in snapshots.values()),
         "columns": dg.MetadataValue.json(list(SNAPSHOT_COLUMNS)),
-        **per_day_metadata(hashes),
     }
+    record_each_day(context, {d: {"row_count": len(snapshots[d]), "content_hash": hashes[d]} for d in days})
     if len(days) == 1:
-        metadata["content_hash"] = hashes[days[0]]
+        # Dagster keeps one data version per step output; a range's days carry their hash as metadata.
         yield dg.Output(snapshots, metadata=metadata, data_version=dg.DataVersion(hashes[days[0]]))
     else:
         yield dg.Output(snapshots, metadata=metadata)

@@ -39,8 +39,6 @@ class HiveParquetIOManager(dg.ConfigurableIOManager):
             "uri": dg.MetadataValue.path(str(store.table_dir(table))),
             "row_count": sum(row_counts.values()),
         }
-        if len(row_counts) > 1:
-            metadata["row_count_by_day"] = dg.MetadataValue.json(row_counts)
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> dict[str, pd.DataFrame]:

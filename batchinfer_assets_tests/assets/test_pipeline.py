@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.drift import DRIFT_COLUMNS
 from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_COLUMNS
+from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.settings import Settings
 
@@ -101,8 +102,7 @@ def test_week_as_one_range_equals_day_by_day(settings, tmp_path):
     for day in days:
         _materialize(daily, partition_key=day)
 
-    assert len(result.asset_materializations_for_node("predictions")) == 7
-    ranged_store = PartitionedParquetStore(ranged.storage_uri)
+    _assert_each_day_carries_its_own_figures(result, ranged_store := PartitionedParquetStore(ranged.storage_uri), days)
     daily_store = PartitionedParquetStore(daily.storage_uri)
     for table in DAILY_TABLES:
         for day in days:
@@ -123,3 +123,23 @@ def test_rerun_of_a_day_is_byte_identical_and_never_duplicates(settings):
     rows_after = _db_rows(settings)
     assert len(rows_after) == len(rows_before) == rows_after["transaction_id"].nunique()
     pd.testing.assert_frame_equal(rows_before, rows_after)
+
+
+def _assert_each_day_carries_its_own_figures(result, store: PartitionedParquetStore, days: list[str]) -> None:
+    """A single-run range materializes every day with that day's row count and input hash, not the range's."""
+    by_asset = {}
+    for node in ("raw_transactions", "input_snapshot", "predictions", "drift_metrics", "published_predictions"):
+        events = result.asset_materializations_for_node(node)
+        by_asset[node] = {e.partition: e.metadata for e in events}
+        assert sorted(by_asset[node]) == days, node
+    for day in days:
+        snapshot = store.read_partition("input_snapshot", day)
+        predictions = store.read_partition("predictions", day)
+        assert by_asset["raw_transactions"][day]["row_count"].value == store.read_partition("raw_transactions", day).num_rows
+        assert by_asset["input_snapshot"][day]["row_count"].value == snapshot.num_rows
+        assert by_asset["input_snapshot"][day]["content_hash"].value == table_content_hash(snapshot)
+        assert by_asset["predictions"][day]["row_count"].value == predictions.num_rows
+        assert by_asset["predictions"][day]["input_snapshot_hash"].value == table_content_hash(snapshot)
+        assert by_asset["published_predictions"][day]["row_count"].value == predictions.num_rows
+        assert by_asset["drift_metrics"][day]["row_count"].value == store.read_partition("drift_metrics", day).num_rows
+    assert len({by_asset["input_snapshot"][d]["content_hash"].value for d in days}) == len(days)

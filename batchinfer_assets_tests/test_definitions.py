@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -81,3 +82,14 @@ def test_schedule_requests_yesterday(defs):
     requests = list(schedule.evaluate_tick(context).run_requests or [])
     assert [r.partition_key for r in requests] == ["2025-03-04"]
     assert schedule.job_name == "daily_scoring_job"
+
+
+def test_scoring_runs_in_the_single_slot_scoring_pool(defs):
+    from dagster._core.instance.config import dagster_instance_config
+
+    from batchinfer_assets.sensors import PREDICTIONS
+
+    graph = defs.resolve_asset_graph()
+    assert graph.assets_def_for_key(PREDICTIONS).op.pool == "scoring"
+    config, _ = dagster_instance_config(str(Path(__file__).resolve().parents[1]))
+    assert config["concurrency"]["pools"]["default_limit"] == 1

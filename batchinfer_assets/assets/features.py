@@ -7,7 +7,8 @@ import pandas as pd
 
 from batchinfer_assets.assets._partitions import as_date, record_each_day, run_days
 from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
-from batchinfer_assets.partitions import daily_partitions
+from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
+from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.schemas import split_valid_rows
 
@@ -31,7 +32,8 @@ _SAMPLE_ROWS = 10
     },
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="features",
+    retry_policy=TRANSIENT_RETRY,
+    group_name=PIPELINE_GROUP,
     check_specs=[
         dg.AssetCheckSpec(
             INVALID_SHARE_CHECK,
@@ -44,6 +46,7 @@ _SAMPLE_ROWS = 10
         )
     ],
 )
+@final_on_bad_data
 def transaction_features(
     context: dg.AssetExecutionContext,
     raw_transactions: dict[str, pd.DataFrame],

@@ -26,7 +26,8 @@ from batchinfer_assets.lib.drift import (
 from batchinfer_assets.lib.drift_report import render_drift_report, write_report
 from batchinfer_assets.lib.features import CALENDAR_FEATURES
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.partitions import daily_partitions
+from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
+from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.table_storage import TableStorageResource
 
@@ -43,7 +44,8 @@ DRIFT_CONFIG = DriftConfig()
 @dg.asset(
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="monitoring",
+    retry_policy=TRANSIENT_RETRY,
+    group_name=PIPELINE_GROUP,
     kinds={"scipy", "parquet"},
     code_version="2",
     check_specs=[
@@ -55,6 +57,7 @@ DRIFT_CONFIG = DriftConfig()
         )
     ],
 )
+@final_on_bad_data
 def drift_metrics(
     context: dg.AssetExecutionContext,
     input_snapshot: dict[str, pd.DataFrame],

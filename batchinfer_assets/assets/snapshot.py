@@ -8,7 +8,8 @@ from batchinfer_assets.assets._partitions import record_each_day, run_days
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.hashing import frame_content_hash
 from batchinfer_assets.lib.model_loading import mlflow_uris
-from batchinfer_assets.partitions import daily_partitions
+from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
+from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource, ResolvedModel
 from batchinfer_assets.schemas import feature_schema
 
@@ -22,7 +23,8 @@ _SAMPLE_ROWS = 10
 @dg.asset(
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    group_name="features",
+    retry_policy=TRANSIENT_RETRY,
+    group_name=PIPELINE_GROUP,
     kinds={"pandas", "parquet"},
     code_version="1",
     check_specs=[
@@ -35,6 +37,7 @@ _SAMPLE_ROWS = 10
         )
     ],
 )
+@final_on_bad_data
 def input_snapshot(
     context: dg.AssetExecutionContext,
     transaction_features: dict[str, pd.DataFrame],
@@ -82,7 +85,9 @@ def _validated(schema, features: pd.DataFrame, day: str) -> pd.DataFrame:
     """The snapshot columns of one day, or a failure naming each broken column and check (NaN and inf included)."""
     missing = [c for c in SNAPSHOT_COLUMNS if c not in features.columns]
     if missing:
-        raise dg.Failure(description=f"input_snapshot {day}: feature column(s) missing: {', '.join(missing)}")
+        raise dg.Failure(
+            description=f"input_snapshot {day}: feature column(s) missing: {', '.join(missing)}", allow_retries=False
+        )
     try:
         return schema.validate(features.loc[:, list(SNAPSHOT_COLUMNS)], lazy=True).reset_index(drop=True)
     except SchemaErrors as errors:
@@ -101,6 +106,7 @@ def _validated(schema, features: pd.DataFrame, day: str) -> pd.DataFrame:
                     cases.head(_SAMPLE_ROWS).astype("string").fillna("<null>").to_markdown(index=False)
                 ),
             },
+            allow_retries=False,
         ) from errors
 
 

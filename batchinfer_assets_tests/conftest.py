@@ -119,3 +119,19 @@ def pipeline_settings(tmp_path, demo_model_store):
         rows_per_day=1500,
         predictions_db_url=f"sqlite:///{tmp_path / 'predictions.db'}",
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server (Debian's binaries) on a free loopback port for the session; always stopped."""
+    from batchinfer_assets_tests.postgres.server import find_bin_dir, start_server, stop_server
+
+    try:
+        find_bin_dir()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    server = start_server()
+    try:
+        yield server
+    finally:
+        stop_server(server)

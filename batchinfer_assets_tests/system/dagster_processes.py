@@ -1,0 +1,177 @@
+"""dagster-webserver and dagster-daemon as real processes on loopback, and a small GraphQL client for them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+SCORING_ASSETS = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics"]
+STARTUP_TIMEOUT = 180
+BACKFILL_TIMEOUT = 420
+PUBLISH_TIMEOUT = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+class Dagster:
+    """A running webserver + daemon pair and a small GraphQL client for them."""
+
+    def __init__(self, url: str, logs: Path):
+        self.url = url
+        self.logs = logs
+
+    def graphql(self, query: str, **variables) -> dict:
+        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30)
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def wait_for(self, what: str, predicate, timeout: float, interval: float = 2.0):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = predicate()
+            if last:
+                return last
+            time.sleep(interval)
+        tails = "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.logs.glob("*.log")))
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{tails}")
+
+
+@contextmanager
+def running_dagster(
+    tmp_path: Path, tracking_uri: str, instance_yaml: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Dagster]:
+    """Webserver and daemon on `instance_yaml` (copied to DAGSTER_HOME/dagster.yaml), always torn down."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(instance_yaml, dagster_home / "dagster.yaml")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "BATCHINFER_HOME": str(tmp_path / "home"),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "BATCHINFER_DEMO_ROWS_PER_DAY": "1000",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    commands = {
+        "webserver": [str(bin_dir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+    }
+    # Create the instance's storages once: processes starting together on a fresh home race to stamp them.
+    subprocess.run([str(bin_dir / "dagster"), "instance", "migrate"], cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
+    procs = []
+    try:
+        for name, command in commands.items():
+            log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+            procs.append(
+                subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
+        system = Dagster(f"http://127.0.0.1:{port}", logs)
+
+        def location_loaded():
+            try:
+                data = system.graphql("{ workspaceOrError { ... on Workspace { locationEntries { loadStatus locationOrLoadError { __typename } } } } }")
+            except requests.RequestException:
+                return False
+            entries = data["workspaceOrError"]["locationEntries"]
+            return bool(entries) and entries[0]["loadStatus"] == "LOADED" and entries[0]["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+
+        system.wait_for("the code location to load in the webserver", location_loaded, STARTUP_TIMEOUT)
+        yield system
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+LAUNCH = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+BACKFILL = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } ... on PythonError { message } }
+}"""
+RUNS = """
+query($id: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) { ... on Runs { results { runId status } } }
+}"""
+MATERIALIZED = """
+query($key: [String!]!, $partitions: [String!]) {
+  assetOrError(assetKey: {path: $key}) { ... on Asset { assetMaterializations(partitions: $partitions) { partition runId } } }
+}"""
+
+
+def materialized_days(system: Dagster, asset: str, days: list[str]) -> list[str]:
+    data = system.graphql(MATERIALIZED, key=[asset], partitions=days)
+    events = (data["assetOrError"] or {}).get("assetMaterializations") or []
+    return sorted({e["partition"] for e in events})
+
+
+def backfill_scoring_then_wait_for_publishing(system: Dagster, days: list[str]) -> None:
+    """Backfill the scoring assets for `days` through GraphQL as one run, then wait for the sensor to publish them."""
+    launched = system.graphql(
+        LAUNCH,
+        params={
+            "partitionNames": days,
+            "assetSelection": [{"path": [key]} for key in SCORING_ASSETS],
+            "fromFailure": False,
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    def backfill_done():
+        status = system.graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]["status"]
+        return status if status not in ("REQUESTED", "CANCELING", "FAILING") else None
+
+    assert system.wait_for("the backfill to finish", backfill_done, BACKFILL_TIMEOUT, interval=3) == "COMPLETED_SUCCESS"
+    runs = system.graphql(RUNS, id=backfill_id)["runsOrError"]["results"]
+    assert [r["status"] for r in runs] == ["SUCCESS"], "a single-run backfill scores all the days in one run"
+    assert materialized_days(system, "predictions", days) == days
+    assert materialized_days(system, "published_predictions", days) == [], "the backfill itself did not publish"
+
+    published = system.wait_for(
+        f"the sensor to publish all {len(days)} days",
+        lambda: (published_days := materialized_days(system, "published_predictions", days)) == days and published_days,
+        PUBLISH_TIMEOUT,
+        interval=3,
+    )
+    assert published == days

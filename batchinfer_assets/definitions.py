@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from batchinfer_assets.assets import features, ingest, monitoring, scoring, serving, snapshot
 from batchinfer_assets.checks import ASSET_CHECKS
@@ -23,16 +24,21 @@ from batchinfer_assets.schedules import daily_scoring_schedule
 from batchinfer_assets.sensors import freshness_checks_sensor, publish_predictions_sensor
 from batchinfer_assets.settings import Settings
 
+S3_MAX_ATTEMPTS = 5
+
 
 def build_resources(settings: Settings) -> dict[str, object]:
     """The resources for one set of settings: the only place implementations are chosen."""
+    # Used only by s3:// URIs; endpoint and credentials come from boto3's own variables, retries are
+    # botocore's "standard" mode (backoff with jitter on throttling, 5xx and connection errors).
+    s3 = S3Resource(region_name=settings.aws_region, max_attempts=S3_MAX_ATTEMPTS)
     landing_zone: LandingZoneResource = (
-        ParquetLandingZoneResource(uri=settings.landing_uri)
+        ParquetLandingZoneResource(uri=settings.landing_uri, s3=s3)
         if settings.landing_uri
         else SyntheticLandingZoneResource(rows_per_day=settings.rows_per_day)
     )
     return {
-        "io_manager": HiveParquetIOManager(base_uri=settings.storage_uri),
+        "io_manager": HiveParquetIOManager(base_uri=settings.storage_uri, s3=s3),
         "landing_zone": landing_zone,
         "validation_policy": ValidationPolicyResource(max_invalid_fraction=settings.max_invalid_fraction),
         "model_registry": MlflowModelRegistryResource(
@@ -44,7 +50,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             device=settings.device, batch_size=settings.batch_size, state_dir=str(settings.state_dir)
         ),
         "prediction_db": PredictionDatabaseResource(url=settings.predictions_db_url),
-        "table_storage": TableStorageResource(base_uri=settings.storage_uri),
+        "table_storage": TableStorageResource(base_uri=settings.storage_uri, s3=s3),
     }
 
 

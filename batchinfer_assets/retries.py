@@ -10,7 +10,7 @@ import pandera.errors
 
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.model_loading import ModelResolutionError
-from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
+from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError
 from batchinfer_assets.resources.torch_scorer import MissingInputColumnsError, ModelOutputError
 from batchinfer_assets.schemas import ColumnLevelSchemaError
 
@@ -28,6 +28,7 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
     ModelOutputError,
     ModelResolutionError,
     PartitionNotFoundError,
+    BucketNotFoundError,
 )
 
 F = TypeVar("F", bound=Callable)

@@ -26,6 +26,8 @@ class Settings:
     batch_size: int | None
     max_invalid_fraction: float
     predictions_db_url: str
+    # botocore reads AWS_ENDPOINT_URL and credentials itself but not AWS_REGION, so the region is passed on.
+    aws_region: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -50,6 +52,7 @@ class Settings:
             batch_size=_positive_int("BATCHINFER_BATCH_SIZE", batch_size),
             max_invalid_fraction=_fraction(get("BATCHINFER_MAX_INVALID_FRACTION")),
             predictions_db_url=get("BATCHINFER_PREDICTIONS_DB_URL") or f"sqlite:///{home / 'predictions.db'}",
+            aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
         )
 
     @property

@@ -10,7 +10,6 @@ same run come from memory, having just been loaded as this step's own input.
 
 import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -23,7 +22,7 @@ from batchinfer_assets.lib.drift import (
     empty_drift_table,
     summarize_drift,
 )
-from batchinfer_assets.lib.drift_report import render_drift_report, write_report
+from batchinfer_assets.lib.drift_report import render_drift_report
 from batchinfer_assets.lib.features import CALENDAR_FEATURES
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
@@ -92,7 +91,7 @@ def drift_metrics(
 
     tables: dict[str, pd.DataFrame] = {}
     verdicts: dict[str, dict[str, object]] = {}
-    reports: dict[str, Path] = {}
+    reports: dict[str, str] = {}
     for day in days:
         current, versions = own_days[day]
         notes = list(shared_notes)
@@ -111,8 +110,10 @@ def drift_metrics(
             notes.append(f"{TRAILING_REFERENCE}: none of the previous {TRAILING_DAYS} days is in storage")
         tables[day] = pd.concat(parts, ignore_index=True) if parts else empty_drift_table()
         summary = summarize_drift(tables[day], DRIFT_CONFIG, SCORE_COLUMN)
-        reports[day] = write_report(
-            table_storage.side_file(REPORTS_FOLDER, day, REPORT_FILE),
+        reports[day] = table_storage.write_side_file(
+            REPORTS_FOLDER,
+            day,
+            REPORT_FILE,
             render_drift_report(day, tables[day], current, references, summary, notes),
         )
         verdicts[day] = {

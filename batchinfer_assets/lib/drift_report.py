@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import html
 import math
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from batchinfer_assets.lib.parquet_store import replace_local_text
 from batchinfer_assets.lib.drift import (
     CHI_SQUARED,
     JENSEN_SHANNON,
@@ -104,18 +103,7 @@ Rows per sample: current {len(current)}; {_e("; ".join(f"{k} {len(v)}" for k, v 
 
 def write_report(path: Path, text: str) -> Path:
     """Write the page so that readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        with open(staging, "w", encoding="utf-8") as sink:
-            sink.write(text)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(staging, path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
-    return path
+    return replace_local_text(path, text)
 
 
 def _numeric_svg(series: Mapping[str, pd.Series]) -> str:

@@ -1,8 +1,12 @@
-"""Hive-style partitioned Parquet tables: `{base}/{table}/dt={YYYY-MM-DD}/part-*.parquet`.
+"""Hive-style partitioned Parquet tables: `{base}/{table}/dt={YYYY-MM-DD}/part-*.parquet`, locally or on S3.
 
-A partition is replaced by writing the new files into a hidden staging folder (names starting with `_`
-are ignored by pyarrow.dataset, Spark, DuckDB and Athena) and swapping folders with renames, so a
-reader sees either the old files or the new ones, never a half-written file or a mix of both.
+One store, two backends. Both fill a local spool folder through the same writer and publish it only
+when it is complete, so a failed run never changes a day and readers never see a mix of old and new:
+- local: the spool is a hidden staging folder (names starting with `_` are ignored by pyarrow.dataset,
+  Spark, DuckDB and Athena) swapped in with renames;
+- S3, which has no rename: a day is exactly one object, `part-00000.parquet`, uploaded in one (multipart
+  for big files) upload that S3 makes visible atomically on completion, replacing the previous object
+  under the same key in one step; stale `*.parquet` keys of an older layout are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,98 +28,98 @@ PARTITION_COLUMN = "dt"
 STAGING_DIR = "_staging"
 ROWS_PER_FILE = 2_000_000
 ROW_GROUP_SIZE = 256 * 1024
+S3_PART = "part-00000.parquet"
 
 
 class PartitionNotFoundError(FileNotFoundError):
     """A partition that was asked for has never been written."""
 
 
-class PartitionedParquetStore:
-    """Reads and atomically replaces daily partitions of Parquet tables under one base folder."""
+class StorageUnavailableError(ConnectionError):
+    """The object store cannot be reached (possibly for a moment: retried)."""
 
-    def __init__(self, base_uri: str | os.PathLike[str]):
-        base = str(base_uri)
-        if "://" in base and not base.startswith("file://"):
-            raise ValueError(f"storage URI {base!r} is not a local path; only local storage is supported here")
-        self.base = Path(base.removeprefix("file://")).absolute()
 
-    def table_dir(self, table: str) -> Path:
-        """The folder of one table."""
-        return self.base / table
+class BucketNotFoundError(LookupError):
+    """The configured bucket does not exist (the same on every try: not retried)."""
 
-    def partition_dir(self, table: str, dt: str) -> Path:
-        """The folder of one day of one table."""
-        return self.table_dir(table) / f"{PARTITION_COLUMN}={dt}"
 
+class PartitionBackend(ABC):
+    """Where day folders live, and how a complete spool folder replaces one."""
+
+    @abstractmethod
+    def location(self, *parts: str) -> str:
+        """The URI or path of a table, a day or a file under the base."""
+
+    @abstractmethod
+    def rows_per_file(self) -> int:
+        """Rows after which the writer starts a new file."""
+
+    @abstractmethod
     def has_partition(self, table: str, dt: str) -> bool:
         """Whether the day has been written."""
+
+    @abstractmethod
+    def part_refs(self, table: str, dt: str) -> list[Any]:
+        """The day's Parquet files in read order; PartitionNotFoundError when the day is absent."""
+
+    @abstractmethod
+    def open_part(self, ref: Any) -> contextlib.AbstractContextManager[str | Path]:
+        """A local path pyarrow can read the file from, valid inside the context."""
+
+    @abstractmethod
+    def replacing(self, table: str, dt: str) -> contextlib.AbstractContextManager[Path]:
+        """A spool folder whose files replace the day's on success; nothing changes on failure."""
+
+    @abstractmethod
+    def delete_partition(self, table: str, dt: str) -> None:
+        """Remove the day if present."""
+
+    @abstractmethod
+    def write_text(self, parts: tuple[str, ...], text: str) -> str:
+        """Replace one small text file (readers see the old or the new one) and return its location."""
+
+
+class LocalBackend(PartitionBackend):
+    """Day folders on a local file system, replaced with two renames."""
+
+    def __init__(self, base: Path):
+        self.base = base
+
+    def location(self, *parts: str) -> str:
+        return str(self.base.joinpath(*parts))
+
+    def rows_per_file(self) -> int:
+        return ROWS_PER_FILE
+
+    def partition_dir(self, table: str, dt: str) -> Path:
+        return self.base / table / f"{PARTITION_COLUMN}={dt}"
+
+    def has_partition(self, table: str, dt: str) -> bool:
         self._restore_interrupted_swap(table, dt)
         return self.partition_dir(table, dt).is_dir()
 
-    def partition_files(self, table: str, dt: str) -> list[Path]:
-        """The day's Parquet files in read order."""
+    def part_refs(self, table: str, dt: str) -> list[Path]:
         self._restore_interrupted_swap(table, dt)
         folder = self.partition_dir(table, dt)
         if not folder.is_dir():
             raise PartitionNotFoundError(f"no partition dt={dt} of table {table!r}: {folder} does not exist")
         return sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith((".", "_")))
 
-    def read_partition(self, table: str, dt: str, columns: Iterable[str] | None = None) -> pa.Table:
-        """The whole day as one Arrow table (an empty day keeps its schema)."""
-        files = self.partition_files(table, dt)
-        cols = list(columns) if columns is not None else None
-        tables = [pq.read_table(f, columns=cols) for f in files]
-        if len(tables) == 1:
-            return tables[0]
-        return pa.concat_tables(tables)
-
-    def iter_batches(
-        self, table: str, dt: str, batch_size: int, columns: Iterable[str] | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        """The day as a stream of record batches, so memory stays bounded by the batch size."""
-        cols = list(columns) if columns is not None else None
-        for path in self.partition_files(table, dt):
-            with pq.ParquetFile(path) as pf:
-                yield from pf.iter_batches(batch_size=batch_size, columns=cols)
-
-    def write_partition(self, table: str, dt: str, data: pa.Table) -> Path:
-        """Replace the day's files with `data`, atomically for readers."""
-        self._restore_interrupted_swap(table, dt)
-        table_dir = self.table_dir(table)
-        staging_root = table_dir / STAGING_DIR
-        token = uuid.uuid4().hex
-        staging = staging_root / f"{PARTITION_COLUMN}={dt}.{token}"
-        staging.mkdir(parents=True, exist_ok=False)
-        try:
-            for i, offset in enumerate(range(0, max(data.num_rows, 1), ROWS_PER_FILE)):
-                _write_file(staging / f"part-{i:05d}.parquet", data.slice(offset, ROWS_PER_FILE))
-            _fsync_dir(staging)
-            final = self.partition_dir(table, dt)
-            previous = staging_root / f"{PARTITION_COLUMN}={dt}.{token}.previous"
-            if final.exists():
-                os.rename(final, previous)
-            os.rename(staging, final)
-            _fsync_dir(table_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        shutil.rmtree(previous, ignore_errors=True)
-        return final
+    @contextlib.contextmanager
+    def open_part(self, ref: Path) -> Iterator[Path]:
+        yield ref
 
     @contextlib.contextmanager
-    def partition_writer(self, table: str, dt: str, schema: pa.Schema) -> Iterator[PartitionWriter]:
-        """Replace the day's files with what is written through the yielded writer, swapped in only on success."""
+    def replacing(self, table: str, dt: str) -> Iterator[Path]:
         self._restore_interrupted_swap(table, dt)
-        table_dir = self.table_dir(table)
+        table_dir = self.base / table
         staging_root = table_dir / STAGING_DIR
         token = uuid.uuid4().hex
         staging = staging_root / f"{PARTITION_COLUMN}={dt}.{token}"
         staging.mkdir(parents=True, exist_ok=False)
         previous = staging_root / f"{PARTITION_COLUMN}={dt}.{token}.previous"
         try:
-            writer = PartitionWriter(staging, schema)
-            yield writer
-            writer.close()
+            yield staging
             _fsync_dir(staging)
             final = self.partition_dir(table, dt)
             if final.exists():
@@ -125,15 +132,17 @@ class PartitionedParquetStore:
         shutil.rmtree(previous, ignore_errors=True)
 
     def delete_partition(self, table: str, dt: str) -> None:
-        """Remove the day's folder if present."""
         shutil.rmtree(self.partition_dir(table, dt), ignore_errors=True)
+
+    def write_text(self, parts: tuple[str, ...], text: str) -> str:
+        return str(replace_local_text(self.base.joinpath(*parts), text))
 
     def _restore_interrupted_swap(self, table: str, dt: str) -> None:
         # A process killed between the two renames of a swap leaves the day only in `.previous`.
         final = self.partition_dir(table, dt)
         if final.exists():
             return
-        staging_root = self.table_dir(table) / STAGING_DIR
+        staging_root = self.base / table / STAGING_DIR
         if not staging_root.is_dir():
             return
         leftovers = sorted(staging_root.glob(f"{PARTITION_COLUMN}={dt}.*.previous"), key=lambda p: p.stat().st_mtime)
@@ -141,12 +150,276 @@ class PartitionedParquetStore:
             os.rename(leftovers[-1], final)
 
 
-class PartitionWriter:
-    """Streams record batches into a staging folder: row groups of ROW_GROUP_SIZE, a new file every ROWS_PER_FILE rows."""
+class S3Backend(PartitionBackend):
+    """Day prefixes in an S3 bucket, each day one object replaced by a single upload.
 
-    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+    `client` is a boto3 S3 client (built by dagster-aws's S3Resource, with botocore's retries for
+    throttling and transient errors); its errors are turned into ones naming the endpoint and bucket.
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str, spool_dir: str | None = None):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.spool_dir = spool_dir
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    def location(self, *parts: str) -> str:
+        return f"s3://{self.bucket}/{self.key(*parts)}"
+
+    def rows_per_file(self) -> int:
+        # One object per day: a day's replacement is then a single atomic PUT.
+        return 2**62
+
+    def day_prefix(self, table: str, dt: str) -> str:
+        return self.key(table, f"{PARTITION_COLUMN}={dt}") + "/"
+
+    def has_partition(self, table: str, dt: str) -> bool:
+        return bool(self.data_keys(self.day_prefix(table, dt)))
+
+    def part_refs(self, table: str, dt: str) -> list[str]:
+        keys = self.data_keys(self.day_prefix(table, dt))
+        if not keys:
+            raise PartitionNotFoundError(
+                f"no partition dt={dt} of table {table!r}: no *.parquet objects under {self.location(table, f'{PARTITION_COLUMN}={dt}')}/"
+            )
+        return keys
+
+    @contextlib.contextmanager
+    def open_part(self, ref: str) -> Iterator[Path]:
+        # A local copy keeps reads in bounded memory and lets pyarrow seek freely (footer first).
+        with tempfile.TemporaryDirectory(prefix="batchinfer-s3-", dir=self.spool_dir) as folder:
+            path = Path(folder) / "part.parquet"
+            with open(path, "wb") as sink:
+                self._call(f"download s3://{self.bucket}/{ref}", self.client.download_fileobj, self.bucket, ref, sink)
+            yield path
+
+    @contextlib.contextmanager
+    def replacing(self, table: str, dt: str) -> Iterator[Path]:
+        prefix = self.day_prefix(table, dt)
+        # Listing first fails fast on a missing bucket or unreachable endpoint, before any work is done.
+        self.data_keys(prefix)
+        with tempfile.TemporaryDirectory(prefix="batchinfer-s3-spool-", dir=self.spool_dir) as folder:
+            spool = Path(folder)
+            yield spool
+            files = sorted(spool.glob("*.parquet"))
+            if [f.name for f in files] != [S3_PART]:
+                raise RuntimeError(f"expected exactly one spooled file {S3_PART} for {prefix}, found {[f.name for f in files]}")
+            key = prefix + S3_PART
+            self._call(f"upload s3://{self.bucket}/{key}", self.client.upload_file, str(files[0]), self.bucket, key)
+        stale = [k for k in self.data_keys(prefix) if k != key]
+        if stale:
+            self._call(
+                f"delete stale objects under s3://{self.bucket}/{prefix}",
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in stale], "Quiet": True},
+            )
+
+    def delete_partition(self, table: str, dt: str) -> None:
+        keys = self.keys_under(self.day_prefix(table, dt))
+        if keys:
+            self._call(
+                f"delete s3://{self.bucket}/{self.day_prefix(table, dt)}",
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
+            )
+
+    def write_text(self, parts: tuple[str, ...], text: str) -> str:
+        key = self.key(*parts)
+        content_type = "text/html; charset=utf-8" if key.endswith(".html") else "text/plain; charset=utf-8"
+        self._call(
+            f"upload s3://{self.bucket}/{key}",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=text.encode("utf-8"),
+            ContentType=content_type,
+        )
+        return self.location(*parts)
+
+    def data_keys(self, prefix: str) -> list[str]:
+        """The `*.parquet` keys directly under a prefix ending in `/`, sorted."""
+        return sorted(k for k in self.keys_under(prefix) if _is_data_file(k.rsplit("/", 1)[-1]) and "/" not in k[len(prefix):])
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """Every key starting with the prefix."""
+        keys: list[str] = []
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = self._call(f"list s3://{self.bucket}/{prefix}", self.client.list_objects_v2, **kwargs)
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return keys
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import boto3.exceptions
+        import botocore.exceptions
+
+        try:
+            return fn(*args, **kwargs)
+        except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+            raise StorageUnavailableError(
+                f"cannot reach the S3 endpoint {self.endpoint} (bucket {self.bucket!r}) to {what}: {exc}"
+            ) from exc
+        except (botocore.exceptions.ClientError, boto3.exceptions.S3UploadFailedError) as exc:
+            if "NoSuchBucket" in str(exc) or _error_code(exc) == "NoSuchBucket":
+                raise BucketNotFoundError(
+                    f"bucket {self.bucket!r} does not exist at the S3 endpoint {self.endpoint} (while trying to {what}); "
+                    "create it or fix the s3:// URI"
+                ) from exc
+            raise
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _is_data_file(name: str) -> bool:
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/prefix` as (bucket, prefix); an error naming the URI when it has no bucket."""
+    rest = uri.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI {uri!r} names no bucket; expected s3://bucket/prefix")
+    return bucket, prefix.strip("/")
+
+
+def is_s3_uri(uri: str | os.PathLike[str]) -> bool:
+    """Whether the URI points into S3."""
+    return str(uri).startswith("s3://")
+
+
+class PartitionedParquetStore:
+    """Reads and atomically replaces daily partitions of Parquet tables under one base, local or S3."""
+
+    def __init__(self, base_uri: str | os.PathLike[str], s3_client: Any = None, spool_dir: str | None = None):
+        base = str(base_uri)
+        self.uri = base
+        if is_s3_uri(base):
+            if s3_client is None:
+                raise ValueError(f"storage URI {base!r} is on S3 but no S3 client was given")
+            bucket, prefix = split_s3_uri(base)
+            self.backend: PartitionBackend = S3Backend(s3_client, bucket, prefix, spool_dir)
+        elif "://" in base and not base.startswith("file://"):
+            raise ValueError(f"storage URI {base!r} is neither a local path nor s3://bucket/prefix")
+        else:
+            self.backend = LocalBackend(Path(base.removeprefix("file://")).absolute())
+
+    @property
+    def base(self) -> Path:
+        """The local base folder (local stores only)."""
+        if not isinstance(self.backend, LocalBackend):
+            raise TypeError(f"{self.uri} is not a local folder")
+        return self.backend.base
+
+    def table_dir(self, table: str) -> Path:
+        """The folder of one table (local stores only)."""
+        return self.base / table
+
+    def partition_dir(self, table: str, dt: str) -> Path:
+        """The folder of one day of one table (local stores only)."""
+        return self.table_dir(table) / f"{PARTITION_COLUMN}={dt}"
+
+    def table_uri(self, table: str) -> str:
+        """Where one table lives: a path or an s3:// URI."""
+        return self.backend.location(table)
+
+    def partition_uri(self, table: str, dt: str) -> str:
+        """Where one day of one table lives: a path or an s3:// URI."""
+        return self.backend.location(table, f"{PARTITION_COLUMN}={dt}")
+
+    def has_partition(self, table: str, dt: str) -> bool:
+        """Whether the day has been written."""
+        return self.backend.has_partition(table, dt)
+
+    def partition_files(self, table: str, dt: str) -> list[Any]:
+        """The day's Parquet files in read order (paths locally, object keys on S3)."""
+        return self.backend.part_refs(table, dt)
+
+    def read_partition(self, table: str, dt: str, columns: Iterable[str] | None = None) -> pa.Table:
+        """The whole day as one Arrow table (an empty day keeps its schema)."""
+        cols = list(columns) if columns is not None else None
+        tables = []
+        for ref in self.partition_files(table, dt):
+            with self.backend.open_part(ref) as path:
+                tables.append(pq.read_table(path, columns=cols))
+        if len(tables) == 1:
+            return tables[0]
+        return pa.concat_tables(tables)
+
+    def iter_batches(
+        self, table: str, dt: str, batch_size: int, columns: Iterable[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The day as a stream of record batches, so memory stays bounded by the batch size."""
+        cols = list(columns) if columns is not None else None
+        for ref in self.partition_files(table, dt):
+            with self.backend.open_part(ref) as path:
+                # Without pre-buffering the reader holds one row group at a time: peak memory then stays
+                # flat as days grow (with it, 1M rows peaked about 260 MiB above baseline, 5M rows 385 MiB).
+                with pq.ParquetFile(path, pre_buffer=False) as pf:
+                    yield from pf.iter_batches(batch_size=batch_size, columns=cols)
+
+    def row_count(self, table: str, dt: str) -> int:
+        """Rows of the day, from the Parquet footers."""
+        total = 0
+        for ref in self.partition_files(table, dt):
+            with self.backend.open_part(ref) as path:
+                total += pq.ParquetFile(path).metadata.num_rows
+        return total
+
+    def column_names(self, table: str, dt: str) -> list[str]:
+        """The day's column names, from its first file."""
+        refs = self.partition_files(table, dt)
+        if not refs:
+            return []
+        with self.backend.open_part(refs[0]) as path:
+            return list(pq.read_schema(path).names)
+
+    def write_partition(self, table: str, dt: str, data: pa.Table) -> str:
+        """Replace the day's files with `data`, atomically for readers."""
+        with self.backend.replacing(table, dt) as spool:
+            per_file = self.backend.rows_per_file()
+            for i, offset in enumerate(range(0, max(data.num_rows, 1), per_file)):
+                _write_file(spool / f"part-{i:05d}.parquet", data.slice(offset, per_file))
+        return self.partition_uri(table, dt)
+
+    @contextlib.contextmanager
+    def partition_writer(self, table: str, dt: str, schema: pa.Schema) -> Iterator[PartitionWriter]:
+        """Replace the day's files with what is written through the yielded writer, swapped in only on success."""
+        with self.backend.replacing(table, dt) as spool:
+            writer = PartitionWriter(spool, schema, rows_per_file=self.backend.rows_per_file())
+            yield writer
+            writer.close()
+
+    def delete_partition(self, table: str, dt: str) -> None:
+        """Remove the day if present."""
+        self.backend.delete_partition(table, dt)
+
+    def write_side_file(self, folder: str, dt: str, filename: str, text: str) -> str:
+        """Replace `{base}/{folder}/dt={dt}/{filename}` (a per-day file beside the tables); its location."""
+        return self.backend.write_text((folder, f"{PARTITION_COLUMN}={dt}", filename), text)
+
+
+class PartitionWriter:
+    """Streams record batches into a spool folder: row groups of ROW_GROUP_SIZE, a new file every `rows_per_file` rows."""
+
+    def __init__(self, folder: Path, schema: pa.Schema, rows_per_file: int | None = None) -> None:
         self.folder = folder
         self.schema = schema
+        self.rows_per_file = ROWS_PER_FILE if rows_per_file is None else rows_per_file
         self.rows_written = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -179,9 +452,9 @@ class PartitionWriter:
         self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
         offset = 0
         while True:
-            if self._writer is None or self._file_rows >= ROWS_PER_FILE:
+            if self._writer is None or self._file_rows >= self.rows_per_file:
                 self._open_file()
-            take = min(group.num_rows - offset, ROWS_PER_FILE - self._file_rows)
+            take = min(group.num_rows - offset, self.rows_per_file - self._file_rows)
             self._writer.write_table(group.slice(offset, take), row_group_size=ROW_GROUP_SIZE)
             self._file_rows += take
             self.rows_written += take
@@ -204,6 +477,22 @@ class PartitionWriter:
         os.fsync(self._sink.fileno())
         self._sink.close()
         self._writer = self._sink = None
+
+
+def replace_local_text(path: Path, text: str) -> Path:
+    """Write a text file so that readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    try:
+        with open(staging, "w", encoding="utf-8") as sink:
+            sink.write(text)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _write_file(path: Path, data: pa.Table) -> None:

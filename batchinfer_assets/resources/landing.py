@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from typing import Optional
 
 import dagster as dg
 import pandas as pd
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame, read_landing_day
+from batchinfer_assets.lib.parquet_store import is_s3_uri
 from batchinfer_assets.lib.synthetic import DEFAULT_SEED, generate_day
+from batchinfer_assets.resources.storage import S3_FIELD_DESCRIPTION
 
 
 class LandingZoneResource(dg.ConfigurableResource, ABC):
@@ -55,10 +59,12 @@ class SyntheticLandingZoneResource(LandingZoneResource):
 class ParquetLandingZoneResource(LandingZoneResource):
     """Parquet files under `{uri}/dt={YYYY-MM-DD}/`, as an upstream system lands them."""
 
-    uri: str = Field(description="Root of the landing zone: a local folder.")
+    uri: str = Field(description="Root of the landing zone: a local folder or s3://bucket/prefix.")
+    s3: Optional[S3Resource] = Field(default=None, description=S3_FIELD_DESCRIPTION)
 
     def location(self, day: dt.date) -> str:
         return f"{self.uri.rstrip('/')}/dt={day.isoformat()}/"
 
     def _read_day(self, day: dt.date) -> pd.DataFrame:
-        return read_landing_day(self.uri, day)
+        client = (self.s3 or S3Resource()).get_client() if is_s3_uri(self.uri) else None
+        return read_landing_day(self.uri, day, s3_client=client)

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Optional
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore, is_s3_uri
+from batchinfer_assets.retries import final_on_bad_data
+
+S3_FIELD_DESCRIPTION = (
+    "S3 client settings for s3:// URIs; unset: boto3's own environment (AWS_ENDPOINT_URL, credentials, region)."
+)
+
+
+def open_table_store(base_uri: str, s3: Optional[S3Resource]) -> PartitionedParquetStore:
+    """The storage core for a base URI: a local folder, or `s3://bucket/prefix` through dagster-aws's S3 client."""
+    if is_s3_uri(base_uri):
+        return PartitionedParquetStore(base_uri, s3_client=(s3 or S3Resource()).get_client())
+    return PartitionedParquetStore(base_uri)
 
 
 class HiveParquetIOManager(dg.ConfigurableIOManager):
@@ -19,13 +33,15 @@ class HiveParquetIOManager(dg.ConfigurableIOManager):
     partitioned inputs are always loaded as a mapping of day -> DataFrame, in day order.
     """
 
-    base_uri: str = Field(description="Folder that holds one sub-folder per asset table.")
+    base_uri: str = Field(description="Folder or s3://bucket/prefix that holds one sub-folder per asset table.")
+    s3: Optional[S3Resource] = Field(default=None, description=S3_FIELD_DESCRIPTION)
 
     @property
     def store(self) -> PartitionedParquetStore:
         """The storage core this shell delegates to."""
-        return PartitionedParquetStore(self.base_uri)
+        return open_table_store(self.base_uri, self.s3)
 
+    @final_on_bad_data
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | Mapping[str, pd.DataFrame]) -> None:
         """Write each day of the output, replacing what was there."""
         table = _table_name(context.asset_key)
@@ -36,11 +52,12 @@ class HiveParquetIOManager(dg.ConfigurableIOManager):
             store.write_partition(table, dt, pa.Table.from_pandas(frame, preserve_index=False))
             row_counts[dt] = len(frame)
         metadata: dict[str, object] = {
-            "uri": dg.MetadataValue.path(str(store.table_dir(table))),
+            "uri": dg.MetadataValue.path(store.table_uri(table)),
             "row_count": sum(row_counts.values()),
         }
         context.add_output_metadata(metadata)
 
+    @final_on_bad_data
     def load_input(self, context: dg.InputContext) -> dict[str, pd.DataFrame]:
         """Read the upstream days this step depends on."""
         table = _table_name(context.asset_key)

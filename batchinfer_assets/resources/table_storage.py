@@ -1,23 +1,28 @@
 """Direct access to the asset tables for assets that read days other than the ones they depend on."""
 
-from pathlib import Path
+from typing import Optional
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.resources.storage import S3_FIELD_DESCRIPTION, open_table_store
 
 
 class TableStorageResource(dg.ConfigurableResource):
     """The storage base the IO manager writes to, for reads of optional neighbouring days and side files."""
 
-    base_uri: str = Field(description="Folder that holds one sub-folder per asset table (the IO manager's base).")
+    base_uri: str = Field(
+        description="Folder or s3://bucket/prefix that holds one sub-folder per asset table (the IO manager's base)."
+    )
+    s3: Optional[S3Resource] = Field(default=None, description=S3_FIELD_DESCRIPTION)
 
     @property
     def store(self) -> PartitionedParquetStore:
         """The storage core over the same base as the IO manager."""
-        return PartitionedParquetStore(self.base_uri)
+        return open_table_store(self.base_uri, self.s3)
 
-    def side_file(self, folder: str, day: str, filename: str) -> Path:
-        """`{base}/{folder}/dt={day}/{filename}`: a per-day file kept beside the tables."""
-        return self.store.base / folder / f"dt={day}" / filename
+    def write_side_file(self, folder: str, day: str, filename: str, text: str) -> str:
+        """Replace `{base}/{folder}/dt={day}/{filename}`, a per-day file kept beside the tables; its path or URI."""
+        return self.store.write_side_file(folder, day, filename, text)

@@ -8,6 +8,7 @@ from typing import TypeVar
 import dagster as dg
 import pandera.errors
 
+from batchinfer_assets.lib.drift import DriftInputError
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError
@@ -21,6 +22,7 @@ TRANSIENT_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPO
 # Failures that would fail the same way on every try: the input or the model is wrong, not the moment.
 BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
     LandingDataError,
+    DriftInputError,
     ColumnLevelSchemaError,
     pandera.errors.SchemaError,
     pandera.errors.SchemaErrors,

@@ -11,14 +11,16 @@ import sys
 import pandas as pd
 
 from batchinfer_assets.definitions import build_resources
-from batchinfer_assets.lib.parquet_store import PartitionedParquetStore, PartitionNotFoundError
+from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
+from batchinfer_assets.resources.storage import open_table_store
 from batchinfer_assets.settings import Settings
 
 
 def summarize(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFrame:
     """One row per day: predictions, quarantined rows, drifted features and published rows."""
-    store = PartitionedParquetStore(settings.storage_uri)
-    database = build_resources(settings)["prediction_db"]
+    resources = build_resources(settings)
+    store = open_table_store(settings.storage_uri, resources["io_manager"].s3)
+    database = resources["prediction_db"]
     rows = []
     for offset in range((end - start).days + 1):
         day = (start + dt.timedelta(days=offset)).isoformat()

@@ -16,6 +16,7 @@ import pandas as pd
 
 from batchinfer_assets.assets._partitions import as_date, record_each_day, run_days
 from batchinfer_assets.lib.drift import (
+    DriftInputError,
     DriftConfig,
     compute_drift,
     drift_markdown,
@@ -180,7 +181,7 @@ def _with_scores(snapshot: pd.DataFrame, day_predictions: pd.DataFrame, day: str
     if len(snapshot) != len(day_predictions) or not (
         snapshot["transaction_id"].to_numpy() == day_predictions["transaction_id"].to_numpy()
     ).all():
-        raise ValueError(
+        raise DriftInputError(
             f"{day}: predictions ({len(day_predictions)} rows) do not line up with input_snapshot "
             f"({len(snapshot)} rows) by transaction_id; re-materialize predictions for {day}"
         )
@@ -250,7 +251,7 @@ class _TrailingWeek:
         snapshot = self.store.read_partition("input_snapshot", day).to_pandas()
         lacking = [c for c in self.columns if c != SCORE_COLUMN and c not in snapshot.columns]
         if lacking:
-            raise ValueError(
+            raise DriftInputError(
                 f"input_snapshot dt={day} lacks column(s) {lacking} the model needs; "
                 f"re-materialize input_snapshot for {day}"
             )

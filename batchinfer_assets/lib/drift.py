@@ -79,6 +79,10 @@ _FLOAT_COLUMNS = ("value", "p_value", "threshold", PSI_COLUMN)
 _INT_COLUMNS = ("n_current", "n_reference")
 
 
+class DriftInputError(ValueError):
+    """The day's inputs to the drift computation do not fit together (e.g. predictions from another snapshot)."""
+
+
 @dataclass(frozen=True)
 class DriftConfig:
     """Thresholds and test choices for drift detection (see the module docstring)."""

@@ -206,7 +206,7 @@ def test_predictions_that_do_not_line_up_with_the_snapshot_fail_naming_the_day(t
     preds = store.read_partition("predictions", DAY).to_pandas().iloc[::-1]
     store.write_partition("predictions", DAY, pa.Table.from_pandas(preds, preserve_index=False))
 
-    with pytest.raises(ValueError, match=f"{DAY}: predictions .* do not line up"):
+    with pytest.raises(dg.Failure, match=f"DriftInputError: {DAY}: predictions .* do not line up"):
         dg.materialize(
             [drift_metrics, *UPSTREAM],
             resources={

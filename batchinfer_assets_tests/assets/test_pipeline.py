@@ -143,3 +143,20 @@ def _assert_each_day_carries_its_own_figures(result, store: PartitionedParquetSt
         assert by_asset["published_predictions"][day]["row_count"].value == predictions.num_rows
         assert by_asset["drift_metrics"][day]["row_count"].value == store.read_partition("drift_metrics", day).num_rows
     assert len({by_asset["input_snapshot"][d]["content_hash"].value for d in days}) == len(days)
+
+
+def test_summary_reports_what_landed_and_names_missing_days(settings):
+    from batchinfer_assets.summary import summarize
+
+    _materialize(settings, partition_key="2025-02-20")
+    store = PartitionedParquetStore(settings.storage_uri)
+    preds = store.read_partition("predictions", "2025-02-20").to_pandas()
+
+    table = summarize(settings, dt.date(2025, 2, 20), dt.date(2025, 2, 21)).set_index("dt")
+    day = table.loc["2025-02-20"]
+    assert day["predictions"] == len(preds) == day["published_rows"]
+    assert day["flagged"] == int(preds["label"].sum())
+    assert day["model_version"] == "1"
+    assert day["quarantined"] == store.read_partition("quarantined_transactions", "2025-02-20").num_rows
+    assert day["drifted_features"] == int(store.read_partition("drift_metrics", "2025-02-20").to_pandas()["drifted"].sum())
+    assert table.loc["2025-02-21", "status"].startswith("missing: no partition dt=2025-02-21")

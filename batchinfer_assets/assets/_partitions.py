@@ -1,9 +1,32 @@
 """Helpers shared by the daily assets for runs that cover one day or a range of days."""
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import dagster as dg
+
+from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
+from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
+
+# What every daily asset of the pipeline shares: UTC days, one run per backfill range (the model is loaded
+# once per run), transient failures retried with backoff, bad data never retried, one lineage group.
+DAILY_ASSET_ARGS = {
+    "partitions_def": daily_partitions,
+    "backfill_policy": dg.BackfillPolicy.single_run(),
+    "retry_policy": TRANSIENT_RETRY,
+    "group_name": PIPELINE_GROUP,
+}
+
+
+def daily_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`dg.asset` with the pipeline's daily partitioning, backfill and retry policies."""
+    return lambda fn: dg.asset(**DAILY_ASSET_ARGS, **kwargs)(final_on_bad_data(fn))
+
+
+def daily_multi_asset(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`dg.multi_asset` with the pipeline's daily partitioning, backfill and retry policies."""
+    return lambda fn: dg.multi_asset(**DAILY_ASSET_ARGS, **kwargs)(final_on_bad_data(fn))
 
 
 def run_days(context: dg.AssetExecutionContext) -> list[str]:

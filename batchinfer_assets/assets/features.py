@@ -5,10 +5,9 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 
-from batchinfer_assets.assets._partitions import as_date, record_each_day, run_days
+from batchinfer_assets.assets._partitions import as_date, daily_multi_asset, record_each_day, run_days
 from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
-from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
-from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
+from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.schemas import split_valid_rows
 
@@ -16,7 +15,7 @@ INVALID_SHARE_CHECK = "invalid_share_within_limit"
 _SAMPLE_ROWS = 10
 
 
-@dg.multi_asset(
+@daily_multi_asset(
     outs={
         "transaction_features": dg.AssetOut(
             description="Model-ready numeric features, one row per valid transaction.",
@@ -30,10 +29,6 @@ _SAMPLE_ROWS = 10
             code_version="1",
         ),
     },
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    retry_policy=TRANSIENT_RETRY,
-    group_name=PIPELINE_GROUP,
     check_specs=[
         dg.AssetCheckSpec(
             INVALID_SHARE_CHECK,
@@ -46,7 +41,6 @@ _SAMPLE_ROWS = 10
         )
     ],
 )
-@final_on_bad_data
 def transaction_features(
     context: dg.AssetExecutionContext,
     raw_transactions: dict[str, pd.DataFrame],

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import dagster as dg
 import pandas as pd
 
-from batchinfer_assets.assets._partitions import as_date, record_each_day, run_days
+from batchinfer_assets.assets._partitions import as_date, daily_asset, record_each_day, run_days
 from batchinfer_assets.lib.drift import (
     DriftInputError,
     DriftConfig,
@@ -26,8 +26,6 @@ from batchinfer_assets.lib.drift import (
 from batchinfer_assets.lib.drift_report import render_drift_report
 from batchinfer_assets.lib.features import CALENDAR_FEATURES
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
-from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.table_storage import TableStorageResource
 
@@ -41,11 +39,7 @@ DRIFT_CHECK = "drift_check"
 DRIFT_CONFIG = DriftConfig()
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    retry_policy=TRANSIENT_RETRY,
-    group_name=PIPELINE_GROUP,
+@daily_asset(
     kinds={"scipy", "parquet"},
     code_version="2",
     check_specs=[
@@ -57,7 +51,6 @@ DRIFT_CONFIG = DriftConfig()
         )
     ],
 )
-@final_on_bad_data
 def drift_metrics(
     context: dg.AssetExecutionContext,
     input_snapshot: dict[str, pd.DataFrame],

@@ -10,12 +10,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batchinfer_assets.assets._partitions import record_each_day, run_days
+from batchinfer_assets.assets._partitions import daily_asset, record_each_day, run_days
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
-from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
+from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
 from batchinfer_assets.resources.storage import HiveParquetIOManager
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, TorchScorerResource
@@ -44,17 +43,12 @@ def scoring_model(model_registry: MlflowModelRegistryResource) -> dg.ObserveResu
     )
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    retry_policy=TRANSIENT_RETRY,
+@daily_asset(
     deps=[scoring_model, dg.AssetKey(SNAPSHOT_TABLE)],
-    group_name=PIPELINE_GROUP,
     kinds={"pytorch", "parquet"},
     code_version="1",
     pool="scoring",
 )
-@final_on_bad_data
 def predictions(
     context: dg.AssetExecutionContext,
     model_registry: MlflowModelRegistryResource,

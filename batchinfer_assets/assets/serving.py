@@ -3,21 +3,14 @@
 import dagster as dg
 import pandas as pd
 
-from batchinfer_assets.assets._partitions import record_each_day, run_days
-from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
-from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
+from batchinfer_assets.assets._partitions import daily_asset, record_each_day, run_days
 from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE, PredictionDatabaseResource
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    retry_policy=TRANSIENT_RETRY,
-    group_name=PIPELINE_GROUP,
+@daily_asset(
     kinds={"sqlalchemy"},
     code_version="1",
 )
-@final_on_bad_data
 def published_predictions(
     context: dg.AssetExecutionContext,
     predictions: dict[str, pd.DataFrame],

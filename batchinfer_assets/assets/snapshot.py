@@ -4,12 +4,11 @@ import dagster as dg
 import pandas as pd
 from pandera.errors import SchemaErrors
 
-from batchinfer_assets.assets._partitions import record_each_day, run_days
+from batchinfer_assets.assets._partitions import daily_asset, record_each_day, run_days
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.hashing import frame_content_hash
 from batchinfer_assets.lib.model_loading import mlflow_uris
-from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
-from batchinfer_assets.retries import TRANSIENT_RETRY, final_on_bad_data
+from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource, ResolvedModel
 from batchinfer_assets.schemas import feature_schema
 
@@ -20,11 +19,7 @@ _FLOAT32_COMPATIBLE_TYPES = frozenset({"float", "double"})
 _SAMPLE_ROWS = 10
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    retry_policy=TRANSIENT_RETRY,
-    group_name=PIPELINE_GROUP,
+@daily_asset(
     kinds={"pandas", "parquet"},
     code_version="1",
     check_specs=[
@@ -37,7 +32,6 @@ _SAMPLE_ROWS = 10
         )
     ],
 )
-@final_on_bad_data
 def input_snapshot(
     context: dg.AssetExecutionContext,
     transaction_features: dict[str, pd.DataFrame],

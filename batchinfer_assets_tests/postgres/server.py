@@ -6,7 +6,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+from batchinfer_assets_tests.processes import free_port
 
 SUPERUSER = "postgres"
 PASSWORD = "batchinfer-test-secret"
@@ -35,12 +36,6 @@ def find_bin_dir() -> Path:
             "`postgresql` package for these tests (locally: apt-get install -y postgresql)"
         )
     return candidates[-1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -105,7 +100,7 @@ def start_server() -> PostgresServer:
     bin_dir = find_bin_dir()
     # Not pytest's tmp_path: its 0700 parents are closed to the service user.
     base = Path(tempfile.mkdtemp(prefix="batchinfer-pg-"))
-    server = PostgresServer(bin_dir=bin_dir, base=base, port=_free_port())
+    server = PostgresServer(bin_dir=bin_dir, base=base, port=free_port())
     server.socket_dir.mkdir()
     pwfile = base / "pwfile"
     pwfile.write_text(PASSWORD + "\n")

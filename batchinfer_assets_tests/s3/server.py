@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +11,15 @@ from pathlib import Path
 
 import requests
 
+from batchinfer_assets_tests.processes import free_port, stop_process_group
+
 STARTUP_TIMEOUT = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
 def running_moto_server(log: Path) -> Iterator[str]:
     """`moto_server` on 127.0.0.1 for the duration of the context; yields its endpoint URL; always stopped."""
-    port = _free_port()
+    port = free_port()
     binary = Path(sys.executable).parent / "moto_server"
     with open(log, "w") as sink:
         proc = subprocess.Popen(
@@ -47,10 +40,4 @@ def running_moto_server(log: Path) -> Iterator[str]:
                 time.sleep(0.2)
         yield endpoint
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+        stop_process_group(proc, timeout=15)

@@ -20,6 +20,7 @@ from batchinfer_assets.lib.parquet_store import (
 )
 from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.resources.landing import ParquetLandingZoneResource
+from batchinfer_assets_tests.processes import free_port
 from batchinfer_assets_tests.s3.conftest import REGION
 
 DAY = "2025-02-11"
@@ -148,11 +149,7 @@ def test_landing_on_s3_fails_like_a_local_landing_zone(s3_env):
 
 
 def test_an_unreachable_endpoint_names_the_endpoint_and_the_bucket(s3_env):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     client = S3Resource(region_name=REGION, endpoint_url=closed, max_attempts=1).get_client()
     store = PartitionedParquetStore(f"s3://{s3_env.bucket}/warehouse", s3_client=client)
     with pytest.raises(StorageUnavailableError, match=rf"cannot reach the S3 endpoint {closed} \(bucket '{s3_env.bucket}'\)"):

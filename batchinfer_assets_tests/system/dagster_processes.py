@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,28 +13,13 @@ from pathlib import Path
 
 import requests
 
+from batchinfer_assets_tests.processes import free_port, stop_process_group
+
 REPO = Path(__file__).resolve().parents[2]
 SCORING_ASSETS = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics"]
 STARTUP_TIMEOUT = 180
 BACKFILL_TIMEOUT = 420
 PUBLISH_TIMEOUT = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
 
 
 class Dagster:
@@ -113,7 +96,7 @@ def running_dagster(
         yield system
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process_group(proc)
 
 
 LAUNCH = """

@@ -4,8 +4,9 @@ Each column in ``columns`` gives one row of ``DRIFT_COLUMNS`` (plus ``psi``). Th
 column and the sample sizes (defaults of ``DriftConfig``):
 
 - **Categorical** columns -- a non-numeric or boolean dtype, or at most ``max_categories`` (20)
-  distinct values in the current and reference samples together -- are compared as category frequency tables (a category seen on
-  one side only counts as frequency 0 on the other), with the same small/large split as numbers:
+  distinct values in the current and reference samples together, or named in ``categorical_columns``
+  -- are compared as category frequency tables (a category seen on one side only counts as frequency 0
+  on the other), with the same small/large split as numbers:
 - **Categorical, small samples**: effective sample size (below) at most ``chi2_max_n`` (5000):
   Pearson's chi-squared test of homogeneity on the 2 x k table of counts
   (``scipy.stats.chi2_contingency``, no Yates correction). ``value`` is the chi-squared statistic,
@@ -20,18 +21,27 @@ column and the sample sizes (defaults of ``DriftConfig``):
   statistic, ``threshold`` is ``ks_alpha`` (0.01) and the column is drifted when the p-value is
   below it.
 - **Numeric, large samples**: above ``ks_max_n`` the KS test flags shifts too small to matter, so
-  the Wasserstein-1 distance (``scipy.stats.wasserstein_distance``) divided by the reference's
-  standard deviation (population, ddof=0; its interquartile range if the std is 0). Drifted when the
-  normalised distance is at least ``wasserstein_threshold`` (0.1, a tenth of a standard deviation).
+  the Wasserstein-1 distance (the value of ``scipy.stats.wasserstein_distance``, computed here from the
+  sorted samples in linear time) divided by the reference's standard deviation (population, ddof=0; its
+  interquartile range if the std is 0). Drifted when the normalised distance is at least
+  ``wasserstein_threshold`` (0.1, a tenth of a standard deviation).
 - **PSI** (population stability index, informational only, never decides ``drifted``): for numeric
-  columns, over ``psi_bins`` (10) bins cut at the reference's quantiles, ``sum((c - r) * ln(c / r))``
-  of the current and reference bin shares, each share floored at ``PSI_EPSILON`` (1e-4) so an empty
-  bin stays finite. The usual reading is < 0.1 stable, 0.1-0.2 moderate, >= ``psi_threshold`` (0.2)
-  a significant shift. Null for categorical columns.
+  columns, over ``psi_bins`` (10) bins cut at the reference's quantiles,
+  ``sum((c - r) * ln(c / r))`` of the current and reference bin shares, each share floored at
+  ``PSI_EPSILON`` (1e-4) so an empty bin stays finite. The usual reading is < 0.1 stable, 0.1-0.2
+  moderate, >= ``psi_threshold`` (0.2) a significant shift. Null for categorical columns.
 - **Not judged**: NaN and +/-inf are dropped per column before testing and are not counted in
   ``n_current``/``n_reference``. When either side has fewer than ``min_samples`` (100) values left,
   the row still carries the statistic computed where possible, but ``threshold`` is NaN and
   ``drifted`` is False: a NaN threshold is how the table says "not judged".
+
+Every statistic is computed from each column's *prepared* form: a numeric column's finite values
+sorted once (one ``np.sort``; everything after it -- distinct values, Wasserstein, PSI bin counts --
+is a linear pass or a handful of binary searches), a non-numeric column's category counts.
+``prepare_reference`` builds that form once, so a reference compared with many days (the training
+sample, each day of a range) is sorted once; ``compute_drift`` accepts it in place of a DataFrame on
+either side, and ``combine_prepared`` merges prepared days into one reference (a trailing week) without
+sorting them again.
 
 ``summarize_drift`` calls the day drifted when, for any single reference, at least
 ``dataset_drift_share`` (0.5) of the judged non-score rows drifted, or when the ``score`` row drifted
@@ -42,9 +52,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -78,6 +90,12 @@ _STRING_COLUMNS = ("feature", "reference", "statistic")
 _FLOAT_COLUMNS = ("value", "p_value", "threshold", PSI_COLUMN)
 _INT_COLUMNS = ("n_current", "n_reference")
 
+# Column kinds (see the module docstring).
+_CATEGORICAL, _CONTINUOUS = "categorical", "continuous"
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
 
 class DriftInputError(ValueError):
     """The day's inputs to the drift computation do not fit together (e.g. predictions from another snapshot)."""
@@ -98,6 +116,9 @@ class DriftConfig:
     js_threshold: float = 0.1
     min_samples: int = 100
     dataset_drift_share: float = 0.5
+    # Numeric columns whose values are codes (e.g. an integer merchant category code): always compared
+    # as categories, however many distinct values they have.
+    categorical_columns: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -111,31 +132,169 @@ class DriftSummary:
     dataset_drifted: bool
 
 
+class PreparedColumn:
+    """One column in the form every statistic is computed from.
+
+    Numeric (non-boolean) columns keep their finite values sorted ascending in ``values`` (float32 stays
+    float32, which converts to float64 exactly; everything else is float64); other columns keep
+    ``categories`` and their ``counts`` (nulls dropped). ``n`` is the number of values kept.
+    """
+
+    def __init__(
+        self,
+        values: np.ndarray | None = None,
+        categories: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
+    ) -> None:
+        if (values is None) == (categories is None or counts is None):
+            raise ValueError("a prepared column has either sorted values or categories and counts")
+        self.values = values
+        self.categories = categories
+        self.counts = counts
+        self.n = len(values) if values is not None else int(np.sum(counts))
+        self._psi_reference: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def from_series(cls, series: pd.Series) -> PreparedColumn:
+        """Sort a numeric column's finite values, or count a non-numeric column's categories."""
+        if _is_numeric(series):
+            return cls(values=_sorted_finite(series))
+        counts = _finite_values(series).value_counts(sort=False)
+        return cls(categories=counts.index.to_numpy(), counts=counts.to_numpy(dtype=np.int64))
+
+    @property
+    def numeric(self) -> bool:
+        return self.values is not None
+
+    @cached_property
+    def std(self) -> float:
+        """Population standard deviation of a numeric column's values (in float64)."""
+        return float(np.std(_f64(self.values)))
+
+    def support(self, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A numeric column's distinct values and their counts, or None past ``limit`` distinct values.
+
+        At most ``limit + 1`` binary searches on the sorted values, so a continuous column is recognised
+        without a pass over it.
+        """
+        values, n = self.values, self.n
+        distinct, counts, start = [], [], 0
+        while start < n:
+            if len(distinct) >= limit:
+                return None
+            end = int(np.searchsorted(values, values[start], side="right"))
+            distinct.append(values[start])
+            counts.append(end - start)
+            start = end
+        return np.array(distinct, dtype=np.float64), np.array(counts, dtype=np.int64)
+
+    def category_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Categories and counts; for a numeric column, every distinct value (a linear pass)."""
+        if self.values is None:
+            return self.categories, self.counts
+        return _sorted_counts(_f64(self.values))
+
+    def psi_reference(self, bins: int) -> tuple[np.ndarray, np.ndarray]:
+        """Interior PSI bin edges at this column's quantiles and its bin counts (cached per ``bins``)."""
+        cached = self._psi_reference.get(bins)
+        if cached is None:
+            values = _f64(self.values)
+            edges = psi_bin_edges(values, bins)
+            cached = self._psi_reference[bins] = (edges, _bin_counts(values, edges))
+        return cached
+
+
+class PreparedReference:
+    """Prepared columns of one sample, by column name (see ``prepare_reference``)."""
+
+    def __init__(self, columns: Mapping[str, PreparedColumn]) -> None:
+        self._columns = dict(columns)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self._columns)
+
+    def __contains__(self, column: object) -> bool:
+        return column in self._columns
+
+    def __getitem__(self, column: str) -> PreparedColumn:
+        return self._columns[column]
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{c}: {col.n}" for c, col in self._columns.items())
+        return f"PreparedReference({sizes})"
+
+
+def prepare_reference(
+    reference: pd.DataFrame, columns: Sequence[str] | None = None, max_workers: int | None = None
+) -> PreparedReference:
+    """``reference``'s ``columns`` (all by default) prepared once, to be compared with many days.
+
+    The result can stand for the DataFrame on either side of ``compute_drift`` and gives the same table.
+    """
+    columns = list(reference.columns if columns is None else columns)
+    missing = [c for c in columns if c not in reference.columns]
+    if missing:
+        raise KeyError(f"columns missing from the reference: {missing}")
+    prepared = _map(lambda c: PreparedColumn.from_series(reference[c]), columns, max_workers)
+    return PreparedReference(dict(zip(columns, prepared)))
+
+
+def combine_prepared(parts: Sequence[PreparedReference]) -> PreparedReference:
+    """One prepared sample holding all of ``parts`` (e.g. seven prepared days as a trailing week).
+
+    The same as preparing the concatenated DataFrames, without sorting again: sorted values are merged
+    (a stable sort of already-sorted runs) and category counts added. Columns are those every part has.
+    """
+    if not parts:
+        raise ValueError("combine_prepared needs at least one prepared sample")
+    columns = [c for c in parts[0].columns if all(c in p for p in parts[1:])]
+    combined = {}
+    for c in columns:
+        cols = [p[c] for p in parts]
+        if all(col.numeric for col in cols):
+            merged = np.concatenate([col.values for col in cols])
+            merged.sort(kind="stable")
+            combined[c] = PreparedColumn(values=merged)
+        else:
+            totals: dict[object, int] = {}
+            for col in cols:
+                categories, counts = col.category_counts()
+                for category, count in zip(categories.tolist(), counts.tolist()):
+                    totals[category] = totals.get(category, 0) + count
+            combined[c] = PreparedColumn(
+                categories=_object_array(totals), counts=np.array(list(totals.values()), dtype=np.int64)
+            )
+    return PreparedReference(combined)
+
+
 def compute_drift(
-    current: pd.DataFrame,
-    reference: pd.DataFrame,
+    current: pd.DataFrame | PreparedReference,
+    reference: pd.DataFrame | PreparedReference,
     columns: Sequence[str],
     reference_name: str,
     config: DriftConfig = DriftConfig(),
     max_workers: int | None = None,
 ) -> pd.DataFrame:
-    """One drift row per column of ``columns`` comparing ``current`` with ``reference``."""
-    missing = [c for c in columns if c not in current.columns or c not in reference.columns]
+    """One drift row per column of ``columns`` comparing ``current`` with ``reference``.
+
+    Either side may be a DataFrame or a ``PreparedReference`` (``prepare_reference``), the latter to
+    sort a sample compared many times only once.
+    """
+    missing = [c for c in columns if c not in _names(current) or c not in _names(reference)]
     if missing:
         where = {
-            c: [name for name, df in (("current", current), ("reference", reference)) if c not in df.columns]
+            c: [name for name, df in (("current", current), ("reference", reference)) if c not in _names(df)]
             for c in missing
         }
         raise KeyError(f"drift columns missing: {where}")
-    def one(column: str) -> dict:
-        return _column_drift(current[column], reference[column], str(column), reference_name, config)
 
-    workers = min(len(columns), max_workers if max_workers is not None else os.cpu_count() or 1)
-    if workers <= 1:
-        return _to_frame([one(c) for c in columns])
-    # numpy's sorts and searches release the GIL, so columns run in parallel on threads; map keeps order.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return _to_frame(list(pool.map(one, columns)))
+    def one(column: str) -> dict:
+        return _column_drift(
+            _prepared(current, column), _prepared(reference, column), str(column), reference_name, config
+        )
+
+    return _to_frame(_map(one, columns, max_workers))
 
 
 def empty_drift_table() -> pd.DataFrame:
@@ -239,32 +398,45 @@ def severity_order(table: pd.DataFrame) -> np.ndarray:
     return order["pos"].to_numpy()
 
 
+def _names(sample: pd.DataFrame | PreparedReference) -> Collection:
+    return sample if isinstance(sample, PreparedReference) else sample.columns
+
+
+def _prepared(sample: pd.DataFrame | PreparedReference, column: str) -> PreparedColumn:
+    if isinstance(sample, PreparedReference):
+        return sample[column]
+    return PreparedColumn.from_series(sample[column])
+
+
+def _map(fn: Callable[[_T], _R], items: Iterable[_T], max_workers: int | None) -> list[_R]:
+    """``[fn(x) for x in items]``, on threads: numpy's sorts and searches release the GIL."""
+    items = list(items)
+    workers = min(len(items), max_workers if max_workers is not None else os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))  # map keeps the order
+
+
 def _column_drift(
-    current: pd.Series, reference: pd.Series, feature: str, reference_name: str, config: DriftConfig
+    cur: PreparedColumn, ref: PreparedColumn, feature: str, reference_name: str, config: DriftConfig
 ) -> dict:
     """The drift row of one column."""
-    if _is_numeric(current) and _is_numeric(reference):
-        cur = np.sort(_finite_numeric(current))
-        ref = np.sort(_finite_numeric(reference))
-        n_cur, n_ref = len(cur), len(ref)
-        # Judged on both samples together, so a tiny reference cannot make a continuous column look categorical.
-        categorical = (
-            _distinct_sorted(cur) <= config.max_categories and _distinct_sorted(ref) <= config.max_categories
-        )
-        if categorical:
-            categories, cur_counts, ref_counts = _aligned_counts(_sorted_counts(cur), _sorted_counts(ref))
-            categorical = len(categories) <= config.max_categories
+    n_cur, n_ref = cur.n, ref.n
+    kind = _CATEGORICAL
+    if not (cur.numeric and ref.numeric) or feature in config.categorical_columns:
+        categories, cur_counts, ref_counts = _aligned_counts(cur.category_counts(), ref.category_counts())
     else:
-        categorical = True
-        cur_vc = _finite_values(current).value_counts(sort=False)
-        ref_vc = _finite_values(reference).value_counts(sort=False)
-        n_cur, n_ref = int(cur_vc.sum()), int(ref_vc.sum())
-        categories, cur_counts, ref_counts = _aligned_counts(
-            (cur_vc.index.to_numpy(), cur_vc.to_numpy()), (ref_vc.index.to_numpy(), ref_vc.to_numpy())
-        )
+        kind = _CONTINUOUS
+        # Judged on both samples together, so a tiny reference cannot make a continuous column look categorical.
+        cur_support, ref_support = cur.support(config.max_categories), ref.support(config.max_categories)
+        if cur_support is not None and ref_support is not None:
+            categories, cur_counts, ref_counts = _aligned_counts(cur_support, ref_support)
+            if len(categories) <= config.max_categories:
+                kind = _CATEGORICAL
     n_eff = n_cur * n_ref / (n_cur + n_ref) if n_cur + n_ref else 0.0
 
-    if categorical:
+    if kind == _CATEGORICAL:
         psi = math.nan
         if n_eff <= config.chi2_max_n:
             statistic, threshold = CHI_SQUARED, config.chi2_alpha
@@ -275,18 +447,18 @@ def _column_drift(
             value = float(jensenshannon(cur_counts, ref_counts, base=2)) if n_cur and n_ref else math.nan
             drifted = value >= threshold
     else:
-        psi = _psi(cur, ref, config.psi_bins) if n_cur and n_ref else math.nan
+        psi = _psi_prepared(cur, ref, config.psi_bins) if n_cur and n_ref else math.nan
         if n_eff <= config.ks_max_n:
             statistic, threshold = KS, config.ks_alpha
             if n_cur and n_ref:
-                res = stats.ks_2samp(cur, ref)
+                res = stats.ks_2samp(_f64(cur.values), _f64(ref.values))
                 value, p_value = float(res.statistic), float(res.pvalue)
             else:
                 value, p_value = math.nan, math.nan
             drifted = p_value < threshold
         else:
-            statistic, threshold = WASSERSTEIN, config.wasserstein_threshold
-            value, p_value = _normalized_wasserstein(cur, ref), math.nan
+            statistic, threshold, p_value = WASSERSTEIN, config.wasserstein_threshold, math.nan
+            value = _normalized(_wasserstein_sorted(cur.values, ref.values), ref)
             drifted = value >= threshold
 
     if n_cur < config.min_samples or n_ref < config.min_samples:
@@ -311,9 +483,28 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
 
 
-def _distinct_sorted(values: np.ndarray) -> int:
-    """Number of distinct values of a sorted array."""
-    return int(np.count_nonzero(values[1:] != values[:-1])) + 1 if len(values) else 0
+def _f64(values: np.ndarray) -> np.ndarray:
+    """float64 values (no copy when they already are)."""
+    return values.astype(np.float64, copy=False)
+
+
+def _sorted_finite(s: pd.Series) -> np.ndarray:
+    """The column's finite values, sorted ascending: float32 kept, anything else as float64.
+
+    Sorted before dropping NaN and +/-inf, which the sort puts at the ends (-inf first; +inf then NaN
+    last), so dropping them is a slice.
+    """
+    values = s.to_numpy()
+    if values.dtype.kind == "f" and values.dtype.itemsize in (4, 8):
+        values = np.sort(values)
+    elif values.dtype.kind in "iu":
+        # Sorting before the conversion gives the same array: int -> float64 never reverses an order.
+        return np.sort(values).astype(np.float64)
+    else:
+        values = np.sort(s.to_numpy(dtype=np.float64, na_value=np.nan))
+    lo = int(np.searchsorted(values, -np.inf, side="right"))
+    hi = int(np.searchsorted(values, np.inf, side="left"))
+    return values[lo:hi] if hi - lo < len(values) else values
 
 
 def _sorted_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -324,18 +515,20 @@ def _sorted_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[starts], np.diff(np.append(starts, len(values)))
 
 
-def _finite_numeric(s: pd.Series) -> np.ndarray:
-    """The column as float64 without NaN, null or infinite values."""
-    values = s.to_numpy(dtype=np.float64, na_value=np.nan)
-    return values[np.isfinite(values)]
-
-
 def _finite_values(s: pd.Series) -> pd.Series:
     """The column without nulls (and without infinities when numeric)."""
     s = s.dropna()
     if _is_numeric(s):
         s = s[np.isfinite(s.to_numpy(dtype=np.float64))]
     return s
+
+
+def _object_array(items: Iterable[object]) -> np.ndarray:
+    """A 1-d object array of ``items`` (never a 2-d array of tuples or a string array)."""
+    items = list(items)
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 def _aligned_counts(
@@ -364,12 +557,69 @@ def _chi_squared(current_counts: np.ndarray, reference_counts: np.ndarray) -> tu
     return float(res.statistic), float(res.pvalue)
 
 
-def _normalized_wasserstein(current: np.ndarray, reference: np.ndarray) -> float:
-    """Wasserstein-1 distance in units of the reference's spread (std, else IQR)."""
-    distance = float(stats.wasserstein_distance(current, reference))
-    scale = float(np.std(reference))
+def _wasserstein_sorted(u: np.ndarray, v: np.ndarray) -> float:
+    """Wasserstein-1 distance of two sorted samples (float32 or float64), in linear time.
+
+    The same sum as ``scipy.stats.wasserstein_distance``: over the merged sample ``z``,
+    ``sum(|U(z_k) - V(z_k)| * (z_{k+1} - z_k))`` with ``U``, ``V`` the two empirical CDFs, every term
+    computed the same way in float64; only the order of the additions differs (a few ulps). scipy
+    argsorts both samples again and binary-searches every merged value in each; here the samples are
+    already sorted, so the merge is where the smaller sample falls in the larger one (``_merge_positions``)
+    and the rest is a few vectorised passes.
+    """
+    if len(u) < len(v):
+        u, v = v, u  # |U - V| is symmetric
+    n, m = len(u), len(v)
+    if u.dtype != v.dtype:
+        u, v = _f64(u), _f64(v)
+    pos = _merge_positions(u, v)  # v[j] follows u[pos[j] - 1] (and any equal u) in the merged sample
+    # Terms at the elements of u: U = (i + 1) / n, V = (number of v before u[i]) / m, times the gap to
+    # the next merged element: u[i + 1], or the first v inserted before it.
+    term = np.arange(1, n + 1, dtype=np.float64)
+    term /= n
+    term -= np.repeat(np.arange(m + 1) / m, np.diff(pos, prepend=0, append=n))
+    np.abs(term, out=term)
+    gap = np.empty(n, dtype=np.float64)
+    np.subtract(u[1:], u[:-1], out=gap[:-1], dtype=np.float64)
+    gap[-1] = 0.0  # the last element of u ends the merged sample unless some v follows it (set below)
+    first = np.flatnonzero(np.diff(pos, prepend=-1))  # the first v of each run inserted at one place
+    first = first[pos[first] > 0]
+    after = pos[first] - 1
+    gap[after] = _f64(v[first]) - u[after]
+    term *= gap
+    total = float(term.sum())
+    # Terms at the elements of v: U = pos[j] / n, V = (j + 1) / m, times the gap to the next v of the
+    # same run, else to u[pos[j]] (none after the last merged element).
+    v64 = _f64(v)
+    gap_v = np.empty(m, dtype=np.float64)
+    gap_v[:-1] = np.where(pos[1:] == pos[:-1], v64[1:], u[np.minimum(pos[:-1], n - 1)])
+    gap_v[-1] = u[pos[-1]] if pos[-1] < n else v64[-1]
+    gap_v -= v64
+    term_v = pos / n
+    term_v -= np.arange(1, m + 1) / m
+    np.abs(term_v, out=term_v)
+    term_v *= gap_v
+    return total + float(term_v.sum())
+
+
+def _merge_positions(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(u, v, side="right")`` for sorted ``u`` and ``v`` of one dtype.
+
+    One binary search per element of ``v`` while ``v`` is small against ``u``; a stable argsort of the
+    two concatenated runs (timsort merges them in one pass) once it is not, where that is ~2x faster.
+    """
+    n, m = len(u), len(v)
+    if 4 * m < n:
+        return np.searchsorted(u, v, side="right")
+    order = np.argsort(np.concatenate([u, v]), kind="stable")  # ties: u first, as side="right" wants
+    return np.flatnonzero(order >= n) - np.arange(m)
+
+
+def _normalized(distance: float, reference: PreparedColumn) -> float:
+    """A distance in units of the reference's spread (std, else IQR)."""
+    scale = reference.std
     if scale == 0.0:
-        scale = float(stats.iqr(reference))
+        scale = float(stats.iqr(_f64(reference.values)))
     if scale == 0.0:
         return 0.0 if distance == 0.0 else math.inf
     return distance / scale
@@ -382,17 +632,43 @@ def psi_bin_edges(reference: np.ndarray, bins: int) -> np.ndarray:
 
 def population_stability_index(current: np.ndarray, reference: np.ndarray, bins: int) -> float:
     """PSI of ``current`` against ``reference`` on reference-quantile bins."""
-    return _psi(np.asarray(current, dtype=np.float64), np.asarray(reference, dtype=np.float64), bins)
+    cur = np.sort(np.asarray(current, dtype=np.float64))
+    ref = np.sort(np.asarray(reference, dtype=np.float64))
+    edges = psi_bin_edges(ref, bins)
+    return _psi_from_counts(_bin_counts(cur, edges), _bin_counts(ref, edges))
 
 
-def _psi(current: np.ndarray, reference: np.ndarray, bins: int) -> float:
-    """PSI over bins ``(-inf, e1), [e1, e2), ..., [ek, inf)`` cut at reference quantiles."""
-    edges = psi_bin_edges(reference, bins)
-    k = len(edges) + 1
-    cur = np.bincount(np.searchsorted(edges, current, side="right"), minlength=k) / len(current)
-    ref = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=k) / len(reference)
-    cur = np.maximum(cur, PSI_EPSILON)
-    ref = np.maximum(ref, PSI_EPSILON)
+def _bin_counts(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts in bins ``(-inf, e1), [e1, e2), ..., [ek, inf)`` of a sorted sample: k binary searches."""
+    below = _count_below(sorted_values, edges)
+    return np.diff(np.concatenate([[0], below, [len(sorted_values)]]))
+
+
+def _count_below(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many values are ``< edge`` for each float64 edge, without casting float32 values to float64.
+
+    A float32 value ``x`` is below a float64 edge ``e`` exactly when it is below ``e`` rounded to float32
+    if that rounding went up (or was exact), and at most the rounded edge if it went down: no float32
+    lies strictly between ``e`` and its rounding.
+    """
+    if sorted_values.dtype != np.float32:
+        return np.searchsorted(sorted_values, _f64(edges), side="left")
+    with np.errstate(over="ignore"):
+        rounded = edges.astype(np.float32)
+    left = np.searchsorted(sorted_values, rounded, side="left")
+    right = np.searchsorted(sorted_values, rounded, side="right")
+    return np.where(rounded.astype(np.float64) >= edges, left, right)
+
+
+def _psi_prepared(current: PreparedColumn, reference: PreparedColumn, bins: int) -> float:
+    edges, ref_counts = reference.psi_reference(bins)
+    return _psi_from_counts(_bin_counts(current.values, edges), ref_counts)
+
+
+def _psi_from_counts(current_counts: np.ndarray, reference_counts: np.ndarray) -> float:
+    """PSI of two samples' counts over the same bins, shares floored at ``PSI_EPSILON``."""
+    cur = np.maximum(current_counts / np.sum(current_counts), PSI_EPSILON)
+    ref = np.maximum(reference_counts / np.sum(reference_counts), PSI_EPSILON)
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 

@@ -16,11 +16,14 @@ from batchinfer_assets.lib.drift import (
     KS,
     WASSERSTEIN,
     DriftConfig,
+    PreparedReference,
+    combine_prepared,
     compute_drift,
     drift_markdown,
     drift_severity,
     empty_drift_table,
     population_stability_index,
+    prepare_reference,
     severity_order,
     summarize_drift,
 )
@@ -179,6 +182,102 @@ def test_wasserstein_falls_back_to_iqr_when_reference_std_is_zero():
     assert stats.iqr(ref) == 0.0
     assert row["value"] == math.inf
     assert bool(row["drifted"])
+
+
+@pytest.mark.parametrize(
+    ("n_current", "n_reference"),
+    [(200_000, 20_000), (30_000, 25_000), (8_000, 90_000)],
+    ids=["reference_small", "similar_sizes", "current_small"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wasserstein_matches_scipy_with_ties_and_float32(n_current, n_reference, dtype):
+    # Rounded to 0.01, so values repeat within and across the samples (the merge has to get ties right).
+    rng = np.random.default_rng(13)
+    cur = np.round(rng.normal(0.05, 1.0, n_current), 2).astype(dtype)
+    ref = np.round(rng.normal(0.0, 1.0, n_reference), 2).astype(dtype)
+    row = compute_drift(_frame(x=cur), _frame(x=ref), ["x"], "r").iloc[0]
+    cur64, ref64 = cur.astype(np.float64), ref.astype(np.float64)
+    assert row["statistic"] == WASSERSTEIN
+    assert row["value"] == pytest.approx(stats.wasserstein_distance(cur64, ref64) / np.std(ref64), rel=1e-12)
+    assert row["psi"] == pytest.approx(population_stability_index(cur64, ref64, CONFIG.psi_bins), rel=1e-12)
+
+
+# --- prepared references -------------------------------------------------------------------------------
+
+
+def _mixed(rng, n, shift=0.0):
+    """Columns of every kind compute_drift handles, with NaN, inf and nulls."""
+    x = rng.normal(shift, 1.0, n)
+    x[rng.random(n) < 0.02] = np.nan
+    x[rng.random(n) < 0.01] = np.inf
+    return pd.DataFrame(
+        {
+            "x": x,
+            "f32": rng.lognormal(shift, 1.0, n).astype(np.float32),
+            "ints": rng.integers(0, 500, n),
+            "flag": (rng.random(n) < 0.3).astype(np.float32),
+            "channel": pd.array(rng.choice(["pos", "online", "atm", None], n), dtype="string"),
+            "boolean": rng.random(n) < 0.5,
+        }
+    )
+
+
+@pytest.mark.parametrize(("n_current", "n_reference"), [(900, 1500), (30_000, 20_000)], ids=["tests", "distances"])
+def test_prepared_reference_gives_the_same_table_on_either_side(n_current, n_reference):
+    rng = np.random.default_rng(14)
+    cur, ref = _mixed(rng, n_current, 0.1), _mixed(rng, n_reference)
+    cols = list(cur.columns)
+    expected = compute_drift(cur, ref, cols, "training")
+    prepared = prepare_reference(ref, cols)
+    assert isinstance(prepared, PreparedReference)
+    assert prepared.columns == tuple(cols)
+    for current, reference in ((cur, prepared), (prepare_reference(cur), ref), (prepare_reference(cur), prepared)):
+        table = compute_drift(current, reference, cols, "training")
+        pd.testing.assert_frame_equal(table, expected, check_exact=True)
+
+
+def test_one_prepared_reference_serves_many_days():
+    rng = np.random.default_rng(15)
+    ref = _mixed(rng, 20_000)
+    prepared = prepare_reference(ref)
+    for shift in (0.0, 0.3, 0.0):
+        cur = _mixed(rng, 25_000, shift)
+        pd.testing.assert_frame_equal(
+            compute_drift(cur, prepared, list(cur.columns), "training"),
+            compute_drift(cur, ref, list(cur.columns), "training"),
+            check_exact=True,
+        )
+
+
+def test_combined_prepared_days_equal_the_prepared_concatenation():
+    rng = np.random.default_rng(16)
+    days = [_mixed(rng, n) for n in (8_000, 12_000, 5_000)]
+    cols = list(days[0].columns)
+    cur = _mixed(rng, 20_000, 0.2)
+    combined = combine_prepared([prepare_reference(d) for d in days])
+    for c in cols:
+        assert combined[c].n == sum(int(prepare_reference(d, [c])[c].n) for d in days)
+    pd.testing.assert_frame_equal(
+        compute_drift(cur, combined, cols, "trailing_7d"),
+        compute_drift(cur, pd.concat(days, ignore_index=True), cols, "trailing_7d"),
+        check_exact=True,
+    )
+
+
+def test_combine_prepared_keeps_the_columns_every_day_has():
+    rng = np.random.default_rng(17)
+    a, b = _mixed(rng, 500), _mixed(rng, 500).drop(columns=["flag"])
+    assert combine_prepared([prepare_reference(a), prepare_reference(b)]).columns == tuple(b.columns)
+    with pytest.raises(ValueError):
+        combine_prepared([])
+
+
+def test_prepared_reference_missing_column_is_a_clear_error():
+    df = _frame(x=np.arange(200.0), y=np.arange(200.0))
+    with pytest.raises(KeyError, match="amount"):
+        prepare_reference(df, ["x", "amount"])
+    with pytest.raises(KeyError, match="y"):
+        compute_drift(df, prepare_reference(df, ["x"]), ["x", "y"], "training")
 
 
 # --- PSI ---------------------------------------------------------------------------------------------

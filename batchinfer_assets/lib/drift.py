@@ -1,12 +1,13 @@
 """Drift statistics of one day's data against a reference sample.
 
 Each column in ``columns`` gives one row of ``DRIFT_COLUMNS`` (plus ``psi``). The test depends on the
-column and the sample sizes (defaults of ``DriftConfig``):
+column and the sample sizes (defaults of ``DriftConfig``). A numeric column is one of three kinds, decided
+on the current and reference samples together:
 
-- **Categorical** columns -- a non-numeric or boolean dtype, or at most ``max_categories`` (20)
-  distinct values in the current and reference samples together, or named in ``categorical_columns``
-  -- are compared as category frequency tables (a category seen on one side only counts as frequency 0
-  on the other), with the same small/large split as numbers:
+- **Categorical**: a non-numeric or boolean dtype; a numeric column with at most two distinct values
+  (a 0/1 flag); or a column named in ``categorical_columns`` (numbers that are codes, not amounts).
+  Compared as category frequency tables (a category seen on one side only counts as frequency 0 on
+  the other):
 - **Categorical, small samples**: effective sample size (below) at most ``chi2_max_n`` (5000):
   Pearson's chi-squared test of homogeneity on the 2 x k table of counts
   (``scipy.stats.chi2_contingency``, no Yates correction). ``value`` is the chi-squared statistic,
@@ -15,6 +16,13 @@ column and the sample sizes (defaults of ``DriftConfig``):
   between the two frequency tables (``scipy.spatial.distance.jensenshannon``). Drifted when the
   distance is at least ``js_threshold`` (0.1). No p-value: like KS, chi-squared on tens of thousands
   of rows flags differences of a fraction of a percentage point, so big samples are judged by size.
+- **Ordinal**: a numeric column with 3 to ``max_categories`` (20) distinct values, e.g. a count such
+  as ``customer_day_distinct_countries``. Its values are ordered and the distance between them
+  means something: moving 30% of the mass from 2 to 3 is a shift, which a category table (JS,
+  chi-squared) cannot see, as it only compares the heights of the bars. So it is judged like a
+  continuous column (below): KS on small samples, the normalised Wasserstein distance on large ones
+  (computed from the two count tables, which gives the same number as from the raw values).
+- **Continuous**: any other numeric column.
 - **Numeric, small samples**: when the effective sample size ``n_current * n_reference /
   (n_current + n_reference)`` (the quantity that sets the power of the test) is at most ``ks_max_n``
   (5000), the two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``). ``value`` is the KS
@@ -26,7 +34,7 @@ column and the sample sizes (defaults of ``DriftConfig``):
   interquartile range if the std is 0). Drifted when the normalised distance is at least
   ``wasserstein_threshold`` (0.1, a tenth of a standard deviation).
 - **PSI** (population stability index, informational only, never decides ``drifted``): for numeric
-  columns, over ``psi_bins`` (10) bins cut at the reference's quantiles,
+  columns (continuous and ordinal), over ``psi_bins`` (10) bins cut at the reference's quantiles,
   ``sum((c - r) * ln(c / r))`` of the current and reference bin shares, each share floored at
   ``PSI_EPSILON`` (1e-4) so an empty bin stays finite. The usual reading is < 0.1 stable, 0.1-0.2
   moderate, >= ``psi_threshold`` (0.2) a significant shift. Null for categorical columns.
@@ -91,7 +99,7 @@ _FLOAT_COLUMNS = ("value", "p_value", "threshold", PSI_COLUMN)
 _INT_COLUMNS = ("n_current", "n_reference")
 
 # Column kinds (see the module docstring).
-_CATEGORICAL, _CONTINUOUS = "categorical", "continuous"
+_CATEGORICAL, _ORDINAL, _CONTINUOUS = "categorical", "ordinal", "continuous"
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -432,8 +440,10 @@ def _column_drift(
         cur_support, ref_support = cur.support(config.max_categories), ref.support(config.max_categories)
         if cur_support is not None and ref_support is not None:
             categories, cur_counts, ref_counts = _aligned_counts(cur_support, ref_support)
-            if len(categories) <= config.max_categories:
-                kind = _CATEGORICAL
+            if len(categories) <= 2:
+                kind = _CATEGORICAL  # a flag: with two values, a shift is a change of shares and nothing more
+            elif len(categories) <= config.max_categories:
+                kind = _ORDINAL
     n_eff = n_cur * n_ref / (n_cur + n_ref) if n_cur + n_ref else 0.0
 
     if kind == _CATEGORICAL:
@@ -449,6 +459,10 @@ def _column_drift(
     else:
         psi = _psi_prepared(cur, ref, config.psi_bins) if n_cur and n_ref else math.nan
         if n_eff <= config.ks_max_n:
+            # Ordinal columns too: KS compares the two CDFs along the ordered values, so it sees mass moving
+            # from one value to the next, which chi-squared (blind to the order) does not. With ties its
+            # p-value, computed for continuous data, is conservative: false alarms stay at or below
+            # ks_alpha, at some loss of power on small samples.
             statistic, threshold = KS, config.ks_alpha
             if n_cur and n_ref:
                 res = stats.ks_2samp(_f64(cur.values), _f64(ref.values))
@@ -458,7 +472,11 @@ def _column_drift(
             drifted = p_value < threshold
         else:
             statistic, threshold, p_value = WASSERSTEIN, config.wasserstein_threshold, math.nan
-            value = _normalized(_wasserstein_sorted(cur.values, ref.values), ref)
+            if kind == _ORDINAL:  # the same distance, from the count tables instead of a pass over the values
+                distance = _wasserstein_counts(np.asarray(categories, dtype=np.float64), cur_counts, ref_counts)
+            else:
+                distance = _wasserstein_sorted(cur.values, ref.values)
+            value = _normalized(distance, ref)
             drifted = value >= threshold
 
     if n_cur < config.min_samples or n_ref < config.min_samples:
@@ -613,6 +631,13 @@ def _merge_positions(u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.searchsorted(u, v, side="right")
     order = np.argsort(np.concatenate([u, v]), kind="stable")  # ties: u first, as side="right" wants
     return np.flatnonzero(order >= n) - np.arange(m)
+
+
+def _wasserstein_counts(values: np.ndarray, current_counts: np.ndarray, reference_counts: np.ndarray) -> float:
+    """Wasserstein-1 distance of two samples given as counts over the same ascending distinct ``values``."""
+    cur_cdf = np.cumsum(current_counts)[:-1] / np.sum(current_counts)
+    ref_cdf = np.cumsum(reference_counts)[:-1] / np.sum(reference_counts)
+    return float(np.sum(np.abs(cur_cdf - ref_cdf) * np.diff(values)))
 
 
 def _normalized(distance: float, reference: PreparedColumn) -> float:

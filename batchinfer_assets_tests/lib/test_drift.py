@@ -121,12 +121,26 @@ def _js_string_case(rng):
     return cur, ref, JENSEN_SHANNON, jensenshannon(p, q, base=2), math.nan, 0.1
 
 
-def _js_low_cardinality_numeric_case(rng):
+def _wasserstein_ordinal_case(rng):
+    # Six distinct numbers: ordered values, judged by the distance the mass moved, as a continuous column.
     cur = rng.integers(0, 5, 20_000).astype(float)
     ref = rng.integers(0, 6, 25_000).astype(float)
-    cats = range(6)
-    p = [np.sum(cur == c) for c in cats]
-    q = [np.sum(ref == c) for c in cats]
+    return cur, ref, WASSERSTEIN, stats.wasserstein_distance(cur, ref) / np.std(ref), math.nan, 0.1
+
+
+def _ks_ordinal_case(rng):
+    cur = rng.poisson(3.0, 900).astype(np.float32)
+    ref = rng.poisson(3.2, 1400).astype(np.float32)
+    res = stats.ks_2samp(cur.astype(float), ref.astype(float))
+    return cur, ref, KS, res.statistic, res.pvalue, CONFIG.ks_alpha
+
+
+def _js_binary_numeric_case(rng):
+    # Two distinct numbers: a flag, still compared as categories.
+    cur = (rng.random(20_000) < 0.35).astype(np.float32)
+    ref = (rng.random(25_000) < 0.3).astype(np.float32)
+    p = [np.sum(cur == 0), np.sum(cur == 1)]
+    q = [np.sum(ref == 0), np.sum(ref == 1)]
     return cur, ref, JENSEN_SHANNON, jensenshannon(p, q, base=2), math.nan, 0.1
 
 
@@ -151,7 +165,8 @@ def _chi2_binary_unseen_category_case(rng):
 @pytest.mark.parametrize(
     "case",
     [_ks_case, _ks_unbalanced_case, _wasserstein_case, _wasserstein_lognormal_case, _js_string_case,
-     _js_low_cardinality_numeric_case, _chi2_string_case, _chi2_binary_unseen_category_case],
+     _wasserstein_ordinal_case, _ks_ordinal_case, _js_binary_numeric_case, _chi2_string_case,
+     _chi2_binary_unseen_category_case],
     ids=lambda f: f.__name__,
 )
 def test_statistic_matches_scipy(case):
@@ -388,6 +403,46 @@ def test_categorical_shift_is_caught(n, statistic):
         assert math.isnan(row["p_value"])
     else:
         assert row["p_value"] < 1e-10
+
+
+@pytest.mark.parametrize(("n_current", "n_reference", "statistic"), [(3000, 6000, KS), (20_000, 20_000, WASSERSTEIN)])
+def test_count_shifted_by_one_is_flagged_and_the_same_count_is_not(n_current, n_reference, statistic):
+    # A count taking a handful of values (Poisson(3): 0..~12) is ordinal: 30% of rows counting one more
+    # moves the mean by 0.3 (0.17 reference stds), which the category tables of JS/chi-squared miss.
+    rng = np.random.default_rng(18)
+    ref = rng.poisson(3.0, n_reference).astype(np.float32)
+    shifted = rng.poisson(3.0, n_current) + (rng.random(n_current) < 0.3)
+    same = np.random.default_rng(19).poisson(3.0, n_current)
+    cur = _frame(shifted=shifted.astype(np.float32), same=same.astype(np.float32))
+    table = compute_drift(cur, _frame(shifted=ref, same=ref), ["shifted", "same"], "r")
+    assert list(table["statistic"]) == [statistic, statistic]
+    assert dict(zip(table["feature"], table["drifted"])) == {"shifted": True, "same": False}
+    assert table["psi"].notna().all()
+    if statistic == WASSERSTEIN:
+        assert _row(table, "shifted")["value"] == pytest.approx(
+            stats.wasserstein_distance(shifted, ref) / np.std(ref.astype(float)), rel=1e-12
+        )
+        # The same column declared categorical is judged by JS, which does not see the shift.
+        codes = compute_drift(
+            cur, _frame(shifted=ref, same=ref), ["shifted"], "r", DriftConfig(categorical_columns=frozenset({"shifted"}))
+        ).iloc[0]
+        assert codes["statistic"] == JENSEN_SHANNON
+        assert not bool(codes["drifted"])
+
+
+@pytest.mark.parametrize(
+    ("n_current", "n_reference", "statistic"), [(1000, 2000, KS), (20_000, 20_000, WASSERSTEIN)], ids=["ks", "wasserstein"]
+)
+def test_same_count_distribution_false_alarm_rate_at_most_five_percent(n_current, n_reference, statistic):
+    alarms = 0
+    for seed in range(40):
+        rng = np.random.default_rng(5000 + seed)
+        row = compute_drift(
+            _frame(c=rng.poisson(2.0, n_current).clip(0, 8)), _frame(c=rng.poisson(2.0, n_reference).clip(0, 8)), ["c"], "r"
+        ).iloc[0]
+        assert row["statistic"] == statistic
+        alarms += bool(row["drifted"])
+    assert alarms <= 2
 
 
 @pytest.mark.parametrize("n", [600, 12_000])

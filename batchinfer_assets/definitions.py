@@ -5,7 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from batchinfer_assets.assets import features, ingest, monitoring, scoring, serving, snapshot
+from batchinfer_assets.assets.pipeline import daily_pipeline
+from batchinfer_assets.assets.scoring import scoring_model
 from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policies
 from batchinfer_assets.jobs import daily_scoring_job
@@ -57,9 +58,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings) -> dg.Definitions:
     """All definitions of the project, wired to the given settings."""
     return dg.Definitions(
-        assets=with_freshness_policies(
-            dg.load_assets_from_modules([ingest, features, snapshot, scoring, monitoring, serving])
-        ),
+        assets=with_freshness_policies([scoring_model, daily_pipeline]),
         asset_checks=[*ASSET_CHECKS, *FRESHNESS_CHECKS],
         jobs=[daily_scoring_job],
         schedules=[daily_scoring_schedule],

@@ -1,152 +1,152 @@
 """Row validation with quarantine, and the model-ready features of the valid rows."""
 
 from collections import Counter
+from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 
-from batchinfer_assets.assets._partitions import as_date, daily_multi_asset, record_each_day, run_days
+from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
+from batchinfer_assets.assets.ingest import raw_of
 from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
 from batchinfer_assets.partitions import daily_partitions
-from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.schemas import split_valid_rows
+from batchinfer_assets.tables import (
+    INVALID_SHARE_CHECK,
+    QUARANTINED_TRANSACTIONS,
+    RAW_TRANSACTIONS,
+    TRANSACTION_FEATURES,
+)
 
-INVALID_SHARE_CHECK = "invalid_share_within_limit"
 _SAMPLE_ROWS = 10
 
+FEATURE_SPECS = [
+    dg.AssetSpec(
+        TRANSACTION_FEATURES,
+        deps=[RAW_TRANSACTIONS],
+        description="Model-ready numeric features, one row per valid transaction.",
+        kinds={"parquet"},
+        metadata={"features": dg.MetadataValue.json(FEATURE_DESCRIPTIONS)},
+    ),
+    dg.AssetSpec(
+        QUARANTINED_TRANSACTIONS,
+        deps=[RAW_TRANSACTIONS],
+        description="Raw rows that failed validation, with the reason for each row.",
+        kinds={"parquet"},
+    ),
+]
 
-@daily_multi_asset(
-    outs={
-        "transaction_features": dg.AssetOut(
-            description="Model-ready numeric features, one row per valid transaction.",
-            kinds={"pandas", "parquet"},
-            code_version="1",
-            metadata={"features": dg.MetadataValue.json(FEATURE_DESCRIPTIONS)},
-        ),
-        "quarantined_transactions": dg.AssetOut(
-            description="Raw rows that failed validation, with the reason for each row.",
-            kinds={"pandas", "parquet"},
-            code_version="1",
-        ),
-    },
-    check_specs=[
-        dg.AssetCheckSpec(
-            INVALID_SHARE_CHECK,
-            asset="transaction_features",
-            blocking=True,
-            description="The day's quarantined share stays within the validation policy's limit.",
-            # Per-partition results in the UI for one-day runs; a range run records one result whose
-            # `by_day` metadata holds each day's figures (Dagster ties a check result to the step's partition).
-            partitions_def=daily_partitions,
-        )
-    ],
+INVALID_SHARE_CHECK_SPEC = dg.AssetCheckSpec(
+    INVALID_SHARE_CHECK,
+    asset=TRANSACTION_FEATURES,
+    blocking=True,
+    description=(
+        "The day's quarantined share stays within the validation policy's limit; a day over it is not "
+        "snapshotted, scored or published (other days of the same run go on)."
+    ),
+    partitions_def=daily_partitions,
 )
-def transaction_features(
-    context: dg.AssetExecutionContext,
-    raw_transactions: dict[str, pd.DataFrame],
-    validation_policy: ValidationPolicyResource,
-):
-    """Validates each day's raw rows, quarantines the bad ones and builds features from the rest."""
-    features: dict[str, pd.DataFrame] = {}
-    quarantine: dict[str, pd.DataFrame] = {}
-    shares: dict[str, float] = {}
-    reasons: dict[str, dict[str, int]] = {}
-    for day in run_days(context):
-        raw = raw_transactions[day]
-        valid, bad = split_valid_rows(raw, as_date(day))
-        features[day] = build_features(valid)
-        quarantine[day] = bad
-        shares[day] = len(bad) / len(raw) if len(raw) else 0.0
-        reasons[day] = _reason_counts(bad)
-        if len(bad):
-            context.log.warning(f"{day}: quarantined {len(bad)} of {len(raw)} rows: {reasons[day]}")
 
-    yield dg.Output(
-        features,
-        output_name="transaction_features",
-        metadata={
-            "row_count": sum(len(f) for f in features.values()),
-            "feature_count": len(FEATURE_COLUMNS),
-        },
-    )
-    record_each_day(context, {d: {"row_count": len(f)} for d, f in features.items()}, "transaction_features")
-    total_bad = sum(len(q) for q in quarantine.values())
-    yield dg.Output(
-        quarantine,
-        output_name="quarantined_transactions",
-        metadata={
-            "quarantined_rows": total_bad,
-            "reasons": dg.MetadataValue.json(_merge_counts(reasons.values())),
-        },
-    )
-    record_each_day(
-        context,
-        {
-            d: {"quarantined_rows": len(q), "row_count": len(q), "reasons": dg.MetadataValue.json(reasons[d])}
-            for d, q in quarantine.items()
-        },
-        "quarantined_transactions",
-    )
 
-    limit = validation_policy.max_invalid_fraction
-    blocked = sorted(d for d, share in shares.items() if share > limit)
-    worst = max(shares, key=lambda d: shares[d])
-    # The sample comes from the days that are blocked (the worst day when none is), one slice per day.
-    sample_days = blocked or [worst]
-    sample = pd.concat(
-        [quarantine[d].head(_SAMPLE_ROWS).assign(dt=d) for d in sample_days], ignore_index=True
-    ).head(_SAMPLE_ROWS * 3)
-    by_day = {
-        d: {
-            "rows": len(raw_transactions[d]),
-            "quarantined": len(quarantine[d]),
-            "invalid_fraction": round(shares[d], 6),
-            "blocked": d in blocked,
-            "reasons": reasons[d],
-        }
-        for d in shares
-    }
-    yield dg.AssetCheckResult(
-        check_name=INVALID_SHARE_CHECK,
-        asset_key="transaction_features",
+def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Validate the day's raw rows, quarantine the bad ones, build features from the rest, and gate the day."""
+    raw = raw_of(run, state)
+    valid, bad = split_valid_rows(raw, state.date)
+    reasons = reason_counts(bad)
+    share = len(bad) / len(raw) if len(raw) else 0.0
+    if len(bad):
+        run.context.log.warning(f"{state.day}: quarantined {len(bad):,} of {len(raw):,} rows: {reasons}")
+
+    if run.wants(QUARANTINED_TRANSACTIONS, state.day):
+        uri = run.store.write_partition(QUARANTINED_TRANSACTIONS, state.day, pa.Table.from_pandas(bad, preserve_index=False))
+        yield run.materialization(
+            QUARANTINED_TRANSACTIONS,
+            state,
+            {"row_count": len(bad), "quarantined_rows": len(bad), "reasons": dg.MetadataValue.json(reasons), "uri": dg.MetadataValue.path(uri)},
+            inputs=(RAW_TRANSACTIONS,),
+        )
+    if not run.wants(TRANSACTION_FEATURES, state.day):
+        return
+    features = build_features(valid)
+    uri = run.store.write_partition(TRANSACTION_FEATURES, state.day, pa.Table.from_pandas(features, preserve_index=False))
+    state.features = features
+    yield run.materialization(
+        TRANSACTION_FEATURES,
+        state,
+        {"row_count": len(features), "feature_count": len(FEATURE_COLUMNS), "uri": dg.MetadataValue.path(uri)},
+        inputs=(RAW_TRANSACTIONS,),
+    )
+    limit = run.validation_policy.max_invalid_fraction
+    blocked = share > limit
+    yield run.check(
+        TRANSACTION_FEATURES,
+        INVALID_SHARE_CHECK,
+        state,
         passed=not blocked,
+        blocking=True,
+        description=(
+            f"{share:.3%} of {len(raw):,} rows quarantined, over the {limit:.2%} limit: the day is blocked"
+            if blocked
+            else f"{share:.3%} of {len(raw):,} rows quarantined (limit {limit:.2%})"
+        ),
         metadata={
             "max_invalid_fraction": limit,
-            "invalid_fraction": shares[worst],
-            "rows": sum(d["rows"] for d in by_day.values()),
-            "quarantined_rows": total_bad,
-            "reasons": dg.MetadataValue.json(_merge_counts(reasons.values())),
-            "blocked_days": dg.MetadataValue.json(blocked),
-            "sample_failing_rows": dg.MetadataValue.md(
-                _sample_markdown(sample) if len(sample) else "none"
-            ),
-            "by_day": dg.MetadataValue.json(by_day),
+            "invalid_fraction": round(share, 6),
+            "rows": len(raw),
+            "quarantined_rows": len(bad),
+            "reasons": dg.MetadataValue.json(reasons),
+            "sample_failing_rows": dg.MetadataValue.md(sample_markdown(bad) if len(bad) else "none"),
         },
-        description=(
-            f"{len(blocked)} day(s) over the {limit:.2%} limit: "
-            + ", ".join(f"{d} ({shares[d]:.3%})" for d in blocked)
-            if blocked
-            else f"worst day {worst}: {shares[worst]:.3%} quarantined (limit {limit:.2%})"
-        ),
     )
+    if blocked:
+        raise DayBlocked(
+            INVALID_SHARE_CHECK,
+            f"{len(bad):,} of {len(raw):,} rows ({share:.3%}) failed validation, over the {limit:.2%} limit ({reasons})",
+        )
 
 
-def _sample_markdown(sample: pd.DataFrame) -> str:
-    columns = ["dt", "reason", *[c for c in sample.columns if c not in ("dt", "reason")]]
+def stored_invalid_share(run: PipelineRun, state: DayState) -> tuple[float, int, int]:
+    """(share, quarantined, rows) of the day as stored, for runs that read features without recomputing them."""
+    valid = run.store.row_count(TRANSACTION_FEATURES, state.day)
+    bad = run.store.row_count(QUARANTINED_TRANSACTIONS, state.day) if run.store.has_partition(QUARANTINED_TRANSACTIONS, state.day) else 0
+    rows = valid + bad
+    return (bad / rows if rows else 0.0), bad, rows
+
+
+def features_of(run: PipelineRun, state: DayState) -> pd.DataFrame:
+    """The day's features: from this run's memory, else from storage after re-applying the quarantine gate.
+
+    A day blocked by `invalid_share_within_limit` stays blocked for every later run until its raw data is
+    fixed and its features rebuilt, whatever is selected.
+    """
+    if state.features is None:
+        share, bad, rows = stored_invalid_share(run, state)
+        limit = run.validation_policy.max_invalid_fraction
+        if share > limit:
+            raise DayBlocked(
+                INVALID_SHARE_CHECK,
+                f"the stored features hold {rows - bad:,} of {rows:,} rows: {bad:,} ({share:.3%}) were quarantined, "
+                f"over the {limit:.2%} limit; fix the raw data and re-materialize transaction_features",
+            )
+        state.features = run.store.read_partition(TRANSACTION_FEATURES, state.day).to_pandas()
+    return state.features
+
+
+def sample_markdown(quarantined: pd.DataFrame) -> str:
+    """The first failing rows as a Markdown table, reason first."""
+    sample = quarantined.head(_SAMPLE_ROWS)
+    columns = ["reason", *[c for c in sample.columns if c != "reason"]]
     return sample.loc[:, columns].astype("string").fillna("<null>").to_markdown(index=False)
 
 
-def _reason_counts(quarantined: pd.DataFrame) -> dict[str, int]:
+def reason_counts(quarantined: pd.DataFrame) -> dict[str, int]:
+    """How many quarantined rows failed each `column: check`, most frequent first."""
     if quarantined.empty:
         return {}
     counts: Counter[str] = Counter()
-    for reason in quarantined["reason"].astype(str):
-        counts.update(r.strip() for r in reason.split(";") if r.strip())
+    for reason, n in quarantined["reason"].astype(str).value_counts().items():
+        for part in reason.split(";"):
+            if part.strip():
+                counts[part.strip()] += int(n)
     return dict(counts.most_common())
-
-
-def _merge_counts(counts: object) -> dict[str, int]:
-    total: Counter[str] = Counter()
-    for c in counts:  # type: ignore[attr-defined]
-        total.update(c)
-    return dict(total.most_common())

@@ -1,27 +1,41 @@
 """Raw transactions as they landed."""
 
+from collections.abc import Iterator
+
 import dagster as dg
-import pandas as pd
+import pyarrow as pa
 
-from batchinfer_assets.assets._partitions import as_date, daily_asset, record_each_day, run_days
-from batchinfer_assets.resources.landing import LandingZoneResource
+from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.lib.hashing import table_content_hash
+from batchinfer_assets.tables import RAW_TRANSACTIONS
 
-
-@daily_asset(
-    kinds={"pandas", "parquet"},
-    code_version="1",
+RAW_TRANSACTIONS_SPEC = dg.AssetSpec(
+    RAW_TRANSACTIONS,
+    description="The day's transactions as they landed, conformed to the contract's columns and types.",
+    kinds={"parquet"},
 )
-def raw_transactions(context: dg.AssetExecutionContext, landing_zone: LandingZoneResource) -> dg.Output:
-    """The day's transactions as they landed, conformed to the contract's columns and types."""
-    frames: dict[str, pd.DataFrame] = {}
-    for day in run_days(context):
-        frames[day] = landing_zone.load_day(as_date(day))
-        context.log.info(f"{day}: {len(frames[day])} transactions from {landing_zone.location(as_date(day))}")
-    record_each_day(
-        context,
-        {
-            day: {"source": landing_zone.location(as_date(day)), "transactions": len(frame), "row_count": len(frame)}
-            for day, frame in frames.items()
-        },
+
+
+def ingest_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
+    """Read the day from the landing zone and store it; its content hash is its data version."""
+    frame = run.landing_zone.load_day(state.date)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    uri = run.store.write_partition(RAW_TRANSACTIONS, state.day, table)
+    state.raw = frame
+    source = run.landing_zone.location(state.date)
+    run.context.log.info(f"{state.day}: {len(frame):,} transactions from {source}")
+    content_hash = table_content_hash(table)
+    yield run.materialization(
+        RAW_TRANSACTIONS,
+        state,
+        {"source": source, "row_count": len(frame), "content_hash": content_hash, "uri": dg.MetadataValue.path(uri)},
+        inputs=(),
+        data_version=content_hash,
     )
-    return dg.Output(frames, metadata={"transactions": sum(len(f) for f in frames.values())})
+
+
+def raw_of(run: PipelineRun, state: DayState):
+    """The day's raw rows: from this run's memory, else from storage."""
+    if state.raw is None:
+        state.raw = run.store.read_partition(RAW_TRANSACTIONS, state.day).to_pandas()
+    return state.raw

@@ -1,23 +1,26 @@
 """Drift of each day's inputs and scores against the model's training sample and the trailing week.
 
-The trailing week is read straight from storage (`table_storage`) rather than declared as a
+The trailing week is read straight from storage rather than declared as a
 `TimeWindowPartitionMapping(start_offset=-7, end_offset=-1)` dependency: an asset can depend on
 `input_snapshot` only once, the week is optional by design (whatever of it exists is used, and
 `n_reference` says how much), and a declared dependency would make every day wait for, or fail on,
-seven earlier days that may never be materialized. Inside a single-run range the earlier days of the
-same run come from memory, having just been loaded as this step's own input.
+seven earlier days that may never be materialized. Each earlier day is read once per run and kept as a
+fixed-size sample while it is inside some day's window, so memory stays near one day's whatever the range.
 """
 
+from __future__ import annotations
+
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
-from batchinfer_assets.assets._partitions import as_date, daily_asset, record_each_day, run_days
+from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.drift import (
-    DriftInputError,
     DriftConfig,
+    DriftInputError,
     compute_drift,
     drift_markdown,
     empty_drift_table,
@@ -26,189 +29,201 @@ from batchinfer_assets.lib.drift import (
 from batchinfer_assets.lib.drift_report import render_drift_report
 from batchinfer_assets.lib.features import CALENDAR_FEATURES
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
-from batchinfer_assets.resources.table_storage import TableStorageResource
+from batchinfer_assets.partitions import daily_partitions
+from batchinfer_assets.tables import DRIFT_CHECK, DRIFT_METRICS, DRIFT_REPORTS_FOLDER, INPUT_SNAPSHOT, PREDICTIONS
 
 TRAINING_REFERENCE = "training"
 TRAILING_REFERENCE = "trailing_7d"
 TRAILING_DAYS = 7
+# Rows kept of each earlier day for the trailing reference: 7 x 50,000 rows judge drift as well as full days
+# (the tests' thresholds are set on samples of this size) at a fixed memory cost.
+TRAILING_ROWS_PER_DAY = 50_000
 SCORE_COLUMN = "score"
-REPORTS_FOLDER = "drift_reports"
 REPORT_FILE = "report.html"
-DRIFT_CHECK = "drift_check"
 DRIFT_CONFIG = DriftConfig()
 
-
-@daily_asset(
+DRIFT_METRICS_SPEC = dg.AssetSpec(
+    DRIFT_METRICS,
+    deps=[INPUT_SNAPSHOT, PREDICTIONS],
+    description="Per-feature and score drift of the day against the model's training sample and the previous seven days.",
     kinds={"scipy", "parquet"},
-    code_version="2",
-    check_specs=[
-        dg.AssetCheckSpec(
-            DRIFT_CHECK,
-            asset="drift_metrics",
-            blocking=False,
-            description="Warns when a day's inputs or scores drifted (see the day's drift report).",
-        )
-    ],
 )
-def drift_metrics(
-    context: dg.AssetExecutionContext,
-    input_snapshot: dict[str, pd.DataFrame],
-    predictions: dict[str, pd.DataFrame],
-    model_registry: MlflowModelRegistryResource,
-    table_storage: TableStorageResource,
-) -> Iterator[dg.Output | dg.AssetCheckResult]:
-    """Per-feature and score drift of the day against the model's training sample and the previous seven days."""
-    resolved = model_registry.resolve()
-    training = model_registry.load_reference(resolved)
-    columns = [c for c in resolved.input_columns if c not in CALENDAR_FEATURES]
-    days = run_days(context)
-    own_days = {
-        day: (_with_scores(input_snapshot[day], predictions[day], day), _model_versions(predictions[day]))
-        for day in days
-    }
-    trailing = _TrailingWeek(table_storage.store, [*columns, SCORE_COLUMN], own_days)
 
-    shared_notes = []
-    if training is None:
-        shared_notes.append(
-            f"model {resolved.pinned_uri} has no training reference logged "
-            "(artifact reference/training_sample.parquet); compared with the trailing week only"
-        )
-        context.log.warning(shared_notes[-1])
-    training_columns = [*columns, SCORE_COLUMN]
+DRIFT_CHECK_SPEC = dg.AssetCheckSpec(
+    DRIFT_CHECK,
+    asset=DRIFT_METRICS,
+    blocking=False,
+    description="Warns when a day's inputs or scores drifted (see the day's drift report).",
+    partitions_def=daily_partitions,
+)
+
+
+def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Compare the day with the references, store the table and the HTML report, and give the day a verdict."""
+    day = state.day
+    columns = [c for c in run.resolved.input_columns if c not in CALENDAR_FEATURES]
+    current, versions = _current_day(run, state, columns)
+    training, notes = _training_reference(run, [*columns, SCORE_COLUMN])
+    notes = list(notes)
+
+    parts, references = [], {}
     if training is not None:
-        lacking = [c for c in training_columns if c not in training.columns]
-        if lacking:
-            shared_notes.append(f"training reference lacks {lacking}; those columns are compared with the trailing week only")
-        training_columns = [c for c in training_columns if c in training.columns]
+        references[TRAINING_REFERENCE] = training
+        training_columns = [c for c in [*columns, SCORE_COLUMN] if c in training.columns]
+        parts.append(compute_drift(current, training, training_columns, TRAINING_REFERENCE, DRIFT_CONFIG))
+    week, used_days, week_notes = _trailing(run).reference(day, versions)
+    notes += week_notes
+    if used_days:
+        references[TRAILING_REFERENCE] = week
+        parts.append(compute_drift(current, week, [*columns, SCORE_COLUMN], TRAILING_REFERENCE, DRIFT_CONFIG))
+        notes.append(f"{TRAILING_REFERENCE}: {len(used_days)} of {TRAILING_DAYS} days ({', '.join(used_days)})")
+    else:
+        notes.append(f"{TRAILING_REFERENCE}: none of the previous {TRAILING_DAYS} days is in storage")
+    table = pd.concat(parts, ignore_index=True) if parts else empty_drift_table()
+    summary = summarize_drift(table, DRIFT_CONFIG, SCORE_COLUMN)
 
-    tables: dict[str, pd.DataFrame] = {}
-    verdicts: dict[str, dict[str, object]] = {}
-    reports: dict[str, str] = {}
-    for day in days:
-        current, versions = own_days[day]
-        notes = list(shared_notes)
-        references: dict[str, pd.DataFrame] = {}
-        parts = []
-        if training is not None:
-            references[TRAINING_REFERENCE] = training
-            parts.append(compute_drift(current, training, training_columns, TRAINING_REFERENCE, DRIFT_CONFIG))
-        week, used_days, week_notes = trailing.reference(day, versions)
-        notes += week_notes
-        if used_days:
-            references[TRAILING_REFERENCE] = week
-            parts.append(compute_drift(current, week, [*columns, SCORE_COLUMN], TRAILING_REFERENCE, DRIFT_CONFIG))
-            notes.append(f"{TRAILING_REFERENCE}: {len(used_days)} of {TRAILING_DAYS} days ({', '.join(used_days)})")
-        else:
-            notes.append(f"{TRAILING_REFERENCE}: none of the previous {TRAILING_DAYS} days is in storage")
-        tables[day] = pd.concat(parts, ignore_index=True) if parts else empty_drift_table()
-        summary = summarize_drift(tables[day], DRIFT_CONFIG, SCORE_COLUMN)
-        reports[day] = table_storage.write_side_file(
-            REPORTS_FOLDER,
-            day,
-            REPORT_FILE,
-            render_drift_report(day, tables[day], current, references, summary, notes),
-        )
-        verdicts[day] = {
-            "drifted_features": summary.drifted,
-            "judged_features": summary.judged,
-            "score_drifted": summary.score_drifted,
-            "dataset_drifted": summary.dataset_drifted,
-            "trailing_days": len(used_days),
-            "report": str(reports[day]),
-        }
-        if summary.dataset_drifted:
-            context.log.warning(
-                f"{day}: drifted ({summary.drifted} of {summary.judged} judged rows: "
-                f"{', '.join(summary.drifted_features)}); report {reports[day]}"
-            )
-
-    last = days[-1]
-    drifted_days = [d for d in days if verdicts[d]["dataset_drifted"]]
+    report = run.store.write_side_file(
+        DRIFT_REPORTS_FOLDER, day, REPORT_FILE, render_drift_report(day, table, current, references, summary, notes)
+    )
+    uri = run.store.write_partition(DRIFT_METRICS, day, _arrow(table))
+    counts = drifted_feature_counts(table)
+    verdict = drift_verdict(counts, summary.score_drifted, summary.dataset_drifted)
+    if summary.dataset_drifted:
+        run.context.log.warning(f"{day}: {verdict}; report {report}")
+    link = run.store.side_file_url(DRIFT_REPORTS_FOLDER, day, REPORT_FILE)
     metadata: dict[str, object] = {
-        "references": dg.MetadataValue.json(sorted(set(tables[last]["reference"]))),
-        "not_compared": dg.MetadataValue.json(sorted(set(resolved.input_columns) & set(CALENDAR_FEATURES))),
-        "model_version": resolved.version,
-        "drifted_features": sum(int(v["drifted_features"]) for v in verdicts.values()),
-        "judged_features": sum(int(v["judged_features"]) for v in verdicts.values()),
-        "dataset_drifted": bool(drifted_days),
-        "verdict": f"drifted on {', '.join(drifted_days)}" if drifted_days else "no dataset drift",
-        "n_reference_trailing": int(trailing.rows_used(last)),
-        "most_drifted": dg.MetadataValue.md(drift_markdown(tables[last])),
-        "report": dg.MetadataValue.path(str(reports[last])),
+        "row_count": len(table),
+        "verdict": verdict,
+        "references": dg.MetadataValue.json(list(references)),
+        "dataset_drifted": summary.dataset_drifted,
+        "score_drifted": summary.score_drifted,
+        **{f"features_drifted_vs_{ref}": drifted for ref, (drifted, _) in counts.items()},
+        **{f"features_judged_vs_{ref}": judged for ref, (_, judged) in counts.items()},
+        "trailing_days": len(used_days),
+        "n_reference_trailing": len(week),
+        "most_drifted": dg.MetadataValue.md(drift_markdown(table)),
+        "report": dg.MetadataValue.url(link) if link else dg.MetadataValue.path(report),
+        "model_version": run.resolved.version,
+        "uri": dg.MetadataValue.path(uri),
+        # One number per feature for the Plots tab: the statistic against the training sample over days.
+        **{f"drift_vs_training/{feature}": value for feature, value in feature_values(table, TRAINING_REFERENCE).items()},
     }
-    record_each_day(
-        context,
-        {
-            day: {
-                **verdicts[day],
-                "row_count": len(tables[day]),
-                "verdict": f"drifted on {day}" if verdicts[day]["dataset_drifted"] else "no dataset drift",
-                "most_drifted": dg.MetadataValue.md(drift_markdown(tables[day])),
-                "report": dg.MetadataValue.path(str(reports[day])),
-                "n_reference_trailing": int(trailing.rows_used(day)),
-            }
-            for day in days
-        },
-    )
-    if shared_notes:
-        metadata["note"] = " ".join(shared_notes)
-    yield dg.Output(tables, metadata=metadata)
-    yield dg.AssetCheckResult(
-        check_name=DRIFT_CHECK,
-        passed=not drifted_days,
+    if notes:
+        metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in notes))
+    yield run.materialization(DRIFT_METRICS, state, metadata, inputs=(INPUT_SNAPSHOT, PREDICTIONS))
+    yield run.check(
+        DRIFT_METRICS,
+        DRIFT_CHECK,
+        state,
+        passed=not summary.dataset_drifted,
+        blocking=False,
         severity=dg.AssetCheckSeverity.WARN,
-        description=(
-            f"drifted: {', '.join(drifted_days)}" if drifted_days else f"no dataset drift on {', '.join(days)}"
-        ),
+        description=verdict,
         metadata={
-            "drifted_days": dg.MetadataValue.json(drifted_days),
-            "report": dg.MetadataValue.path(str(reports[drifted_days[-1] if drifted_days else last])),
+            "drifted_features": dg.MetadataValue.json(list(summary.drifted_features)),
+            "report": dg.MetadataValue.url(link) if link else dg.MetadataValue.path(report),
         },
     )
+    _trailing(run).remember(day, current, versions)
 
 
-def _with_scores(snapshot: pd.DataFrame, day_predictions: pd.DataFrame, day: str) -> pd.DataFrame:
-    """The day's snapshot with its prediction scores as column `score` (rows must line up one to one)."""
-    if len(snapshot) != len(day_predictions) or not (
-        snapshot["transaction_id"].to_numpy() == day_predictions["transaction_id"].to_numpy()
-    ).all():
+def drifted_feature_counts(table: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Per reference: (features drifted, features judged), the score not counted as a feature."""
+    counts = {}
+    judged = table["threshold"].notna() & (table["feature"] != SCORE_COLUMN)
+    for reference in dict.fromkeys(table["reference"].astype(str)):
+        rows = judged & (table["reference"] == reference)
+        counts[reference] = (int((rows & table["drifted"].astype(bool)).sum()), int(rows.sum()))
+    return counts
+
+
+def drift_verdict(counts: dict[str, tuple[int, int]], score_drifted: bool, dataset_drifted: bool) -> str:
+    """One sentence that says the same thing as the numbers next to it."""
+    per_reference = "; ".join(f"{d} of {j} features drifted vs {ref}" for ref, (d, j) in counts.items()) or "nothing judged"
+    score = "score drifted" if score_drifted else "score stable"
+    rule = f"dataset drift = score drifted or at least {DRIFT_CONFIG.dataset_drift_share:.0%} of a reference's features"
+    return f"{'DATASET DRIFT' if dataset_drifted else 'no dataset drift'}: {per_reference}; {score} ({rule})"
+
+
+def feature_values(table: pd.DataFrame, reference: str) -> dict[str, float]:
+    """The drift statistic of each judged feature (and the score) against one reference."""
+    rows = table[(table["reference"] == reference) & table["value"].notna()]
+    return {str(f): round(float(v), 6) for f, v in zip(rows["feature"], rows["value"])}
+
+
+def _current_day(run: PipelineRun, state: DayState, columns: Sequence[str]) -> tuple[pd.DataFrame, frozenset[str]]:
+    """The day's snapshot columns with its scores as column `score` (rows must line up one to one)."""
+    snapshot = state.snapshot if state.snapshot is not None else run.store.read_partition(INPUT_SNAPSHOT, state.day).to_pandas()
+    lacking = [c for c in columns if c not in snapshot.columns]
+    if lacking:
+        raise DriftInputError(f"{state.day}: input_snapshot lacks column(s) {lacking} the model needs; re-materialize it")
+    scored = run.store.read_partition(PREDICTIONS, state.day, columns=["transaction_id", SCORE_COLUMN, "model_version"])
+    ids = scored.column("transaction_id").to_numpy(zero_copy_only=False)
+    if len(snapshot) != len(ids) or not (snapshot["transaction_id"].to_numpy() == ids).all():
         raise DriftInputError(
-            f"{day}: predictions ({len(day_predictions)} rows) do not line up with input_snapshot "
-            f"({len(snapshot)} rows) by transaction_id; re-materialize predictions for {day}"
+            f"{state.day}: predictions ({len(ids)} rows) do not line up with input_snapshot ({len(snapshot)} rows) "
+            f"by transaction_id; re-materialize predictions for {state.day}"
         )
-    return snapshot.assign(**{SCORE_COLUMN: day_predictions[SCORE_COLUMN].to_numpy()})
+    versions = frozenset(str(v) for v in scored.column("model_version").unique().to_pylist())
+    current = snapshot.loc[:, list(columns)].assign(**{SCORE_COLUMN: scored.column(SCORE_COLUMN).to_numpy()})
+    return current, versions
 
 
-def _model_versions(day_predictions: pd.DataFrame) -> frozenset[str]:
-    """The model versions that scored a day."""
-    return frozenset(day_predictions["model_version"].astype(str).unique())
+def _training_reference(run: PipelineRun, columns: Sequence[str]) -> tuple[pd.DataFrame | None, tuple[str, ...]]:
+    """The run model's training sample, loaded once per run, and notes on what it lacks."""
+    if "training_reference" not in run.cache:
+        resolved = run.resolved
+        training = run.model_registry.load_reference(resolved)
+        notes: list[str] = []
+        if training is None:
+            notes.append(
+                f"model {resolved.pinned_uri} has no training reference logged "
+                "(artifact reference/training_sample.parquet); compared with the trailing week only"
+            )
+            run.context.log.warning(notes[-1])
+        else:
+            lacking = [c for c in columns if c not in training.columns]
+            if lacking:
+                notes.append(f"training reference lacks {lacking}; those columns are compared with the trailing week only")
+        run.cache["training_reference"] = (training, tuple(notes))
+    return run.cache["training_reference"]
+
+
+def _trailing(run: PipelineRun) -> _TrailingWeek:
+    if "trailing_week" not in run.cache:
+        columns = [c for c in run.resolved.input_columns if c not in CALENDAR_FEATURES]
+        run.cache["trailing_week"] = _TrailingWeek(run.store, [*columns, SCORE_COLUMN])
+    return run.cache["trailing_week"]
+
+
+def _arrow(table: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(table, preserve_index=False)
 
 
 class _TrailingWeek:
-    """The previous seven days of snapshots and scores, read once each and kept while still in a window."""
+    """Samples of the previous seven days' snapshots and scores, each day read once per run."""
 
-    def __init__(
-        self,
-        store: PartitionedParquetStore,
-        columns: Sequence[str],
-        own_days: Mapping[str, tuple[pd.DataFrame, frozenset[str]]],
-    ):
+    def __init__(self, store: PartitionedParquetStore, columns: Sequence[str]):
         self.store = store
         self.columns = list(columns)
-        self.own_days = own_days
-        self._loaded: dict[str, tuple[pd.DataFrame, frozenset[str]] | None] = {}
-        self._rows: dict[str, int] = {}
+        self._days: dict[str, tuple[pd.DataFrame, frozenset[str]] | None] = {}
+
+    def remember(self, day: str, frame: pd.DataFrame, versions: frozenset[str]) -> None:
+        """Keep the sample of a day this run just compared, for the days after it."""
+        self._days[day] = (_sample(frame[self.columns], day), versions)
 
     def reference(self, day: str, versions: frozenset[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
         """The window's rows, the days found and notes; scores of days scored by another model are left out."""
-        window = [(as_date(day) - dt.timedelta(days=k)).isoformat() for k in range(TRAILING_DAYS, 0, -1)]
-        for old in [d for d in self._loaded if d < window[0]]:
-            del self._loaded[old]
+        window = [(dt.date.fromisoformat(day) - dt.timedelta(days=k)).isoformat() for k in range(TRAILING_DAYS, 0, -1)]
+        for old in [d for d in self._days if d < window[0]]:
+            del self._days[old]
         frames, used, notes = [], [], []
         for previous in window:
-            loaded = self._load(previous)
+            if previous not in self._days:
+                self._days[previous] = self._read(previous)
+            loaded = self._days[previous]
             if loaded is None:
                 continue
             frame, previous_versions = loaded
@@ -216,41 +231,39 @@ class _TrailingWeek:
                 notes.append(f"{previous}: no predictions in storage; its scores are left out of the trailing reference")
             elif previous_versions != versions:
                 # Scores of another model version would show the model change, not a change in the data.
-                frame = frame.assign(**{SCORE_COLUMN: float("nan")})
+                frame = frame.assign(**{SCORE_COLUMN: np.float32("nan")})
                 notes.append(
                     f"{previous}: scored by model version(s) {sorted(previous_versions)}, not {sorted(versions)}; "
                     "its scores are left out of the trailing reference"
                 )
-            frames.append(frame[self.columns])
+            frames.append(frame)
             used.append(previous)
         week = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=self.columns)
-        self._rows[day] = len(week)
         return week, used, notes
 
-    def rows_used(self, day: str) -> int:
-        """Rows in the trailing reference of a day already compared."""
-        return self._rows.get(day, 0)
-
-    def _load(self, day: str) -> tuple[pd.DataFrame, frozenset[str]] | None:
-        if day not in self._loaded:
-            self._loaded[day] = self._read(day)
-        return self._loaded[day]
-
     def _read(self, day: str) -> tuple[pd.DataFrame, frozenset[str]] | None:
-        if day in self.own_days:
-            return self.own_days[day]
-        if not self.store.has_partition("input_snapshot", day):
+        if not self.store.has_partition(INPUT_SNAPSHOT, day):
             return None
-        snapshot = self.store.read_partition("input_snapshot", day).to_pandas()
-        lacking = [c for c in self.columns if c != SCORE_COLUMN and c not in snapshot.columns]
+        features = [c for c in self.columns if c != SCORE_COLUMN]
+        snapshot = self.store.read_partition(INPUT_SNAPSHOT, day)
+        lacking = [c for c in features if c not in snapshot.column_names]
         if lacking:
             raise DriftInputError(
-                f"input_snapshot dt={day} lacks column(s) {lacking} the model needs; "
-                f"re-materialize input_snapshot for {day}"
+                f"input_snapshot dt={day} lacks column(s) {lacking} the model needs; re-materialize input_snapshot for {day}"
             )
-        if not self.store.has_partition("predictions", day):
-            return snapshot.assign(**{SCORE_COLUMN: float("nan")}), frozenset()
-        scored = self.store.read_partition("predictions", day, columns=["transaction_id", SCORE_COLUMN, "model_version"])
-        scored = scored.to_pandas()
-        merged = snapshot.merge(scored[["transaction_id", SCORE_COLUMN]], on="transaction_id", how="left")
-        return merged, _model_versions(scored)
+        frame = snapshot.select(["transaction_id", *features]).to_pandas()
+        if not self.store.has_partition(PREDICTIONS, day):
+            return _sample(frame.assign(**{SCORE_COLUMN: np.float32("nan")})[self.columns], day), frozenset()
+        scored = self.store.read_partition(PREDICTIONS, day, columns=["transaction_id", SCORE_COLUMN, "model_version"]).to_pandas()
+        merged = frame.merge(scored[["transaction_id", SCORE_COLUMN]], on="transaction_id", how="left")
+        versions = frozenset(scored["model_version"].astype(str).unique())
+        return _sample(merged[self.columns], day), versions
+
+
+def _sample(frame: pd.DataFrame, day: str) -> pd.DataFrame:
+    """At most TRAILING_ROWS_PER_DAY rows of a day, the same rows for the same day in every run."""
+    if len(frame) <= TRAILING_ROWS_PER_DAY:
+        return frame.reset_index(drop=True)
+    rng = np.random.default_rng(int(day.replace("-", "")))
+    rows = np.sort(rng.choice(len(frame), size=TRAILING_ROWS_PER_DAY, replace=False))
+    return frame.iloc[rows].reset_index(drop=True)

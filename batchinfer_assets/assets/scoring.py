@@ -1,6 +1,6 @@
 """The registered model and the predictions it makes."""
 
-import time
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Optional
@@ -10,22 +10,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batchinfer_assets.assets._partitions import daily_asset, record_each_day, run_days
+from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.partitions import PIPELINE_GROUP
-from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
-from batchinfer_assets.resources.storage import HiveParquetIOManager
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, TorchScorerResource
+from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
+from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
+from batchinfer_assets.tables import SCORING_MODEL
 
-SNAPSHOT_TABLE = "input_snapshot"
-PREDICTIONS_TABLE = "predictions"
 # Rows read from the snapshot per step on CPU; one forward batch each, so the matrix stays small.
 MIN_READ_ROWS = 65_536
 
 
-@dg.observable_source_asset(group_name=PIPELINE_GROUP, description="The registered model the scorer resolves.")
+@dg.observable_source_asset(
+    name=SCORING_MODEL, group_name=PIPELINE_GROUP, description="The registered model the scorer resolves."
+)
 def scoring_model(model_registry: MlflowModelRegistryResource) -> dg.ObserveResult:
     """Observes which model version the configured URI resolves to; that version is the data version."""
     resolved = model_registry.resolve()
@@ -43,83 +45,68 @@ def scoring_model(model_registry: MlflowModelRegistryResource) -> dg.ObserveResu
     )
 
 
-@daily_asset(
-    deps=[scoring_model, dg.AssetKey(SNAPSHOT_TABLE)],
+PREDICTIONS_SPEC = dg.AssetSpec(
+    PREDICTIONS_TABLE,
+    deps=[SCORING_MODEL, SNAPSHOT_TABLE],
+    description="A score and a label for every row of the day's input snapshot, from the run's one pinned model version.",
     kinds={"pytorch", "parquet"},
-    code_version="1",
-    pool="scoring",
 )
-def predictions(
-    context: dg.AssetExecutionContext,
-    model_registry: MlflowModelRegistryResource,
-    torch_scorer: TorchScorerResource,
-    io_manager: dg.ResourceParam[HiveParquetIOManager],
-) -> dg.MaterializeResult:
-    """A score and a label for every row of the day's input snapshot, from one pinned model version."""
-    resolved = model_registry.resolve_for_run(context.run.tags)
-    model = torch_scorer.load(resolved)
-    store = storage_of(io_manager)
-    days = run_days(context)
-    total_rows = sum(snapshot_row_count(store, day) for day in days)
-    pinned_by = f" (pinned by run tag {MODEL_VERSION_TAG})" if MODEL_VERSION_TAG in context.run.tags else ""
-    context.log.info(
-        f"scoring {total_rows:,} rows of {len(days)} day(s) with {resolved.pinned_uri}{pinned_by} on {model.device}, "
-        f"{torch_scorer.precision}, batches of {torch_scorer.starting_batch_size(model):,}"
-    )
 
-    progress = ProgressMeter(total_rows=total_rows, interval_s=torch_scorer.progress_interval_s)
+
+def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
+    """Stream the day's snapshot through the run's model into the day's predictions."""
+    model = run.model
+    scorer = run.torch_scorer
+    day = state.day
+    progress = ProgressMeter(total_rows=snapshot_row_count(run.store, day), interval_s=scorer.progress_interval_s)
 
     def on_rows(rows: int) -> None:
         line = progress.advance(rows)
         if line is not None:
-            context.log.info(line)
+            run.context.log.info(f"{day}: {line}")
 
-    results = {day: score_day(store, day, torch_scorer, model, on_rows=on_rows) for day in days}
-    context.log.info(progress.line())
-    hashes = {day: snapshot_content_hash(context, store, day) for day in days}
-    rows = sum(r.rows for r in results.values())
-    metadata: dict[str, object] = {
-        "model_uri": resolved.requested_uri,
-        "pinned_model_uri": resolved.pinned_uri,
-        "model_name": resolved.name or "",
-        "model_version": resolved.version,
-        "model_run_id": resolved.run_id,
-        "model_artifact_checksum": resolved.artifact_checksum,
-        "input_snapshot_hash": hashes[days[0]],
-        "row_count": rows,
-        "rows_per_second": round(rows / progress.elapsed_s, 1) if progress.elapsed_s > 0 else float(rows),
-        "device": model.device,
-        "precision": torch_scorer.precision,
-        "batch_size": min(r.batch_size for r in results.values()),
-        "batch_size_backoffs": sum(r.backoffs for r in results.values()),
-        "threshold": torch_scorer.threshold,
-        "positive_rate": sum(r.positives for r in results.values()) / rows if rows else 0.0,
-        "uri": dg.MetadataValue.path(store.table_uri(PREDICTIONS_TABLE)),
-    }
-    record_each_day(
-        context,
+    result = score_day(run.store, day, scorer, model, on_rows=on_rows)
+    snapshot_hash = run.latest_version(SNAPSHOT_TABLE, day, state) or snapshot_hash_from_files(run, day)
+    resolved = model.resolved
+    rows_per_second = round(result.rows / progress.elapsed_s, 1) if progress.elapsed_s > 0 else float(result.rows)
+    run.context.log.info(f"{day}: {progress.line()} with {resolved.pinned_uri} on {model.device}")
+    yield run.materialization(
+        PREDICTIONS_TABLE,
+        state,
         {
-            day: {
-                "input_snapshot_hash": hashes[day],
-                "row_count": r.rows,
-                "positive_rate": r.positives / r.rows if r.rows else 0.0,
-                "batch_size": r.batch_size,
-            }
-            for day, r in results.items()
+            "model_uri": resolved.requested_uri,
+            "pinned_model_uri": resolved.pinned_uri,
+            "model_name": resolved.name or "",
+            "model_version": resolved.version,
+            "model_run_id": resolved.run_id or "",
+            "model_artifact_checksum": resolved.artifact_checksum,
+            "input_snapshot_hash": snapshot_hash,
+            "row_count": result.rows,
+            "rows_per_second": rows_per_second,
+            "device": model.device,
+            "precision": scorer.precision,
+            "batch_size": result.batch_size,
+            "batch_size_backoffs": result.backoffs,
+            "threshold": scorer.threshold,
+            "positive_rate": result.positives / result.rows if result.rows else 0.0,
+            "uri": dg.MetadataValue.path(run.store.partition_uri(PREDICTIONS_TABLE, day)),
         },
+        inputs=(SNAPSHOT_TABLE, SCORING_MODEL),
+        # The files' bytes are fixed by the model's bytes, the input's content and how it was batched.
+        data_version=predictions_version(resolved.artifact_checksum, snapshot_hash, result.batch_size, scorer),
     )
-    return dg.MaterializeResult(metadata=metadata)
 
 
-def storage_of(io_manager: object) -> PartitionedParquetStore:
-    """The storage core behind the IO manager, which predictions streams through instead of returning frames."""
-    store = getattr(io_manager, "store", None)
-    if not isinstance(store, PartitionedParquetStore):
-        raise dg.DagsterInvariantViolationError(
-            f"predictions streams its output through the io_manager's `store` (a PartitionedParquetStore); "
-            f"{type(io_manager).__name__} has none"
-        )
-    return store
+def predictions_version(artifact_checksum: str, snapshot_hash: str, batch_size: int, scorer: TorchScorerResource) -> str:
+    """The data version of a day's predictions: a hash of everything that decides their bytes."""
+    parts = (artifact_checksum, snapshot_hash, str(batch_size), scorer.precision, repr(scorer.threshold))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def snapshot_hash_from_files(run: PipelineRun, day: str) -> str:
+    """The snapshot's content hash recomputed from its files (a snapshot written outside this Dagster instance)."""
+    run.context.log.warning(f"input_snapshot dt={day} has no recorded content hash; hashing its files")
+    return table_content_hash(run.store.read_partition(SNAPSHOT_TABLE, day))
 
 
 @dataclass(frozen=True)
@@ -213,15 +200,3 @@ def snapshot_batches(store: PartitionedParquetStore, day: str, rows: int, column
     return store.iter_batches(SNAPSHOT_TABLE, day, batch_size=rows, columns=columns)
 
 
-def snapshot_content_hash(context: dg.AssetExecutionContext, store: PartitionedParquetStore, day: str) -> str:
-    """The content hash `input_snapshot` recorded for the day; recomputed from the files when it recorded none."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(SNAPSHOT_TABLE), asset_partitions=[day]), limit=1
-    ).records
-    if records:
-        metadata = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
-        if "content_hash" in metadata:
-            return str(metadata["content_hash"].value)
-    # Reads the whole day: only reached when the snapshot was written outside this Dagster instance.
-    context.log.warning(f"input_snapshot dt={day} has no recorded content hash; hashing its files")
-    return table_content_hash(store.read_partition(SNAPSHOT_TABLE, day))

@@ -1,107 +1,107 @@
-"""The validated, content-hashed input the model sees, and its fit to the model's signature."""
+"""The validated, content-hashed input the model sees, and its fit to the run's model signature."""
+
+from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 from pandera.errors import SchemaErrors
 
-from batchinfer_assets.assets._partitions import daily_asset, record_each_day, run_days
+from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
+from batchinfer_assets.assets.features import features_of
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
-from batchinfer_assets.lib.hashing import frame_content_hash
+from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.model_loading import mlflow_uris
 from batchinfer_assets.partitions import daily_partitions
-from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource, ResolvedModel
+from batchinfer_assets.resources.model_registry import ResolvedModel
 from batchinfer_assets.schemas import feature_schema
+from batchinfer_assets.tables import INPUT_SNAPSHOT, SIGNATURE_CHECK, TRANSACTION_FEATURES
 
 SNAPSHOT_COLUMNS = ("transaction_id", *FEATURE_COLUMNS)
-SIGNATURE_CHECK = "matches_model_signature"
 # Signature types the scorer's float32 feature matrix satisfies without losing information.
 _FLOAT32_COMPATIBLE_TYPES = frozenset({"float", "double"})
 _SAMPLE_ROWS = 10
 
-
-@daily_asset(
-    kinds={"pandas", "parquet"},
-    code_version="1",
-    check_specs=[
-        dg.AssetCheckSpec(
-            SIGNATURE_CHECK,
-            asset="input_snapshot",
-            blocking=True,
-            description="Every input column of the model's signature is in the snapshot with a compatible dtype.",
-            partitions_def=daily_partitions,
-        )
-    ],
+INPUT_SNAPSHOT_SPEC = dg.AssetSpec(
+    INPUT_SNAPSHOT,
+    deps=[TRANSACTION_FEATURES],
+    description="The day's validated model input (transaction_id + feature columns); its content hash is its data version.",
+    kinds={"pandera", "parquet"},
 )
-def input_snapshot(
-    context: dg.AssetExecutionContext,
-    transaction_features: dict[str, pd.DataFrame],
-    model_registry: MlflowModelRegistryResource,
-):
-    """The day's validated model input; its content hash is its data version."""
-    schema = feature_schema(FEATURE_COLUMNS)
-    snapshots: dict[str, pd.DataFrame] = {}
-    hashes: dict[str, str] = {}
-    days = run_days(context)
-    for day in days:
-        snapshots[day] = _validated(schema, transaction_features[day], day)
-        hashes[day] = frame_content_hash(snapshots[day])
-    metadata: dict[str, object] = {
-        "row_count": sum(len(s) for s in snapshots.values()),
-        "columns": dg.MetadataValue.json(list(SNAPSHOT_COLUMNS)),
-    }
-    record_each_day(context, {d: {"row_count": len(snapshots[d]), "content_hash": hashes[d]} for d in days})
-    if len(days) == 1:
-        # Dagster keeps one data version per step output; a range's days carry their hash as metadata.
-        yield dg.Output(snapshots, metadata=metadata, data_version=dg.DataVersion(hashes[days[0]]))
-    else:
-        yield dg.Output(snapshots, metadata=metadata)
 
-    resolved = model_registry.resolve()
-    dtypes = {c: str(t) for c, t in next(iter(snapshots.values())).dtypes.items()}
-    problems = signature_mismatches(resolved.input_columns, signature_types(resolved), dtypes)
-    yield dg.AssetCheckResult(
-        check_name=SIGNATURE_CHECK,
-        passed=not problems,
-        metadata={
-            "model_uri": resolved.pinned_uri,
-            "model_input_columns": dg.MetadataValue.json(list(resolved.input_columns)),
-            "problems": dg.MetadataValue.json(problems),
+SIGNATURE_CHECK_SPEC = dg.AssetCheckSpec(
+    SIGNATURE_CHECK,
+    asset=INPUT_SNAPSHOT,
+    blocking=True,
+    description="Every input column of the run's model signature is in the snapshot with a compatible dtype.",
+    partitions_def=daily_partitions,
+)
+
+
+def snapshot_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Validate the day's features into its snapshot, record its hash, and check it fits the run's model."""
+    snapshot = validated_snapshot(features_of(run, state), state.day)
+    table = pa.Table.from_pandas(snapshot, preserve_index=False)
+    content_hash = table_content_hash(table)
+    uri = run.store.write_partition(INPUT_SNAPSHOT, state.day, table)
+    state.snapshot = snapshot
+    yield run.materialization(
+        INPUT_SNAPSHOT,
+        state,
+        {
+            "row_count": len(snapshot),
+            "content_hash": content_hash,
+            "columns": dg.MetadataValue.json(list(SNAPSHOT_COLUMNS)),
+            "uri": dg.MetadataValue.path(uri),
         },
+        inputs=(TRANSACTION_FEATURES,),
+        data_version=content_hash,
+    )
+    resolved = run.resolved
+    problems = signature_mismatches(
+        resolved.input_columns, run_signature_types(run), {c: str(t) for c, t in snapshot.dtypes.items()}
+    )
+    yield run.check(
+        INPUT_SNAPSHOT,
+        SIGNATURE_CHECK,
+        state,
+        passed=not problems,
+        blocking=True,
         description=(
             f"{len(problems)} input column(s) of {resolved.pinned_uri} do not fit the snapshot: {'; '.join(problems)}"
             if problems
             else f"all {len(resolved.input_columns)} input columns of {resolved.pinned_uri} present as float32"
         ),
+        metadata={
+            "model_uri": resolved.pinned_uri,
+            "model_version": resolved.version,
+            "model_input_columns": dg.MetadataValue.json(list(resolved.input_columns)),
+            "problems": dg.MetadataValue.json(problems),
+        },
     )
+    if problems:
+        raise DayBlocked(SIGNATURE_CHECK, f"the snapshot cannot feed {resolved.pinned_uri}: {'; '.join(problems)}")
 
 
-def _validated(schema, features: pd.DataFrame, day: str) -> pd.DataFrame:
+def validated_snapshot(features: pd.DataFrame, day: str) -> pd.DataFrame:
     """The snapshot columns of one day, or a failure naming each broken column and check (NaN and inf included)."""
     missing = [c for c in SNAPSHOT_COLUMNS if c not in features.columns]
     if missing:
-        raise dg.Failure(
-            description=f"input_snapshot {day}: feature column(s) missing: {', '.join(missing)}", allow_retries=False
-        )
+        raise DayBlocked(INPUT_SNAPSHOT, f"feature column(s) missing: {', '.join(missing)}")
     try:
-        return schema.validate(features.loc[:, list(SNAPSHOT_COLUMNS)], lazy=True).reset_index(drop=True)
+        return feature_schema(FEATURE_COLUMNS).validate(features.loc[:, list(SNAPSHOT_COLUMNS)], lazy=True).reset_index(drop=True)
     except SchemaErrors as errors:
         cases = errors.failure_cases
         counts = cases.groupby(["column", "check"], dropna=False).size()
-        summary = {f"{column}: {check}": int(n) for (column, check), n in counts.items()}
-        raise dg.Failure(
-            description=(
-                f"input_snapshot {day}: features fail validation, nothing is passed to the model: "
-                + "; ".join(f"{k} ({n} rows)" for k, n in summary.items())
-            ),
-            metadata={
-                "day": day,
-                "failures": dg.MetadataValue.json(summary),
-                "sample_failure_cases": dg.MetadataValue.md(
-                    cases.head(_SAMPLE_ROWS).astype("string").fillna("<null>").to_markdown(index=False)
-                ),
-            },
-            allow_retries=False,
-        ) from errors
+        summary = "; ".join(f"{column}: {check} ({int(n)} rows)" for (column, check), n in counts.items())
+        raise DayBlocked(INPUT_SNAPSHOT, f"features fail validation, nothing is passed to the model: {summary}") from errors
+
+
+def run_signature_types(run: PipelineRun) -> dict[str, str]:
+    """The run model's signature types, read once per run."""
+    if "signature_types" not in run.cache:
+        run.cache["signature_types"] = signature_types(run.resolved)
+    return run.cache["signature_types"]
 
 
 def signature_types(resolved: ResolvedModel) -> dict[str, str]:

@@ -29,6 +29,8 @@ STAGING_DIR = "_staging"
 ROWS_PER_FILE = 2_000_000
 ROW_GROUP_SIZE = 256 * 1024
 S3_PART = "part-00000.parquet"
+# S3 caps presigned URLs made with long-term credentials at 7 days.
+SIDE_FILE_LINK_EXPIRY_S = 7 * 24 * 3600
 
 
 class PartitionNotFoundError(FileNotFoundError):
@@ -77,6 +79,10 @@ class PartitionBackend(ABC):
     @abstractmethod
     def write_text(self, parts: tuple[str, ...], text: str) -> str:
         """Replace one small text file (readers see the old or the new one) and return its location."""
+
+    def url_of(self, parts: tuple[str, ...], expires_s: int) -> str | None:
+        """A link a browser can open for a file under the base, or None where the backend has none."""
+        return None
 
 
 class LocalBackend(PartitionBackend):
@@ -245,6 +251,17 @@ class S3Backend(PartitionBackend):
         )
         return self.location(*parts)
 
+    def url_of(self, parts: tuple[str, ...], expires_s: int) -> str | None:
+        # A presigned GET: anyone holding the link can read that one object until it expires; it carries the
+        # access key id and a signature, never the secret key.
+        return self._call(
+            f"presign s3://{self.bucket}/{self.key(*parts)}",
+            self.client.generate_presigned_url,
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self.key(*parts)},
+            ExpiresIn=expires_s,
+        )
+
     def data_keys(self, prefix: str) -> list[str]:
         """The `*.parquet` keys directly under a prefix ending in `/`, sorted."""
         return sorted(k for k in self.keys_under(prefix) if _is_data_file(k.rsplit("/", 1)[-1]) and "/" not in k[len(prefix):])
@@ -411,6 +428,10 @@ class PartitionedParquetStore:
     def write_side_file(self, folder: str, dt: str, filename: str, text: str) -> str:
         """Replace `{base}/{folder}/dt={dt}/{filename}` (a per-day file beside the tables); its location."""
         return self.backend.write_text((folder, f"{PARTITION_COLUMN}={dt}", filename), text)
+
+    def side_file_url(self, folder: str, dt: str, filename: str, expires_s: int = SIDE_FILE_LINK_EXPIRY_S) -> str | None:
+        """A browser link to a side file: a presigned URL on S3 (valid `expires_s`), None for local files."""
+        return self.backend.url_of((folder, f"{PARTITION_COLUMN}={dt}", filename), expires_s)
 
 
 class PartitionWriter:

@@ -10,18 +10,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from batchinfer_assets.assets.monitoring import DRIFT_CHECK, drift_metrics
+from batchinfer_assets.tables import DRIFT_CHECK
 from batchinfer_assets.lib.drift import DRIFT_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
-from batchinfer_assets.resources.storage import HiveParquetIOManager
-from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets_tests.conftest import TINY_COLUMNS, tiny_module
+from batchinfer_assets_tests.support import materialize_pipeline, materializations, pipeline_resources
 
 DAY = "2025-03-10"
-# The upstream tables are written straight into storage by the tests, so here they are external assets.
-UPSTREAM = [dg.AssetSpec(key, partitions_def=daily_partitions) for key in ("input_snapshot", "predictions")]
+# The upstream tables are written straight into storage by the tests; only drift_metrics is materialized.
 ROWS = 3000
 WEIGHTS = np.array([0.8, -1.5, 2.25])
 
@@ -84,17 +81,13 @@ def _write_day(store: PartitionedParquetStore, day: str, seed: int, velocity_shi
 
 
 def _run(storage: Path, registry: MlflowModelRegistryResource, day: str = DAY) -> dg.ExecuteInProcessResult:
-    result = dg.materialize(
-        [drift_metrics, *UPSTREAM],
-        resources={
-            "io_manager": HiveParquetIOManager(base_uri=str(storage)),
-            "table_storage": TableStorageResource(base_uri=str(storage)),
-            "model_registry": registry,
-        },
-        partition_key=day,
-    )
+    result = materialize_pipeline(pipeline_resources(storage, registry), ["drift_metrics"], partition_key=day)
     assert result.success
     return result
+
+
+def _metadata(result: dg.ExecuteInProcessResult, day: str = DAY) -> dict:
+    return materializations(result, "drift_metrics")[day].metadata
 
 
 def _rows(table: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -120,10 +113,14 @@ def test_shift_in_one_column_is_flagged_against_the_trailing_week_and_the_check_
     assert (training["n_reference"] == 6).all()
     assert training["threshold"].isna().all() and not training["drifted"].any()
 
-    meta = result.asset_materializations_for_node("drift_metrics")[0].metadata
+    meta = _metadata(result)
     assert meta["dataset_drifted"].value is True
-    assert meta["drifted_features"].value == 2
-    assert meta["verdict"].value == f"drifted on {DAY}"
+    # The score is counted apart from the features: one feature (velocity) drifted against the week.
+    assert meta["features_drifted_vs_trailing_7d"].value == 1
+    assert meta["features_judged_vs_trailing_7d"].value == 3
+    assert meta["score_drifted"].value is True
+    assert meta["verdict"].value.startswith("DATASET DRIFT: ") and "1 of 3 features drifted vs trailing_7d" in meta["verdict"].value
+    assert meta["drift_vs_training/velocity"].value >= 0
     assert meta["n_reference_trailing"].value == 7 * ROWS
     most_drifted = meta["most_drifted"].value.splitlines()
     assert {most_drifted[2].split("|")[1].strip(), most_drifted[3].split("|")[1].strip()} == {"velocity", "score"}
@@ -136,7 +133,8 @@ def test_shift_in_one_column_is_flagged_against_the_trailing_week_and_the_check_
     assert check.check_name == DRIFT_CHECK
     assert check.passed is False
     assert check.severity == dg.AssetCheckSeverity.WARN
-    assert check.metadata["drifted_days"].value == [DAY]
+    assert check.partition == DAY
+    assert set(check.metadata["drifted_features"].value) == {"velocity", "score"}
 
 
 def test_day_like_its_trailing_week_is_not_flagged_and_the_check_passes(tmp_path, tiny_registry):
@@ -152,7 +150,7 @@ def test_day_like_its_trailing_week_is_not_flagged_and_the_check_passes(tmp_path
     assert week["threshold"].notna().all()
     (check,) = result.get_asset_check_evaluations()
     assert check.passed is True and check.severity == dg.AssetCheckSeverity.WARN
-    assert "no dataset drift" in Path(result.asset_materializations_for_node("drift_metrics")[0].metadata["report"].value).read_text()
+    assert "no dataset drift" in Path(_metadata(result)["report"].value).read_text()
 
 
 def test_trailing_reference_uses_the_days_that_exist_and_only_same_model_scores(tmp_path, tiny_registry):
@@ -181,8 +179,8 @@ def test_model_without_training_reference_is_compared_with_the_trailing_week_onl
     table = store.read_partition("drift_metrics", DAY).to_pandas()
 
     assert set(table["reference"]) == {"trailing_7d"}
-    meta = result.asset_materializations_for_node("drift_metrics")[0].metadata
-    assert "no training reference" in meta["note"].value
+    meta = _metadata(result)
+    assert "no training reference" in meta["notes"].value
     assert meta["references"].value == ["trailing_7d"]
 
 
@@ -195,8 +193,8 @@ def test_first_day_without_any_reference_writes_an_empty_table_and_passes(tmp_pa
     assert store.read_partition("drift_metrics", DAY).num_rows == 0
     (check,) = result.get_asset_check_evaluations()
     assert check.passed is True
-    meta = result.asset_materializations_for_node("drift_metrics")[0].metadata
-    assert meta["judged_features"].value == 0
+    meta = _metadata(result)
+    assert "features_judged_vs_training" not in meta and meta["verdict"].value.startswith("no dataset drift: nothing judged")
     assert not math.isnan(meta["n_reference_trailing"].value)
 
 
@@ -207,12 +205,4 @@ def test_predictions_that_do_not_line_up_with_the_snapshot_fail_naming_the_day(t
     store.write_partition("predictions", DAY, pa.Table.from_pandas(preds, preserve_index=False))
 
     with pytest.raises(dg.Failure, match=f"DriftInputError: {DAY}: predictions .* do not line up"):
-        dg.materialize(
-            [drift_metrics, *UPSTREAM],
-            resources={
-                "io_manager": HiveParquetIOManager(base_uri=str(tmp_path)),
-                "table_storage": TableStorageResource(base_uri=str(tmp_path)),
-                "model_registry": tiny_registry,
-            },
-            partition_key=DAY,
-        )
+        materialize_pipeline(pipeline_resources(tmp_path, tiny_registry), ["drift_metrics"], partition_key=DAY)

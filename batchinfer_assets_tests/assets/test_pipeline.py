@@ -17,6 +17,7 @@ from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_COLUMNS
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.settings import Settings
+from batchinfer_assets_tests.support import check_verdicts, materializations
 
 DAILY_TABLES = ("raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics")
 
@@ -83,12 +84,12 @@ def test_one_day_end_to_end(settings):
     published = _db_rows(settings)
     assert len(published) == len(preds) and set(published["dt"]) == {"2025-01-03"}
 
-    meta = result.asset_materializations_for_node("predictions")[0].metadata
+    meta = materializations(result, "predictions")["2025-01-03"].metadata
     for key in ("model_uri", "model_version", "input_snapshot_hash", "row_count", "rows_per_second", "device", "batch_size"):
         assert key in meta, key
     assert meta["model_version"].value == "1"
     assert meta["row_count"].value == len(preds)
-    snapshot_meta = result.asset_materializations_for_node("input_snapshot")[0].metadata
+    snapshot_meta = materializations(result, "input_snapshot")["2025-01-03"].metadata
     assert meta["input_snapshot_hash"].value == snapshot_meta["content_hash"].value
 
 
@@ -128,16 +129,24 @@ def test_rerun_of_a_day_is_byte_identical_and_never_duplicates(settings):
 def _assert_each_day_carries_its_own_figures(result, store: PartitionedParquetStore, days: list[str]) -> None:
     """A single-run range materializes every day with that day's row count and input hash, not the range's."""
     by_asset = {}
+    versions = {}
     for node in ("raw_transactions", "input_snapshot", "predictions", "drift_metrics", "published_predictions"):
-        events = result.asset_materializations_for_node(node)
-        by_asset[node] = {e.partition: e.metadata for e in events}
+        events = materializations(result, node)
+        by_asset[node] = {day: e.metadata for day, e in events.items()}
+        versions[node] = {day: e.tags["dagster/data_version"] for day, e in events.items()}
         assert sorted(by_asset[node]) == days, node
+    # Each day's data version is its own: the snapshot's is its content hash.
+    for node, by_day in versions.items():
+        assert len(set(by_day.values())) == len(days), node
+    for check in ("invalid_share_within_limit", "matches_model_signature", "drift_check"):
+        assert sorted(check_verdicts(result, check)) == days, check
     for day in days:
         snapshot = store.read_partition("input_snapshot", day)
         predictions = store.read_partition("predictions", day)
         assert by_asset["raw_transactions"][day]["row_count"].value == store.read_partition("raw_transactions", day).num_rows
         assert by_asset["input_snapshot"][day]["row_count"].value == snapshot.num_rows
         assert by_asset["input_snapshot"][day]["content_hash"].value == table_content_hash(snapshot)
+        assert versions["input_snapshot"][day] == table_content_hash(snapshot)
         assert by_asset["predictions"][day]["row_count"].value == predictions.num_rows
         assert by_asset["predictions"][day]["input_snapshot_hash"].value == table_content_hash(snapshot)
         assert by_asset["published_predictions"][day]["row_count"].value == predictions.num_rows

@@ -16,13 +16,13 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._core.definitions.observe import observe
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from batchinfer_assets.assets.scoring import predictions, score_day, scoring_model
+from batchinfer_assets.assets.scoring import score_day, scoring_model
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
-from batchinfer_assets.resources.storage import HiveParquetIOManager
-from batchinfer_assets.resources.torch_scorer import MissingInputColumnsError, TorchScorerResource
+from batchinfer_assets.resources.torch_scorer import TorchScorerResource
+from batchinfer_assets_tests.support import materialize_pipeline, materializations, pipeline_resources
 
 DAY = "2025-01-02"
 
@@ -41,13 +41,8 @@ def _write_snapshot(storage: Path, frame: pd.DataFrame, day: str = DAY) -> None:
 
 
 def _tiny_resources(store, fmt: str, storage: Path, **scorer) -> dict:
-    return {
-        "model_registry": MlflowModelRegistryResource(
-            tracking_uri=store.tracking_uri, model_uri=f"models:/{store.names[fmt]}@champion"
-        ),
-        "torch_scorer": TorchScorerResource(device="cpu", **scorer),
-        "io_manager": HiveParquetIOManager(base_uri=str(storage)),
-    }
+    registry = MlflowModelRegistryResource(tracking_uri=store.tracking_uri, model_uri=f"models:/{store.names[fmt]}@champion")
+    return pipeline_resources(storage, registry, torch_scorer=TorchScorerResource(device="cpu", **scorer))
 
 
 @pytest.mark.parametrize("fmt", ["pt2", "pickle"])
@@ -55,12 +50,8 @@ def test_user_model_scores_like_the_module_in_any_column_order(tiny_model_store,
     frame = _user_snapshot(tiny_model_store.columns, rows=2500)
     _write_snapshot(tmp_path, frame)
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        [scoring_model, predictions],
-        resources=_tiny_resources(tiny_model_store, fmt, tmp_path, batch_size=300),
-        partition_key=DAY,
-        selection=[predictions],
-        instance=instance,
+    result = materialize_pipeline(
+        _tiny_resources(tiny_model_store, fmt, tmp_path, batch_size=300), ["predictions"], partition_key=DAY, instance=instance
     )
 
     stored = PartitionedParquetStore(tmp_path).read_partition("predictions", DAY).to_pandas()
@@ -76,7 +67,7 @@ def test_user_model_scores_like_the_module_in_any_column_order(tiny_model_store,
         "model_version": "string",
     }
     assert set(stored["model_name"]) == {tiny_model_store.names[fmt]} and set(stored["model_version"]) == {"1"}
-    meta = result.asset_materializations_for_node("predictions")[0].metadata
+    meta = materializations(result, "predictions")[DAY].metadata
     assert meta["pinned_model_uri"].value == f"models:/{tiny_model_store.names[fmt]}/1"
     assert meta["model_run_id"].value == tiny_model_store.run_id
     assert len(meta["model_artifact_checksum"].value) == 64
@@ -89,13 +80,13 @@ def test_missing_model_column_fails_naming_it_and_keeps_old_predictions(tiny_mod
     frame = _user_snapshot(tiny_model_store.columns, rows=50)
     _write_snapshot(tmp_path, frame)
     resources = _tiny_resources(tiny_model_store, "pt2", tmp_path)
-    dg.materialize([scoring_model, predictions], resources=resources, partition_key=DAY, selection=[predictions])
+    materialize_pipeline(resources, ["predictions"], partition_key=DAY)
     folder = tmp_path / "predictions" / f"dt={DAY}"
     before = {p.name: p.read_bytes() for p in folder.glob("*.parquet")}
 
     _write_snapshot(tmp_path, frame.drop(columns=["velocity"]))
     with pytest.raises(dg.Failure, match=f"MissingInputColumnsError: .*velocity.*input_snapshot dt={DAY}"):
-        dg.materialize([scoring_model, predictions], resources=resources, partition_key=DAY, selection=[predictions])
+        materialize_pipeline(resources, ["predictions"], partition_key=DAY)
     assert {p.name: p.read_bytes() for p in folder.glob("*.parquet")} == before
 
 
@@ -207,11 +198,11 @@ def test_alias_move_marks_predictions_stale_and_pinned_version_reproduces_the_da
 
         # Re-scoring follows the moved alias; the run tag reproduces the day with the version it recorded.
         moved = _run_day(settings, instance, only_predictions=True)
-        assert moved.asset_materializations_for_node("predictions")[0].metadata["model_version"].value == "2"
+        assert materializations(moved, "predictions")[DAY].metadata["model_version"].value == "2"
         assert {p.name: p.read_bytes() for p in folder.glob("*.parquet")} != original
         assert get_stale_status_resolver(instance, assets).get_status(key, DAY) == StaleStatus.FRESH
 
         reproduced = _run_day(settings, instance, tags={MODEL_VERSION_TAG: "1"}, only_predictions=True)
-        meta = reproduced.asset_materializations_for_node("predictions")[0].metadata
+        meta = materializations(reproduced, "predictions")[DAY].metadata
         assert (meta["model_version"].value, meta["model_uri"].value) == ("1", "models:/fraud-detector/1")
         assert {p.name: p.read_bytes() for p in folder.glob("*.parquet")} == original

@@ -16,8 +16,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from batchinfer_assets.assets.features import INVALID_SHARE_CHECK
-from batchinfer_assets.assets.snapshot import SIGNATURE_CHECK, signature_mismatches
+from batchinfer_assets.assets.snapshot import signature_mismatches
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.features import FEATURE_COLUMNS, build_features
 from batchinfer_assets.lib.landing import LandingDataError
@@ -26,6 +25,8 @@ from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.resources.landing import ParquetLandingZoneResource
 from batchinfer_assets.schemas import REASON_COLUMN, feature_schema, split_valid_rows
 from batchinfer_assets.settings import Settings
+from batchinfer_assets.tables import INVALID_SHARE_CHECK, SIGNATURE_CHECK
+from batchinfer_assets_tests.support import check_verdicts, materialized_days
 
 DAY = "2025-01-03"
 ROWS = 1000
@@ -131,12 +132,11 @@ def test_each_row_level_breakage_is_quarantined_with_its_reason(settings, breaka
     assert len(features) == ROWS - 3
     if breakage not in ("null transaction_id", "duplicate transaction_id"):
         assert not set(features["transaction_id"]) & set(frame.loc[bad, "transaction_id"])
-    meta = result.asset_materializations_for_node("transaction_features")
-    quarantine_meta = {m.asset_key.to_user_string(): m.metadata for m in meta}["quarantined_transactions"]
-    assert quarantine_meta["reasons"].value == {reason: 3}
+    meta = {e.materialization.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert meta["quarantined_transactions"]["reasons"].value == {reason: 3}
     check = _check(result, INVALID_SHARE_CHECK)
     assert check.passed and check.partition == DAY
-    assert check.metadata["by_day"].value[DAY]["reasons"] == {reason: 3}
+    assert check.metadata["reasons"].value == {reason: 3}
 
 
 def test_half_a_percent_bad_rows_is_scored_without_them(settings):
@@ -170,7 +170,6 @@ def test_two_percent_bad_rows_blocks_the_day_and_keeps_its_previous_predictions(
     assert not result.success
     check = _check(result, INVALID_SHARE_CHECK)
     assert not check.passed and check.partition == DAY
-    assert check.metadata["blocked_days"].value == [DAY]
     assert check.metadata["quarantined_rows"].value == 20
     assert check.metadata["reasons"].value == {"channel: isin(['pos', 'online', 'atm'])": 20}
     assert "telepathy" in check.metadata["sample_failing_rows"].value
@@ -181,25 +180,38 @@ def test_two_percent_bad_rows_blocks_the_day_and_keeps_its_previous_predictions(
     pd.testing.assert_frame_equal(published_before, published_after)
 
 
-def test_a_range_run_records_each_days_figures_and_blocks_on_any_day(settings):
+def test_a_bad_day_in_a_range_is_blocked_alone_and_stays_blocked_whatever_is_selected(settings):
     landing = Path(settings.landing_uri)
     land(landing, generate_day(dt.date(2025, 1, 3), 400), day="2025-01-03")
     frame, _ = corrupted_day("malformed country", n_bad=8, rows=400, day="2025-01-04")
     land(landing, frame, day="2025-01-04")
+    land(landing, generate_day(dt.date(2025, 1, 5), 400), day="2025-01-05")
+    tags = {"dagster/asset_partition_range_start": "2025-01-03", "dagster/asset_partition_range_end": "2025-01-05"}
 
-    result = materialize(
-        settings,
-        dg.AssetSelection.assets(*UPSTREAM),
-        partition_key=None,
-        tags={"dagster/asset_partition_range_start": "2025-01-03", "dagster/asset_partition_range_end": "2025-01-04"},
-    )
+    result = materialize(settings, partition_key=None, tags=tags)
 
-    check = _check(result, INVALID_SHARE_CHECK)
-    assert not check.passed
-    by_day = check.metadata["by_day"].value
-    assert by_day["2025-01-03"] == {"rows": 400, "quarantined": 0, "invalid_fraction": 0.0, "blocked": False, "reasons": {}}
-    assert by_day["2025-01-04"]["quarantined"] == 8 and by_day["2025-01-04"]["blocked"]
-    assert check.metadata["blocked_days"].value == ["2025-01-04"]
+    # Each day ends with its own verdict on its own partition; the bad day stops, the good days go on.
+    assert check_verdicts(result, INVALID_SHARE_CHECK) == {"2025-01-03": True, "2025-01-04": False, "2025-01-05": True}
+    assert check_verdicts(result, SIGNATURE_CHECK) == {"2025-01-03": True, "2025-01-05": True}
+    assert materialized_days(result, "transaction_features") == ["2025-01-03", "2025-01-04", "2025-01-05"]
+    for asset in ("input_snapshot", "predictions", "drift_metrics", "published_predictions"):
+        assert materialized_days(result, asset) == ["2025-01-03", "2025-01-05"], asset
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "1 of 3 day(s) stopped" in message and "2025-01-04: invalid_share_within_limit: 8 of 400 rows (2.000%)" in message
+    store = PartitionedParquetStore(settings.storage_uri)
+    assert not store.has_partition("predictions", "2025-01-04")
+    with sa.create_engine(settings.predictions_db_url).connect() as conn:
+        days = [r[0] for r in conn.execute(sa.text("select distinct dt from predictions order by dt"))]
+    assert days == ["2025-01-03", "2025-01-05"]
+
+    # Selecting only what follows the gate does not bypass it: the stored features still fail the limit.
+    later = materialize(settings, dg.AssetSelection.assets("input_snapshot", "predictions", "published_predictions"), partition_key="2025-01-04")
+    assert not later.success and materialized_days(later, "input_snapshot") == []
+    (failure,) = [e for e in later.all_events if e.is_step_failure]
+    assert "8 (2.000%) were quarantined, over the 1.00% limit" in failure.step_failure_data.error.message
+    assert not store.has_partition("input_snapshot", "2025-01-04")
 
 
 def test_a_model_whose_signature_needs_other_columns_blocks_scoring(settings, tiny_model_store):
@@ -247,7 +259,7 @@ def test_non_finite_features_never_reach_the_snapshot(settings, poison):
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.error.message
-    assert f"input_snapshot {DAY}: features fail validation" in message and "hour_sin" in message
+    assert f"{DAY}: input_snapshot: features fail validation" in message and "hour_sin" in message
     assert {p.name: p.read_bytes() for p in store.partition_files("input_snapshot", DAY)} == before
     assert not store.has_partition("predictions", DAY)
 

@@ -1,0 +1,155 @@
+"""The daily pipeline: every stage of one day before the next day, in one step that loads the model once.
+
+Seven assets, one step. Each run covers one day or a single-run range of days; for each day the selected
+stages run in lineage order and hand the day to each other in memory, then the day is let go, so a run
+holds one day whatever the range. Every day gets its own materializations (with its own data version),
+its own check verdicts and its own failure: a day blocked by a check, or whose data is unusable, stops
+there and is named when the step fails at the end, after the other days were done. Any selection of the
+seven assets runs (`can_subset`): a stage whose upstream is not selected reads it from storage.
+"""
+
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+import dagster as dg
+
+from batchinfer_assets import schemas
+from batchinfer_assets.assets import _run, features, ingest, monitoring, scoring, serving, snapshot
+from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
+from batchinfer_assets.lib import drift, features as feature_lib, hashing, parquet_store
+from batchinfer_assets.lib.code_version import code_version_of
+from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
+from batchinfer_assets.resources.landing import LandingZoneResource
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
+from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.table_storage import TableStorageResource
+from batchinfer_assets.resources.torch_scorer import TorchScorerResource
+from batchinfer_assets.resources.validation import ValidationPolicyResource
+from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY
+from batchinfer_assets.tables import (
+    DRIFT_METRICS,
+    INPUT_SNAPSHOT,
+    PREDICTIONS,
+    PUBLISHED_PREDICTIONS,
+    QUARANTINED_TRANSACTIONS,
+    RAW_TRANSACTIONS,
+    TRANSACTION_FEATURES,
+)
+
+# Stages that read the run's model version (signature check, scoring, drift's training reference).
+MODEL_STAGES = frozenset({INPUT_SNAPSHOT, PREDICTIONS, DRIFT_METRICS})
+
+Stage = Callable[[PipelineRun, DayState], Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]]
+
+# Each stage: the assets it may materialize, and the function that computes them for one day.
+STAGES: tuple[tuple[tuple[str, ...], Stage], ...] = (
+    ((RAW_TRANSACTIONS,), ingest.ingest_day),
+    ((TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS), features.featurize_day),
+    ((INPUT_SNAPSHOT,), snapshot.snapshot_day),
+    ((PREDICTIONS,), scoring.predictions_day),
+    ((DRIFT_METRICS,), monitoring.drift_day),
+    ((PUBLISHED_PREDICTIONS,), serving.publish_day),
+)
+
+
+def _code_versions() -> dict[str, str]:
+    shared = (_run, parquet_store, hashing)
+    return {
+        RAW_TRANSACTIONS: code_version_of(*shared, ingest),
+        TRANSACTION_FEATURES: code_version_of(*shared, features, feature_lib, schemas),
+        QUARANTINED_TRANSACTIONS: code_version_of(*shared, features, schemas),
+        INPUT_SNAPSHOT: code_version_of(*shared, snapshot, schemas),
+        PREDICTIONS: code_version_of(*shared, scoring),
+        DRIFT_METRICS: code_version_of(*shared, monitoring, drift),
+        PUBLISHED_PREDICTIONS: code_version_of(*shared, serving),
+    }
+
+
+CODE_VERSIONS: Mapping[str, str] = _code_versions()
+
+SPECS = [
+    spec.replace_attributes(partitions_def=daily_partitions, group_name=PIPELINE_GROUP, code_version=CODE_VERSIONS[spec.key.to_user_string()])
+    for spec in (
+        ingest.RAW_TRANSACTIONS_SPEC,
+        *features.FEATURE_SPECS,
+        snapshot.INPUT_SNAPSHOT_SPEC,
+        scoring.PREDICTIONS_SPEC,
+        monitoring.DRIFT_METRICS_SPEC,
+        serving.PUBLISHED_PREDICTIONS_SPEC,
+    )
+]
+
+
+@dg.multi_asset(
+    name="daily_pipeline",
+    specs=SPECS,
+    check_specs=[features.INVALID_SHARE_CHECK_SPEC, snapshot.SIGNATURE_CHECK_SPEC, monitoring.DRIFT_CHECK_SPEC],
+    can_subset=True,
+    partitions_def=daily_partitions,
+    # One run per backfill range: the model is loaded once, and days go through one at a time.
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    retry_policy=TRANSIENT_RETRY,
+    pool="scoring",
+)
+def daily_pipeline(
+    context: dg.AssetExecutionContext,
+    landing_zone: LandingZoneResource,
+    validation_policy: ValidationPolicyResource,
+    model_registry: MlflowModelRegistryResource,
+    torch_scorer: TorchScorerResource,
+    table_storage: TableStorageResource,
+    prediction_db: PredictionDatabaseResource,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Ingest, validate, featurize, snapshot, score, measure drift and publish each day of the run."""
+    run = PipelineRun(
+        context=context,
+        store=table_storage.store,
+        landing_zone=landing_zone,
+        validation_policy=validation_policy,
+        model_registry=model_registry,
+        torch_scorer=torch_scorer,
+        prediction_db=prediction_db,
+        code_versions=CODE_VERSIONS,
+    )
+    stopped: dict[str, str] = {}
+    stages = [(assets, stage) for assets, stage in STAGES if any(a in run.selected for a in assets)]
+    context.log.info(
+        f"{len(run.days)} day(s) {run.days[0]}..{run.days[-1]}: "
+        + ", ".join(a for assets, _ in stages for a in assets if a in run.selected)
+    )
+    # The run's model is resolved (and, to score, loaded) before any day: a model that cannot be used fails
+    # the run at once, with nothing written.
+    try:
+        if run.selected & MODEL_STAGES:
+            run.resolved
+        if PREDICTIONS in run.selected:
+            run.model
+    except BAD_DATA_ERRORS as error:
+        raise dg.Failure(description=f"{type(error).__name__}: {error}", allow_retries=False) from error
+    for day in run.days:
+        state = DayState(day)
+        for assets, stage in stages:
+            if not any(run.wants(a, day) for a in assets):
+                continue
+            started = time.perf_counter()
+            try:
+                yield from stage(run, state)
+            except DayBlocked as blocked:
+                stopped[day] = str(blocked)
+                context.log.error(f"{day}: stopped at {blocked}; the run goes on with the other days")
+                break
+            except BAD_DATA_ERRORS as error:
+                stopped[day] = f"{'/'.join(assets)}: {type(error).__name__}: {error}"
+                context.log.error(f"{day}: {stopped[day]}; the run goes on with the other days")
+                break
+            context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
+    if stopped:
+        raise dg.Failure(
+            description=(
+                f"{len(stopped)} of {len(run.days)} day(s) stopped (the others completed): "
+                + " | ".join(f"{day}: {reason}" for day, reason in sorted(stopped.items()))
+            ),
+            metadata={"stopped_days": dg.MetadataValue.json(dict(sorted(stopped.items())))},
+            allow_retries=False,
+        )

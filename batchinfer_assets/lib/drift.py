@@ -63,7 +63,6 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TypeVar
 
 import numpy as np
@@ -160,6 +159,9 @@ class PreparedColumn:
         self.categories = categories
         self.counts = counts
         self.n = len(values) if values is not None else int(np.sum(counts))
+        # Computed on first use and kept, for a reference compared with many days. Two threads may both
+        # compute one; they store the same value.
+        self._std: float | None = None
         self._psi_reference: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
@@ -174,10 +176,12 @@ class PreparedColumn:
     def numeric(self) -> bool:
         return self.values is not None
 
-    @cached_property
+    @property
     def std(self) -> float:
-        """Population standard deviation of a numeric column's values (in float64)."""
-        return float(np.std(_f64(self.values)))
+        """Population standard deviation of a numeric column's values (in float64), computed once."""
+        if self._std is None:
+            self._std = float(np.std(_f64(self.values)))
+        return self._std
 
     def support(self, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
         """A numeric column's distinct values and their counts, or None past ``limit`` distinct values.
@@ -582,15 +586,47 @@ def _wasserstein_sorted(u: np.ndarray, v: np.ndarray) -> float:
     ``sum(|U(z_k) - V(z_k)| * (z_{k+1} - z_k))`` with ``U``, ``V`` the two empirical CDFs, every term
     computed the same way in float64; only the order of the additions differs (a few ulps). scipy
     argsorts both samples again and binary-searches every merged value in each; here the samples are
-    already sorted, so the merge is where the smaller sample falls in the larger one (``_merge_positions``)
-    and the rest is a few vectorised passes.
+    already sorted, so merging them is linear. Within a run of equal values the CDFs may differ from
+    scipy's, but those terms are multiplied by a zero gap.
     """
     if len(u) < len(v):
         u, v = v, u  # |U - V| is symmetric
-    n, m = len(u), len(v)
     if u.dtype != v.dtype:
         u, v = _f64(u), _f64(v)
-    pos = _merge_positions(u, v)  # v[j] follows u[pos[j] - 1] (and any equal u) in the merged sample
+    if 4 * len(v) < len(u):
+        return _wasserstein_inserted(u, v)
+    return _wasserstein_merged(u, v)
+
+
+def _wasserstein_merged(u: np.ndarray, v: np.ndarray) -> float:
+    """``_wasserstein_sorted`` for samples of similar sizes: one pass over the merged sample.
+
+    A stable argsort of the two concatenated runs is a single timsort merge.
+    """
+    n, m = len(u), len(v)
+    both = np.concatenate([u, v])
+    order = np.argsort(both, kind="stable")
+    merged = both[order]
+    gap = np.empty(n + m - 1, dtype=np.float64)
+    np.subtract(merged[1:], merged[:-1], out=gap, dtype=np.float64)
+    v_count = np.cumsum(order[:-1] >= n)  # elements of v among merged[:k + 1]
+    term = np.arange(1, n + m, dtype=np.float64)
+    term -= v_count
+    term /= n  # U: elements of u among merged[:k + 1], over n
+    term -= v_count / m
+    np.abs(term, out=term)
+    term *= gap
+    return float(term.sum())
+
+
+def _wasserstein_inserted(u: np.ndarray, v: np.ndarray) -> float:
+    """``_wasserstein_sorted`` for a small ``v`` against a large ``u``: one binary search per element of v.
+
+    The terms at the elements of u and at those of v are summed apart, so nothing of size
+    ``len(u) + len(v)`` is built.
+    """
+    n, m = len(u), len(v)
+    pos = np.searchsorted(u, v, side="right")  # v[j] follows u[pos[j] - 1] (and any equal u)
     # Terms at the elements of u: U = (i + 1) / n, V = (number of v before u[i]) / m, times the gap to
     # the next merged element: u[i + 1], or the first v inserted before it.
     term = np.arange(1, n + 1, dtype=np.float64)
@@ -618,19 +654,6 @@ def _wasserstein_sorted(u: np.ndarray, v: np.ndarray) -> float:
     np.abs(term_v, out=term_v)
     term_v *= gap_v
     return total + float(term_v.sum())
-
-
-def _merge_positions(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(u, v, side="right")`` for sorted ``u`` and ``v`` of one dtype.
-
-    One binary search per element of ``v`` while ``v`` is small against ``u``; a stable argsort of the
-    two concatenated runs (timsort merges them in one pass) once it is not, where that is ~2x faster.
-    """
-    n, m = len(u), len(v)
-    if 4 * m < n:
-        return np.searchsorted(u, v, side="right")
-    order = np.argsort(np.concatenate([u, v]), kind="stable")  # ties: u first, as side="right" wants
-    return np.flatnonzero(order >= n) - np.arange(m)
 
 
 def _wasserstein_counts(values: np.ndarray, current_counts: np.ndarray, reference_counts: np.ndarray) -> float:

@@ -524,8 +524,9 @@ def _sorted_finite(s: pd.Series) -> np.ndarray:
         return np.sort(values).astype(np.float64)
     else:
         values = np.sort(s.to_numpy(dtype=np.float64, na_value=np.nan))
-    lo = int(np.searchsorted(values, -np.inf, side="right"))
-    hi = int(np.searchsorted(values, np.inf, side="left"))
+    inf = values.dtype.type(np.inf)  # a float64 key would make searchsorted cast a float32 array first
+    lo = int(np.searchsorted(values, -inf, side="right"))
+    hi = int(np.searchsorted(values, inf, side="left"))
     return values[lo:hi] if hi - lo < len(values) else values
 
 

@@ -3,6 +3,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 START="${1:-2025-01-01}"
 END="${2:-2025-01-07}"
-dagster asset materialize -m batchinfer_assets.definitions \
-  --select 'raw_transactions*' --partition-range "${START}...${END}"
+# dg reads the code location from [tool.dg] in pyproject.toml (batchinfer_assets.definitions).
+dg launch --assets 'raw_transactions*' --partition-range "${START}...${END}"
 python -m batchinfer_assets.summary "$START" "$END"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import batchinfer_assets.warnings_policy  # noqa: F401  (must precede every asset module)  # isort: skip
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 

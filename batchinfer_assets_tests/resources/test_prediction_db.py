@@ -1,31 +1,55 @@
+import datetime as dt
 import socket
 import threading
 
-import pandas as pd
-import psycopg
+import numpy as np
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from batchinfer_assets.resources.prediction_db import PredictionDatabaseConnectionError, PredictionDatabaseResource
+from batchinfer_assets.resources.prediction_db import (
+    PredictionDatabaseConnectionError,
+    PredictionDatabaseResource,
+    predictions_table,
+)
+
+EVENT_TIME = pa.timestamp("us", tz="UTC")
 
 
-def _predictions(ids, version="1"):
-    return pd.DataFrame(
-        {
-            "transaction_id": ids,
-            "score": [0.25] * len(ids),
-            "label": [0] * len(ids),
-            "model_name": ["fraud-detector"] * len(ids),
-            "model_version": [version] * len(ids),
-        }
-    )
+def _predictions(ids, version="1", **columns):
+    """An Arrow table as the publishing asset hands it over; `columns` replace the defaults."""
+    n = len(ids)
+    base = {
+        "transaction_id": pa.array(ids, pa.string()),
+        "score": pa.array([0.25] * n, pa.float32()),
+        "label": pa.array([0] * n, pa.int8()),
+        "model_name": pa.array(["fraud-detector"] * n, pa.string()),
+        "model_version": pa.array([version] * n, pa.string()),
+        "customer_id": pa.array([f"C{i:07d}" for i in range(n)], pa.string()),
+        "event_time": pa.array([dt.datetime(2025, 1, 1, 12, tzinfo=dt.UTC)] * n, EVENT_TIME),
+        "amount": pa.array([12.5] * n, pa.float64()),
+        "merchant_category": pa.array(["grocery"] * n, pa.string()),
+    }
+    return pa.table({**base, **columns})
 
 
 def _rows(url):
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("select dt, transaction_id, model_version from predictions order by 1, 2")).all()
+            query = sa.text("select dt, transaction_id, model_version from predictions order by 1, 2")
+            return conn.execute(query).all()
+    finally:
+        engine.dispose()
+
+
+def _read_back(url, day):
+    """The day's rows through the table definition (so event_time comes back as an aware datetime), by id."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(predictions_table).where(predictions_table.c.dt == day)
+            return {row.transaction_id: row for row in conn.execute(query)}
     finally:
         engine.dispose()
 
@@ -54,6 +78,17 @@ def test_duplicate_ids_are_refused_and_previous_rows_kept(db_url):
     db.replace_partition("2025-01-01", _predictions(["a", "b"]))
     with pytest.raises(ValueError, match=r"predictions for 2025-01-01 repeat 1 transaction_id\(s\), e.g. 'x'"):
         db.replace_partition("2025-01-01", _predictions(["x", "y", "x"]))
+    with pytest.raises(ValueError, match=r"repeat 2 transaction_id\(s\), e.g. 'q'.*previous rows are kept"):
+        db.replace_partition("2025-01-01", _predictions(["q", "p", "p", "q", "z", "q"]))
+    assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
+
+
+def test_a_missing_business_column_is_refused_naming_it_and_previous_rows_kept(db_url):
+    db = PredictionDatabaseResource(url=db_url)
+    db.replace_partition("2025-01-01", _predictions(["a", "b"]))
+    without = _predictions(["c"]).drop_columns(["event_time", "merchant_category"])
+    with pytest.raises(ValueError, match=r"lack column\(s\) 'event_time', 'merchant_category'.*previous rows are kept"):
+        db.replace_partition("2025-01-01", without)
     assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
 
 
@@ -63,39 +98,147 @@ def test_a_failing_insert_rolls_back_the_delete(db_url):
     too_long_version = _predictions(["c"], version="v" * 100_000)
     # SQLite does not enforce VARCHAR lengths; force a NOT NULL violation there instead.
     if db_url.startswith("sqlite"):
-        too_long_version = _predictions(["c"]).assign(score=[None])
-    with pytest.raises((sa.exc.DBAPIError, psycopg.Error)):
+        too_long_version = _predictions(["c"], score=pa.array([None], pa.float32()))
+    with pytest.raises(sa.exc.IntegrityError if db_url.startswith("sqlite") else sa.exc.DataError):
         db.replace_partition("2025-01-01", too_long_version)
     assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
+
+
+def test_every_value_round_trips(db_url):
+    """Awkward strings, nulls vs empty strings, float32 scores, doubles and event times come back as given."""
+    n = 3000
+    rng = np.random.default_rng(7)
+    # Not in id order: the load sorts; odd characters exercise CSV quoting.
+    ids = [f"tx-{i}\t'\"\\,;\n{i} é" for i in rng.permutation(n)]
+    scores = rng.random(n, dtype=np.float32)
+    paris = dt.timezone(dt.timedelta(hours=1))
+    midnight = dt.datetime(2025, 2, 3, tzinfo=dt.UTC)
+    times = [midnight + dt.timedelta(microseconds=int(us)) for us in rng.integers(0, 86_400_000_000, n)]
+    amounts = [0.1, 1e-300, 123456.789, 0.0, 2.5e9] * (n // 5)
+    rows = pa.table(
+        {
+            "model_version": pa.array(["12"] * n),
+            "transaction_id": pa.array(ids, pa.large_string()),
+            "score": pa.array(scores, pa.float32()),
+            "label": pa.array((scores >= 0.5).astype(np.int8)),
+            "model_name": pa.array([None if i % 7 == 0 else "fraud-detector" for i in range(n)], pa.string()),
+            "customer_id": pa.array(["" if i % 11 == 0 else f"C{i},\"x\"" for i in range(n)]),
+            # Another zone names the same instant; it is stored and read back in UTC.
+            "event_time": pa.array([t.astimezone(paris) for t in times], pa.timestamp("us", tz="+01:00")),
+            "amount": pa.array(amounts, pa.float64()),
+            "merchant_category": pa.array([None if i % 13 == 0 else "travel" for i in range(n)]),
+            "not_a_column_of_the_table": pa.array(range(n)),
+        }
+    )
+    assert PredictionDatabaseResource(url=db_url).replace_partition("2025-02-03", rows) == n
+
+    stored = _read_back(db_url, "2025-02-03")
+    assert sorted(stored) == sorted(ids)
+    for i, tx in enumerate(ids):
+        row = stored[tx]
+        assert row.score == float(scores[i])  # the float32 value exactly
+        assert row.label == int(scores[i] >= 0.5)
+        assert row.model_name == (None if i % 7 == 0 else "fraud-detector")
+        assert row.model_version == "12"
+        assert row.customer_id == ("" if i % 11 == 0 else f"C{i},\"x\"")
+        assert row.event_time == times[i] and row.event_time.utcoffset() == dt.timedelta(0)
+        assert row.amount == amounts[i]
+        assert row.merchant_category == (None if i % 13 == 0 else "travel")
+
+
+def _plan(conn, query: str, params: dict) -> str:
+    if conn.dialect.name == "sqlite":
+        return "\n".join(str(row[-1]) for row in conn.execute(sa.text(f"EXPLAIN QUERY PLAN {query}"), params))
+    return "\n".join(row[0] for row in conn.execute(sa.text(f"EXPLAIN {query}"), params))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_point_lookup_and_top_scores_are_index_lookups(backend, tmp_path, request):
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/predictions.db"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = server.url(server.create_database("preds"))
+    db = PredictionDatabaseResource(url=url)
+    rng = np.random.default_rng(0)
+    for day in ("2025-01-01", "2025-01-02", "2025-01-03"):
+        n = 5000
+        db.replace_partition(
+            day, _predictions([f"{day}-{i}" for i in range(n)], score=pa.array(rng.random(n, dtype=np.float32)))
+        )
+    with db.engine.connect() as conn:
+        if backend == "postgresql":
+            conn.execute(sa.text("ANALYZE predictions"))
+        lookup = _plan(conn, "SELECT * FROM predictions WHERE transaction_id = :tx", {"tx": "2025-01-02-17"})
+        top_query = "SELECT * FROM predictions WHERE dt = :dt ORDER BY score DESC LIMIT 100"
+        top = _plan(conn, top_query, {"dt": "2025-01-02"})
+    if backend == "sqlite":
+        assert "SEARCH predictions USING INDEX ix_predictions_transaction_id (transaction_id=?)" in lookup, lookup
+        assert "SEARCH predictions USING INDEX ix_predictions_dt_score (dt=?)" in top, top
+        assert "SCAN" not in lookup + top and "TEMP B-TREE" not in top, (lookup, top)
+    else:
+        assert "Index Scan using ix_predictions_transaction_id on predictions" in lookup, lookup
+        assert "Index Scan Backward using ix_predictions_dt_score on predictions" in top, top
+        assert "Seq Scan" not in lookup + top and "Sort" not in top, (lookup, top)
+    db.engine.dispose()
+
+
+_OLD_SCHEMA = {
+    "sqlite": [
+        "CREATE TABLE predictions (dt VARCHAR(10) NOT NULL, transaction_id VARCHAR(128) NOT NULL, score FLOAT NOT NULL,"
+        " label SMALLINT NOT NULL, model_name VARCHAR(256), model_version VARCHAR(64) NOT NULL,"
+        " PRIMARY KEY (dt, transaction_id))",
+        "CREATE INDEX ix_predictions_dt ON predictions (dt)",
+    ],
+}
+_OLD_SCHEMA["postgresql"] = _OLD_SCHEMA["sqlite"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_table_from_the_previous_schema_is_upgraded_keeping_its_rows(backend, tmp_path, request):
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/predictions.db"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        url = server.url(server.create_database("preds"))
+    old = sa.create_engine(url)
+    with old.begin() as conn:
+        for statement in _OLD_SCHEMA[backend]:
+            conn.execute(sa.text(statement))
+        conn.execute(
+            sa.text("INSERT INTO predictions VALUES ('2024-12-31', 'old-1', 0.5, 1, 'fraud-detector', '3')")
+        )
+    old.dispose()
+
+    db = PredictionDatabaseResource(url=url)
+    db.replace_partition("2025-01-01", _predictions(["new-1"]))
+
+    inspector = sa.inspect(db.engine)
+    assert {c["name"] for c in inspector.get_columns("predictions")} == {c.name for c in predictions_table.columns}
+    indexes = {ix["name"] for ix in inspector.get_indexes("predictions")}
+    assert {"ix_predictions_transaction_id", "ix_predictions_dt_score"} <= indexes
+    assert "ix_predictions_dt" not in indexes  # covered by the primary key, which leads with dt
+    kept = _read_back(url, "2024-12-31")["old-1"]
+    assert (kept.score, kept.label, kept.model_version, kept.customer_id, kept.event_time) == (0.5, 1, "3", None, None)
+    new = _read_back(url, "2025-01-01")["new-1"]
+    assert new.event_time == dt.datetime(2025, 1, 1, 12, tzinfo=dt.UTC) and new.merchant_category == "grocery"
+    db.engine.dispose()
+
+    # A second resource finds nothing left to upgrade.
+    again = PredictionDatabaseResource(url=url)
+    assert again.count_partition("2024-12-31") == 1
+    again.engine.dispose()
+
+
+def test_a_null_transaction_id_is_refused(db_url):
+    db = PredictionDatabaseResource(url=db_url)
+    with pytest.raises(ValueError, match=r"predictions for 2025-01-01 have 1 null transaction_id"):
+        db.replace_partition("2025-01-01", _predictions(["a", None]))
 
 
 def test_safe_url_masks_password():
     db = PredictionDatabaseResource(url="postgresql+psycopg://user:secret@db:5432/preds")
     assert "secret" not in db.safe_url()
-
-
-def test_postgres_bulk_load_keeps_every_value(postgres_server):
-    url = postgres_server.url(postgres_server.create_database("preds"))
-    frame = pd.DataFrame(
-        {
-            "transaction_id": [f"tx-{i}\t'\"\\,{i}" for i in range(5000)],
-            "score": [i / 4999 for i in range(5000)],
-            "label": [i % 2 for i in range(5000)],
-            "model_name": [None if i % 7 == 0 else "fraud-detector" for i in range(5000)],
-            "model_version": ["12"] * 5000,
-        }
-    )
-    assert PredictionDatabaseResource(url=url).replace_partition("2025-02-03", frame) == 5000
-
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        stored = pd.read_sql("select transaction_id, score, label, model_name, model_version from predictions", conn)
-    engine.dispose()
-    stored = stored.sort_values("score", ignore_index=True)
-    assert stored["transaction_id"].tolist() == frame["transaction_id"].tolist()
-    assert stored["score"].tolist() == frame["score"].tolist()
-    assert stored["label"].tolist() == frame["label"].tolist()
-    assert stored["model_name"].isna().sum() == frame["model_name"].isna().sum()
 
 
 def test_postgres_concurrent_publishes_of_one_day_never_collide(postgres_server):

@@ -23,3 +23,13 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=timeout)
+
+
+def default_signals() -> None:
+    """`preexec_fn` for server processes: SIGINT handled normally even when pytest runs as a background job.
+
+    A background job of a non-interactive shell inherits SIGINT as ignored; Dagster's processes then copy
+    that onto SIGTERM and ignore the stop request too.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -27,7 +27,7 @@ EXPECTED_DEPS = {
     "input_snapshot": {"transaction_features"},
     "predictions": {"input_snapshot", "scoring_model"},
     "drift_metrics": {"input_snapshot", "predictions"},
-    "published_predictions": {"predictions"},
+    "published_predictions": {"predictions", "raw_transactions"},
 }
 
 
@@ -93,3 +93,19 @@ def test_scoring_runs_in_the_single_slot_scoring_pool(defs):
     assert graph.assets_def_for_key(PREDICTIONS).op.pool == "scoring"
     config, _ = dagster_instance_config(str(Path(__file__).resolve().parents[1]))
     assert config["concurrency"]["pools"]["default_limit"] == 1
+
+
+def test_the_scoring_job_leaves_freshness_to_its_sensor(defs):
+    """Freshness checks judge yesterday's partition at the deadline; inside a run they would judge the run's days."""
+    job = defs.resolve_job_def("daily_scoring_job")
+    checks = {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
+    assert checks == {"invalid_share_within_limit", "matches_model_signature", "drift_check"}
+
+
+def test_any_selection_of_the_pipeline_can_run(defs):
+    """Every asset of the pipeline can be selected alone or with any neighbours (no subsetting errors)."""
+    graph = defs.resolve_asset_graph()
+    pipeline = graph.assets_def_for_key(dg.AssetKey("predictions"))
+    assert pipeline.can_subset
+    for key in pipeline.keys:
+        assert pipeline.subset_for({key}, selected_asset_check_keys=None).keys == {key}

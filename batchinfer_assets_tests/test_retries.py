@@ -7,12 +7,12 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from batchinfer_assets.assets.ingest import raw_transactions
 from batchinfer_assets.definitions import build_definitions
 from batchinfer_assets.resources.landing import LandingZoneResource, ParquetLandingZoneResource, SyntheticLandingZoneResource
-from batchinfer_assets.resources.storage import HiveParquetIOManager
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.retries import TRANSIENT_RETRY
 from batchinfer_assets.settings import Settings
+from batchinfer_assets_tests.support import materialize_pipeline, pipeline_resources
 
 DAY = "2025-05-06"
 
@@ -35,6 +35,12 @@ class FlakyLandingZoneResource(LandingZoneResource):
         return SyntheticLandingZoneResource(rows_per_day=200).load_day(day)
 
 
+def _resources(tmp_path: Path, landing: LandingZoneResource) -> dict:
+    # raw_transactions alone never touches the model registry.
+    unused_registry = MlflowModelRegistryResource(tracking_uri=f"sqlite:///{tmp_path / 'unused-mlflow.db'}")
+    return pipeline_resources(tmp_path / "storage", unused_registry, landing_zone=landing)
+
+
 def _events(result, event_type: dg.DagsterEventType):
     return [e for e in result.all_events if e.event_type == event_type]
 
@@ -50,11 +56,7 @@ def test_every_daily_asset_retries_transient_failures(tmp_path):
 
 def test_a_transient_failure_is_retried_and_the_day_lands(tmp_path):
     landing = FlakyLandingZoneResource(failures=1, attempts_file=str(tmp_path / "attempts"))
-    result = dg.materialize(
-        [raw_transactions],
-        resources={"landing_zone": landing, "io_manager": HiveParquetIOManager(base_uri=str(tmp_path / "storage"))},
-        partition_key=DAY,
-    )
+    result = materialize_pipeline(_resources(tmp_path, landing), ["raw_transactions"], partition_key=DAY)
     assert result.success
     assert len(_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
     assert (tmp_path / "attempts").read_text() == "2"
@@ -63,12 +65,9 @@ def test_a_transient_failure_is_retried_and_the_day_lands(tmp_path):
 
 def test_bad_landing_data_fails_once_without_retry(tmp_path):
     (tmp_path / "landing").mkdir()
-    result = dg.materialize(
-        [raw_transactions],
-        resources={
-            "landing_zone": ParquetLandingZoneResource(uri=str(tmp_path / "landing")),
-            "io_manager": HiveParquetIOManager(base_uri=str(tmp_path / "storage")),
-        },
+    result = materialize_pipeline(
+        _resources(tmp_path, ParquetLandingZoneResource(uri=str(tmp_path / "landing"))),
+        ["raw_transactions"],
         partition_key=DAY,
         raise_on_error=False,
     )

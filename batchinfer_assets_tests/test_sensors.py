@@ -6,9 +6,7 @@ import pytest
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.sensors import PUBLISHED_PREDICTIONS, publish_predictions_sensor
 
-SCORING = (
-    dg.AssetSelection.assets("predictions").upstream() - dg.AssetSelection.assets("scoring_model")
-).required_multi_asset_neighbors()
+SCORING = dg.AssetSelection.assets("predictions").upstream() - dg.AssetSelection.assets("scoring_model")
 PUBLISHING = dg.AssetSelection.assets("published_predictions")
 
 

@@ -37,6 +37,8 @@ from batchinfer_assets.tables import (
     TRANSACTION_FEATURES,
 )
 
+DAYS_TAG = "batchinfer/days"
+
 # Stages that read the run's model version (signature check, scoring, drift's training reference).
 MODEL_STAGES = frozenset({INPUT_SNAPSHOT, PREDICTIONS, DRIFT_METRICS})
 
@@ -112,6 +114,8 @@ def daily_pipeline(
         prediction_db=prediction_db,
         code_versions=CODE_VERSIONS,
     )
+    # The Runs list shows tags: a range run names its days there (one-day runs carry dagster/partition).
+    context.instance.add_run_tags(context.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}"})
     stopped: dict[str, str] = {}
     stages = [(assets, stage) for assets, stage in STAGES if any(a in run.selected for a in assets)]
     context.log.info(

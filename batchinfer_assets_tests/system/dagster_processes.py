@@ -13,10 +13,11 @@ from pathlib import Path
 
 import requests
 
-from batchinfer_assets_tests.processes import free_port, stop_process_group
+from batchinfer_assets_tests.processes import default_signals, free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
-SCORING_ASSETS = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics"]
+# A subset of the pipeline (no quarantine, no publishing), as a user picks it in the lineage view.
+SCORING_ASSETS = ["raw_transactions", "transaction_features", "input_snapshot", "predictions", "drift_metrics"]
 STARTUP_TIMEOUT = 180
 BACKFILL_TIMEOUT = 420
 PUBLISH_TIMEOUT = 240
@@ -80,7 +81,10 @@ def running_dagster(
         for name, command in commands.items():
             log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
             procs.append(
-                subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                subprocess.Popen(
+                    command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=default_signals,
+                )
             )
         system = Dagster(f"http://127.0.0.1:{port}", logs)
 
@@ -158,3 +162,35 @@ def backfill_scoring_then_wait_for_publishing(system: Dagster, days: list[str]) 
         interval=3,
     )
     assert published == days
+
+
+CHECK_PARTITIONS = """
+query($key: [String!]!) {
+  assetNodeOrError(assetKey: {path: $key}) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks {
+            name
+            partitionStatuses {
+              __typename
+              ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } }
+            }
+          }
+        }
+      }
+    }
+  }
+}"""
+
+
+def check_statuses_by_day(system: Dagster, asset: str, days: list[str]) -> dict[str, dict[str, str]]:
+    """Per check of `asset`: the status the UI's partition view shows for each of `days`."""
+    data = system.graphql(CHECK_PARTITIONS, key=[asset])["assetNodeOrError"]["assetChecksOrError"]
+    statuses: dict[str, dict[str, str]] = {}
+    for check in data["checks"]:
+        ranges = (check["partitionStatuses"] or {}).get("ranges") or []
+        statuses[check["name"]] = {
+            day: next((r["status"] for r in ranges if r["startKey"] <= day <= r["endKey"]), "MISSING") for day in days
+        }
+    return statuses

@@ -78,7 +78,8 @@ def compare(old_tables: list[pd.DataFrame], new_tables: list[pd.DataFrame]) -> s
     """How the new tables differ from the old: statistics changed, largest value difference elsewhere."""
     old_t, new_t = pd.concat(old_tables, ignore_index=True), pd.concat(new_tables, ignore_index=True)
     same = (old_t["statistic"] == new_t["statistic"]).to_numpy()
-    changed = sorted({f"{f}: {a} -> {b}" for f, a, b in zip(old_t["feature"], old_t["statistic"], new_t["statistic"]) if a != b})
+    pairs = zip(old_t["feature"], old_t["statistic"], new_t["statistic"])
+    changed = sorted({f"{f}: {a} -> {b}" for f, a, b in pairs if a != b})
     diffs = []
     for col in ("value", "p_value", "psi"):
         a, b = old_t[col].to_numpy()[same], new_t[col].to_numpy()[same]
@@ -123,7 +124,8 @@ def main() -> None:
     )
 
     print("(a) one day against one reference (DataFrames)")
-    for name, reference in ((f"{REFERENCE_ROWS:,}-row reference", training), (f"{args.rows:,}-row reference", big_reference)):
+    references = {f"{REFERENCE_ROWS:,}-row reference": training, f"{args.rows:,}-row reference": big_reference}
+    for name, reference in references.items():
         for workers, label in ((1, "1 thread"), (None, "threads = CPUs")):
             o = timed(lambda: old.compute_drift(current, reference, columns, "r", max_workers=workers), args.repeat)
             n = timed(lambda: new.compute_drift(current, reference, columns, "r", max_workers=workers), args.repeat)

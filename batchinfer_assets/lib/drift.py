@@ -1,8 +1,8 @@
 """Drift statistics of one day's data against a reference sample.
 
 Each column in ``columns`` gives one row of ``DRIFT_COLUMNS`` (plus ``psi``). The test depends on the
-column and the sample sizes (defaults of ``DriftConfig``). A numeric column is one of three kinds, decided
-on the current and reference samples together:
+column and the sample sizes (defaults of ``DriftConfig``). Each column is one of three kinds, decided on
+the current and reference samples together:
 
 - **Categorical**: a non-numeric or boolean dtype; a numeric column with at most two distinct values
   (a 0/1 flag); or a column named in ``categorical_columns`` (numbers that are codes, not amounts).

@@ -31,6 +31,8 @@ from batchinfer_assets.tables import SCORING_MODEL
 DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"
 INPUT_DATA_VERSION_TAG_PREFIX = "dagster/input_data_version"
+INPUT_EVENT_POINTER_TAG_PREFIX = "dagster/input_event_pointer"
+NULL_EVENT_POINTER = "NULL"
 DATA_VERSION_IS_USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
 
 
@@ -125,14 +127,23 @@ class PipelineRun:
         """The data version of `asset` for `day`: computed by this run, else its latest recorded materialization."""
         if asset in state.versions:
             return state.versions[asset]
+        return self.input_event(asset, day)[0]
+
+    def input_event(self, asset: str, day: str) -> tuple[str | None, int | None]:
+        """(data version, storage id) of the event a stage read for `asset` on `day`.
+
+        For the model: the version this run used (so a day is stale exactly when the URI now resolves to
+        another version), with the latest observation as its event.
+        """
         if asset == SCORING_MODEL:
-            return self.resolved.version
+            records = self.context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1).records
+            return self.resolved.version, (records[0].storage_id if records else None)
         records = self.context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[day]), limit=1
         ).records
         if not records or records[0].asset_materialization is None:
-            return None
-        return (records[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG)
+            return None, None
+        return (records[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG), records[0].storage_id
 
     def materialization(
         self,
@@ -144,7 +155,10 @@ class PipelineRun:
     ) -> dg.AssetMaterialization:
         """The day's materialization of `asset` with its own data version and the versions of what it read."""
         code_version = self.code_versions[asset]
-        input_versions = {name: self.latest_version(name, state.day, state) for name in inputs}
+        # The provenance Dagster writes for outputs, per day: what each input was (its data version and the
+        # event it came from), so staleness is judged day by day against the inputs this day really read.
+        input_events = {name: self.input_event(name, state.day) for name in inputs}
+        input_versions = {name: version for name, (version, _) in input_events.items()}
         version = data_version or derived_version(code_version, input_versions)
         state.versions[asset] = version
         tags = {
@@ -152,7 +166,10 @@ class PipelineRun:
             CODE_VERSION_TAG: code_version,
             DATA_VERSION_IS_USER_PROVIDED_TAG: "true" if data_version else "false",
         }
-        tags |= {f"{INPUT_DATA_VERSION_TAG_PREFIX}/{name}": v for name, v in input_versions.items() if v is not None}
+        for name, (input_version, storage_id) in input_events.items():
+            if input_version is not None:
+                tags[f"{INPUT_DATA_VERSION_TAG_PREFIX}/{name}"] = input_version
+                tags[f"{INPUT_EVENT_POINTER_TAG_PREFIX}/{name}"] = str(storage_id) if storage_id is not None else NULL_EVENT_POINTER
         return dg.AssetMaterialization(asset_key=asset, partition=state.day, metadata=dict(metadata), tags=tags)
 
     def check(

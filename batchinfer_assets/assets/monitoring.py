@@ -24,6 +24,7 @@ from batchinfer_assets.lib.drift import (
     compute_drift,
     drift_markdown,
     empty_drift_table,
+    prepare_reference,
     summarize_drift,
 )
 from batchinfer_assets.lib.drift_report import render_drift_report
@@ -63,14 +64,14 @@ def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializa
     day = state.day
     columns = [c for c in run.resolved.input_columns if c not in CALENDAR_FEATURES]
     current, versions = _current_day(run, state, columns)
-    training, notes = _training_reference(run, [*columns, SCORE_COLUMN])
+    training, prepared_training, notes = _training_reference(run, [*columns, SCORE_COLUMN])
     notes = list(notes)
 
     parts, references = [], {}
     if training is not None:
         references[TRAINING_REFERENCE] = training
         training_columns = [c for c in [*columns, SCORE_COLUMN] if c in training.columns]
-        parts.append(compute_drift(current, training, training_columns, TRAINING_REFERENCE, DRIFT_CONFIG))
+        parts.append(compute_drift(current, prepared_training, training_columns, TRAINING_REFERENCE, DRIFT_CONFIG))
     week, used_days, week_notes = _trailing(run).reference(day, versions)
     notes += week_notes
     if used_days:
@@ -169,8 +170,8 @@ def _current_day(run: PipelineRun, state: DayState, columns: Sequence[str]) -> t
     return current, versions
 
 
-def _training_reference(run: PipelineRun, columns: Sequence[str]) -> tuple[pd.DataFrame | None, tuple[str, ...]]:
-    """The run model's training sample, loaded once per run, and notes on what it lacks."""
+def _training_reference(run: PipelineRun, columns: Sequence[str]):
+    """The run model's training sample (as loaded, and prepared for drift once per run), and notes on what it lacks."""
     if "training_reference" not in run.cache:
         resolved = run.resolved
         training = run.model_registry.load_reference(resolved)
@@ -185,7 +186,8 @@ def _training_reference(run: PipelineRun, columns: Sequence[str]) -> tuple[pd.Da
             lacking = [c for c in columns if c not in training.columns]
             if lacking:
                 notes.append(f"training reference lacks {lacking}; those columns are compared with the trailing week only")
-        run.cache["training_reference"] = (training, tuple(notes))
+        prepared = None if training is None else prepare_reference(training, [c for c in columns if c in training.columns])
+        run.cache["training_reference"] = (training, prepared, tuple(notes))
     return run.cache["training_reference"]
 
 

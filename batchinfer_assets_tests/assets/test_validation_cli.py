@@ -1,4 +1,4 @@
-"""Each landing breakage as real Parquet files, run through `dagster asset materialize` as a user runs it; and a run killed mid-write."""
+"""Each landing breakage as real Parquet files, run through `dg launch` as a user runs it; and a run killed mid-write."""
 
 from __future__ import annotations
 
@@ -80,10 +80,10 @@ def cli_env(tmp_path: Path, demo_model_store: Settings) -> dict[str, str]:
 
 
 def _materialize_cli(env: dict[str, str], *assets: str, config: dict | None = None) -> subprocess.CompletedProcess:
+    # dg finds the code location through [tool.dg] in the repo's pyproject.toml, as it does for users.
     command = [
-        sys.executable, "-m", "dagster", "asset", "materialize",
-        "-m", "batchinfer_assets.definitions",
-        "--select", ",".join(assets),
+        str(Path(sys.executable).parent / "dg"), "launch",
+        "--assets", ",".join(assets),
         "--partition", DAY,
     ]  # fmt: skip
     if config is not None:

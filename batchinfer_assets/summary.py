@@ -10,6 +10,7 @@ import sys
 
 import pandas as pd
 
+from batchinfer_assets.assets.monitoring import SCORE_COLUMN, TRAILING_REFERENCE, TRAINING_REFERENCE, drifted_feature_counts
 from batchinfer_assets.definitions import build_resources
 from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
 from batchinfer_assets.resources.storage import open_table_store
@@ -17,7 +18,7 @@ from batchinfer_assets.settings import Settings
 
 
 def summarize(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFrame:
-    """One row per day: predictions, quarantined rows, drifted features and published rows."""
+    """One row per day: predictions, quarantined rows, drifted features per reference and published rows."""
     resources = build_resources(settings)
     store = open_table_store(settings.storage_uri, resources["io_manager"].s3)
     database = resources["prediction_db"]
@@ -38,11 +39,18 @@ def summarize(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFrame:
                 "flagged": int(pd.Series(preds.column("label").to_numpy()).sum()),
                 "model_version": ",".join(sorted(set(preds.column("model_version").to_pylist()))),
                 "quarantined": quarantined,
-                "drifted_features": int(drift["drifted"].sum()),
+                **{f"drifted_vs_{ref}": _share(drifted_feature_counts(drift), ref) for ref in (TRAINING_REFERENCE, TRAILING_REFERENCE)},
+                "score_drifted": bool(drift.loc[drift["feature"] == SCORE_COLUMN, "drifted"].any()),
                 "published_rows": database.count_partition(day),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _share(counts: dict[str, tuple[int, int]], reference: str) -> str:
+    """`drifted/judged` features against one reference, or `-` where the day was not compared with it."""
+    drifted, judged = counts.get(reference, (0, 0))
+    return f"{drifted}/{judged}" if judged else "-"
 
 
 def main(argv: list[str]) -> int:

@@ -13,6 +13,7 @@ else
 yesterday = d.datetime.now(d.timezone.utc).date() - d.timedelta(days=1)
 print(yesterday - d.timedelta(days=6), yesterday)')
 fi
-# dg reads the code location from [tool.dg] in pyproject.toml (batchinfer_assets.definitions).
-dg launch --assets 'raw_transactions*' --partition-range "${START}...${END}"
+# dg reads the code location from [tool.dg] in pyproject.toml (batchinfer_assets.definitions). The job is
+# every pipeline asset and its checks, but not the freshness checks: those are judged by their sensor.
+dg launch --job daily_scoring_job --partition-range "${START}...${END}"
 python -m batchinfer_assets.summary "$START" "$END"

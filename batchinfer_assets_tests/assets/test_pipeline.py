@@ -167,5 +167,9 @@ def test_summary_reports_what_landed_and_names_missing_days(settings):
     assert day["flagged"] == int(preds["label"].sum())
     assert day["model_version"] == "1"
     assert day["quarantined"] == store.read_partition("quarantined_transactions", "2025-02-20").num_rows
-    assert day["drifted_features"] == int(store.read_partition("drift_metrics", "2025-02-20").to_pandas()["drifted"].sum())
+    drift = store.read_partition("drift_metrics", "2025-02-20").to_pandas()
+    training = drift[(drift["reference"] == "training") & (drift["feature"] != "score") & drift["threshold"].notna()]
+    assert day["drifted_vs_training"] == f"{int(training['drifted'].sum())}/{len(training)}"
+    assert day["drifted_vs_trailing_7d"] == "-", "the first day has no earlier days to compare with"
+    assert day["score_drifted"] == bool(drift.loc[drift["feature"] == "score", "drifted"].any())
     assert table.loc["2025-02-21", "status"].startswith("missing: no partition dt=2025-02-21")

@@ -108,6 +108,7 @@ _PG_CONNECT_TIMEOUT_S = 15
 # A publish holds SQLite's write lock for seconds; another writer waits this long before failing.
 _SQLITE_BUSY_TIMEOUT_S = 120
 _SQLITE_CACHE_KIB = 256 * 1024
+_SQLITE_JOURNAL_MODE = "WAL"
 _SCHEMA_LOCK_KEY = zlib.crc32(b"batchinfer:predictions:schema")
 
 
@@ -225,7 +226,7 @@ def _configure_sqlite(engine: sa.Engine) -> None:
             # WAL: readers keep reading the previous rows while a day is replaced, and with
             # synchronous=NORMAL a commit is durable without an fsync per transaction (no corruption
             # on power loss; at worst the last commits roll back). The mode persists in the file.
-            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA journal_mode={_SQLITE_JOURNAL_MODE}")
         except dbapi_connection.OperationalError:
             pass  # another connection holds the file; it stays in its current mode
         cursor.execute("PRAGMA synchronous=NORMAL")

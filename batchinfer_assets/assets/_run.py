@@ -184,8 +184,27 @@ class PipelineRun:
         blocking: bool,
         severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
     ) -> dg.AssetCheckEvaluation:
-        """The check's verdict for one day, recorded on that day's partition."""
+        """The check's verdict for one day, recorded on that day's partition, about that day's latest materialization.
+
+        The UI counts a verdict as the partition's current one only when it names the materialization it
+        judged (what Dagster fills in for an `AssetCheckResult` of a one-partition step).
+        """
+        from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+            AssetCheckEvaluationTargetMaterializationData,
+        )
+
+        records = self.context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
+        ).records
+        target = (
+            AssetCheckEvaluationTargetMaterializationData(
+                storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp
+            )
+            if records
+            else None
+        )
         return dg.AssetCheckEvaluation(
+            target_materialization_data=target,
             asset_key=dg.AssetKey(asset),
             check_name=check_name,
             passed=passed,

@@ -40,26 +40,62 @@ def test_backfill_through_graphql_then_the_sensor_publishes_every_day(dagster_sy
     assert check_statuses_by_day(system, "input_snapshot", DAYS) == {"matches_model_signature": dict.fromkeys(DAYS, "SUCCEEDED")}
     assert set(check_statuses_by_day(system, "drift_metrics", DAYS)["drift_check"].values()) <= {"SUCCEEDED", "FAILED"}
 
-    pictures = {
-        "asset-graph.png": f"{system.url}/asset-groups",
-        "check-partitions.png": f"{system.url}/assets/transaction_features?view=checks&checkDetail=invalid_share_within_limit",
-    }
-    for name, url in pictures.items():
-        screenshot = tmp_path / name
-        _screenshot(url, screenshot, tmp_path / "chromium")
+    graph = tmp_path / "asset-graph.png"
+    _screenshot(f"{system.url}/asset-groups", graph, tmp_path / "chromium")
+    checks = tmp_path / "check-partitions.png"
+    passed_days = _screenshot_check_partitions(system.url, "transaction_features", "invalid_share_within_limit", checks)
+    assert passed_days == len(DAYS), "the check's partition view counts each day of the range as passed"
+    for screenshot in (graph, checks):
         _assert_real_picture(screenshot)
         if os.environ.get("BATCHINFER_SCREENSHOTS_TO"):
-            shutil.copy(screenshot, Path(os.environ["BATCHINFER_SCREENSHOTS_TO"]) / name)
+            shutil.copy(screenshot, Path(os.environ["BATCHINFER_SCREENSHOTS_TO"]) / screenshot.name)
 
 
-def _screenshot(url: str, path: Path, profile: Path) -> None:
+def _screenshot_check_partitions(url: str, asset: str, check: str, path: Path) -> int:
+    """Open a check's Partitions tab in headless Chromium (a click: the tab is not in the URL), show only the
+    days that have a verdict, save a screenshot, and return the "Passed (N)" count the page shows."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"{url}/assets/{asset}?view=checks&checkDetail={check}")
+            history = page.get_by_text("Execution history", exact=True)
+            history.wait_for(timeout=60_000)
+            history.locator("xpath=following::*[normalize-space(text())='Partitions'][1]").click()
+            missing = page.get_by_text(re.compile(r"^Missing \(\d+\)$"))
+            missing.wait_for(timeout=60_000)
+            missing.click()
+            passed = page.get_by_text(re.compile(r"^Passed \(\d+\)$"))
+            passed.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(path))
+            return int(re.search(r"\d+", passed.inner_text()).group())
+        finally:
+            browser.close()
+
+
+# Without the background-networking flags Chromium keeps trying hosts this machine cannot reach.
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def _chromium() -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.fail("chromium is not installed: .ci/run installs Debian's chromium for this test")
+    return chromium
+
+
+def _screenshot(url: str, path: Path, profile: Path) -> None:
     subprocess.run(
         [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            _chromium(), "--headless", *CHROMIUM_FLAGS,
             f"--user-data-dir={profile}", "--window-size=1600,1000", "--virtual-time-budget=20000",
             f"--screenshot={path}", url,
         ],

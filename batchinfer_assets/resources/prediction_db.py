@@ -107,6 +107,8 @@ _COPY_CHUNK_ROWS = 65_536
 _PG_CONNECT_TIMEOUT_S = 15
 # A publish holds SQLite's write lock for seconds; another writer waits this long before failing.
 _SQLITE_BUSY_TIMEOUT_S = 120
+# Per connection, grown only as used: a 1M-row day's B-tree pages stay in memory through the load
+# (with SQLite's default 2 MiB the same load took 8.7 s instead of about 6 s).
 _SQLITE_CACHE_KIB = 256 * 1024
 _SQLITE_JOURNAL_MODE = "WAL"
 _SCHEMA_LOCK_KEY = zlib.crc32(b"batchinfer:predictions:schema")

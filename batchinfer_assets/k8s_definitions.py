@@ -1,4 +1,4 @@
-"""The Kubernetes code location: the same definitions, each step a pod, the scoring step on a GPU node.
+"""The Kubernetes code location: the same definitions, each step a pod, the pipeline step on a GPU node.
 
 The Helm values point the user-code deployment at this module (`-m batchinfer_assets.k8s_definitions`);
 `dagster dev` and the plain image keep loading `batchinfer_assets.definitions`. The choice of executor is
@@ -14,8 +14,11 @@ from dagster_k8s import k8s_job_executor
 from batchinfer_assets.definitions import build_definitions
 from batchinfer_assets.settings import Settings
 
-SCORING_STEP = "predictions"
-"""The op name of the scoring asset: `per_step_k8s_config` is keyed by op name."""
+SCORING_STEP = "daily_pipeline"
+"""The op name of the pipeline step, which scores: `per_step_k8s_config` is keyed by op name.
+
+Every stage of a day runs in that one step, so the whole step gets the GPU pod; a run that only publishes
+(the sensor's) asks for one too, for the seconds it runs. Kubernetes config cannot depend on the selection."""
 
 GPU_RESOURCE = "nvidia.com/gpu"
 

@@ -3,12 +3,14 @@
 import dataclasses
 import datetime as dt
 import io
+import urllib.parse
 
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import requests
 from dagster_aws.s3 import S3Resource
 
 from batchinfer_assets.definitions import build_definitions, build_resources
@@ -22,6 +24,7 @@ from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.resources.landing import ParquetLandingZoneResource
 from batchinfer_assets_tests.processes import free_port
 from batchinfer_assets_tests.s3.conftest import REGION
+from batchinfer_assets_tests.support import materializations
 
 DAY = "2025-02-11"
 TABLES = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics"]
@@ -74,13 +77,15 @@ def test_a_day_with_storage_and_landing_on_s3_then_a_rerun_replaces_each_days_ob
     predictions = store.read_partition("predictions", DAY).to_pandas()
     assert len(predictions) == 900 and set(predictions["transaction_id"]) == set(first["transaction_id"])
     assert store.read_partition("raw_transactions", DAY).num_rows == 900
-    meta = result.asset_materializations_for_node("predictions")[0].metadata
-    assert meta["uri"].value == f"s3://{s3_env.bucket}/warehouse/predictions"
+    meta = materializations(result, "predictions")[DAY].metadata
+    assert meta["uri"].value == f"s3://{s3_env.bucket}/warehouse/predictions/dt={DAY}"
     report = s3_env.client.get_object(Bucket=s3_env.bucket, Key=f"warehouse/drift_reports/dt={DAY}/report.html")
     assert report["ContentType"].startswith("text/html") and DAY in report["Body"].read().decode()
-    assert result.asset_materializations_for_node("drift_metrics")[0].metadata["report"].value == (
-        f"s3://{s3_env.bucket}/warehouse/drift_reports/dt={DAY}/report.html"
-    )
+    # The report is one click away in the UI: a presigned link that a browser (here: requests) can open.
+    link = materializations(result, "drift_metrics")[DAY].metadata["report"].value
+    assert f"/warehouse/drift_reports/dt={DAY}/report.html?" in urllib.parse.unquote(link) and "Signature=" in link
+    page = requests.get(link, timeout=30)
+    assert page.status_code == 200 and DAY in page.text
 
     # The landing day changes, and a stale part of an older multi-file layout lingers beside the day's object.
     s3_env.client.delete_object(Bucket=s3_env.bucket, Key=f"landing/dt={DAY}/part-1.parquet")

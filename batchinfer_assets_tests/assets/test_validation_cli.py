@@ -253,3 +253,24 @@ def test_a_run_killed_mid_write_leaves_the_days_last_good_files_intact(tmp_path,
     assert readable_after.equals(readable_before)
     upstream = PartitionedParquetStore(settings.storage_uri).read_partition("raw_transactions", DAY)
     assert upstream.num_rows == 1200, "the killed run got as far as replacing its upstream days"
+
+
+@pytest.mark.parametrize(
+    ("selection", "materialized"),
+    [
+        ("*predictions", {"raw_transactions", "transaction_features", "input_snapshot", "predictions"}),
+        ("transaction_features", {"transaction_features"}),
+    ],
+)
+def test_a_selection_of_part_of_the_pipeline_runs_through_the_cli(cli_env, selection, materialized):
+    """What users type first: an asset with everything upstream, or one asset of the multi-asset alone."""
+    land(Path(cli_env["BATCHINFER_LANDING_URI"]), _good_day(300))
+    if selection == "transaction_features":
+        assert _materialize_cli(cli_env, "raw_transactions").returncode == 0
+
+    run = _materialize_cli(cli_env, selection)
+
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert "DagsterInvalidSubsetError" not in output
+    assert set(re.findall(r"Materialized value (\w+)", output)) == materialized

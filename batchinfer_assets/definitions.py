@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import batchinfer_assets.warnings_policy  # noqa: F401  (must precede every asset module)  # isort: skip
+import os
+
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
@@ -29,6 +31,18 @@ from batchinfer_assets.settings import Settings
 S3_MAX_ATTEMPTS = 5
 
 
+PREDICTIONS_DB_URL_VAR = "BATCHINFER_PREDICTIONS_DB_URL"
+
+
+def _secret_or_value(variable: str, value: str) -> str | dg.EnvVar:
+    """`dg.EnvVar(variable)` when the value came from that variable, so the UI shows its name, never its value.
+
+    Resource config is shown in the UI (and returned by GraphQL's `configuredValues`); a URL with a password in
+    it must reach the resource as an environment variable reference instead.
+    """
+    return dg.EnvVar(variable) if os.environ.get(variable, "").strip() == value else value
+
+
 def build_resources(settings: Settings) -> dict[str, object]:
     """The resources for one set of settings: the only place implementations are chosen."""
     # Used only by s3:// URIs; endpoint and credentials come from boto3's own variables, retries are
@@ -51,7 +65,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "torch_scorer": TorchScorerResource(
             device=settings.device, batch_size=settings.batch_size, state_dir=str(settings.state_dir)
         ),
-        "prediction_db": PredictionDatabaseResource(url=settings.predictions_db_url),
+        "prediction_db": PredictionDatabaseResource(url=_secret_or_value(PREDICTIONS_DB_URL_VAR, settings.predictions_db_url)),
         "table_storage": TableStorageResource(base_uri=settings.storage_uri, s3=s3),
     }
 

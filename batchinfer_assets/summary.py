@@ -13,6 +13,7 @@ import pandas as pd
 from batchinfer_assets.assets.monitoring import SCORE_COLUMN, TRAILING_REFERENCE, TRAINING_REFERENCE, drifted_feature_counts
 from batchinfer_assets.definitions import build_resources
 from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
+from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.storage import open_table_store
 from batchinfer_assets.settings import Settings
 
@@ -21,7 +22,8 @@ def summarize(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFrame:
     """One row per day: predictions, quarantined rows, drifted features per reference and published rows."""
     resources = build_resources(settings)
     store = open_table_store(settings.storage_uri, resources["io_manager"].s3)
-    database = resources["prediction_db"]
+    # Outside a run nothing resolves EnvVar references, so the database resource is built from the value.
+    database = PredictionDatabaseResource(url=settings.predictions_db_url)
     rows = []
     for offset in range((end - start).days + 1):
         day = (start + dt.timedelta(days=offset)).isoformat()
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> int:
 
 def database_label(settings: Settings) -> str:
     """The prediction database URL without secrets."""
-    return build_resources(settings)["prediction_db"].safe_url()
+    return PredictionDatabaseResource(url=settings.predictions_db_url).safe_url()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from batchinfer_assets.settings import DEFAULT_MODEL_URI, Settings
@@ -54,3 +55,17 @@ def test_every_contract_variable_is_honoured(tmp_path):
 def test_bad_values_name_the_variable(tmp_path, name, value):
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value}, cwd=tmp_path)
+
+
+def test_the_prediction_database_password_never_reaches_resource_config(monkeypatch, tmp_path):
+    """Resource config is shown in the UI: a URL read from the environment is passed as an EnvVar reference."""
+    from batchinfer_assets.definitions import PREDICTIONS_DB_URL_VAR, build_definitions
+
+    url = "postgresql+psycopg://scorer:s3cret-pw@db.internal:5432/predictions"
+    monkeypatch.setenv(PREDICTIONS_DB_URL_VAR, url)
+    defs = build_definitions(Settings.from_env(cwd=tmp_path))
+
+    resource = defs.resources["prediction_db"]
+    assert resource.url == dg.EnvVar(PREDICTIONS_DB_URL_VAR)
+    snapshot = str(resource.get_resource_definition().config_schema.as_field().default_value)
+    assert "s3cret-pw" not in snapshot and PREDICTIONS_DB_URL_VAR in snapshot

@@ -213,6 +213,14 @@ class TorchScorerResource(dg.ConfigurableResource):
         if not np.isfinite(scores).all():
             bad = int((~np.isfinite(scores)).sum())
             raise ModelOutputError(f"Model {uri} returned {bad} non-finite score(s) of {rows}")
+        outside = (scores < 0.0) | (scores > 1.0)
+        if outside.any():
+            # Logits or raw margins would be labelled and published as if they were probabilities.
+            first = int(np.flatnonzero(outside)[0])
+            raise ModelOutputError(
+                f"Model {uri} returned {int(outside.sum())} score(s) of {rows} outside [0, 1] (e.g. {float(scores[first]):.6g} "
+                f"at row {first}): the contract asks for a probability per row; add a sigmoid/softmax to the model"
+            )
         return scores, run
 
     def labels(self, scores: np.ndarray) -> np.ndarray:

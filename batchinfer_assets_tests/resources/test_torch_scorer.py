@@ -107,7 +107,27 @@ class _NonFinite(torch.nn.Module):
         return torch.full((x.shape[0],), float("nan"))
 
 
-@pytest.mark.parametrize(("module", "message"), [(_BadShape(), r"shape \(4, 2\)"), (_NonFinite(), "non-finite")])
+class _Logits(torch.nn.Module):
+    """A model that forgot its sigmoid: logits, some far above 1 and some below 0."""
+
+    def forward(self, x):
+        return torch.linspace(-0.4, 27.7, x.shape[0])
+
+
+class _SlightlyNegative(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0],), -1e-3)
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        (_BadShape(), r"shape \(4, 2\)"),
+        (_NonFinite(), "non-finite"),
+        (_Logits(), r"returned 4 score\(s\) of 4 outside \[0, 1\] \(e.g. -0.4 at row 0\)"),
+        (_SlightlyNegative(), r"returned 4 score\(s\) of 4 outside \[0, 1\] \(e.g. -0.001 at row 0\)"),
+    ],
+)
 def test_bad_model_output_is_an_error(tiny_model_store, module, message):
     resolved = _resolve(tiny_model_store, "models:/tiny-pt2/1")
     loaded = LoadedModel(module=module, resolved=resolved, device="cpu")

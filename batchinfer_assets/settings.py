@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +48,11 @@ class Settings:
             rows_per_day=_positive_int("BATCHINFER_DEMO_ROWS_PER_DAY", get("BATCHINFER_DEMO_ROWS_PER_DAY"))
             or DEFAULT_ROWS_PER_DAY,
             tracking_uri=get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
-            model_uri=get("BATCHINFER_MODEL_URI") or DEFAULT_MODEL_URI,
-            device=get("BATCHINFER_DEVICE") or "auto",
+            model_uri=_model_uri(get("BATCHINFER_MODEL_URI")) or DEFAULT_MODEL_URI,
+            device=_device(get("BATCHINFER_DEVICE")),
             batch_size=_positive_int("BATCHINFER_BATCH_SIZE", batch_size),
             max_invalid_fraction=_fraction(get("BATCHINFER_MAX_INVALID_FRACTION")),
-            predictions_db_url=get("BATCHINFER_PREDICTIONS_DB_URL") or f"sqlite:///{home / 'predictions.db'}",
+            predictions_db_url=_database_url(get("BATCHINFER_PREDICTIONS_DB_URL")) or f"sqlite:///{home / 'predictions.db'}",
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
         )
 
@@ -64,6 +65,49 @@ class Settings:
     def artifact_location(self) -> str:
         """Where the demo experiment's MLflow artifacts go: under home, never a stray ./mlruns."""
         return (self.home / "mlartifacts").as_uri()
+
+
+# Settings that can never work are refused when the code location loads, naming the variable, instead of
+# failing (and being retried) inside every run.
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_MODEL_URI = re.compile(r"^(models:/[^/@]+(@[^/@]+|/(\d+|latest))|runs:/[^/]+/.+)/?$")
+_DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+
+def _device(raw: str | None) -> str:
+    if raw is None:
+        return "auto"
+    if not _DEVICE.match(raw.lower()):
+        raise ValueError(f"BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N, got {raw!r}")
+    return raw.lower()
+
+
+def _model_uri(raw: str | None) -> str | None:
+    if raw is not None and not _MODEL_URI.match(raw):
+        raise ValueError(
+            f"BATCHINFER_MODEL_URI must be models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>, got {raw!r}"
+        )
+    return raw
+
+
+def _database_url(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    import sqlalchemy as sa
+
+    try:
+        url = sa.make_url(raw)
+    except sa.exc.ArgumentError:
+        # The value may hold a password: say what is wrong, never echo it.
+        raise ValueError(
+            "BATCHINFER_PREDICTIONS_DB_URL is not a SQLAlchemy URL (expected e.g. sqlite:///path/predictions.db "
+            "or postgresql+psycopg://user:password@host:5432/db)"
+        ) from None
+    if url.get_backend_name() not in _DATABASE_BACKENDS:
+        raise ValueError(
+            f"BATCHINFER_PREDICTIONS_DB_URL names backend {url.get_backend_name()!r}; supported: {', '.join(_DATABASE_BACKENDS)}"
+        )
+    return raw
 
 
 def _positive_int(name: str, raw: str | None) -> int | None:

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -69,3 +70,24 @@ def test_the_prediction_database_password_never_reaches_resource_config(monkeypa
     assert resource.url == dg.EnvVar(PREDICTIONS_DB_URL_VAR)
     snapshot = str(resource.get_resource_definition().config_schema.as_field().default_value)
     assert "s3cret-pw" not in snapshot and PREDICTIONS_DB_URL_VAR in snapshot
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BATCHINFER_DEVICE", "gpu", "BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("BATCHINFER_DEVICE", "cuda:x", "BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N"),
+        ("BATCHINFER_MODEL_URI", "fraud-detector@champion", "BATCHINFER_MODEL_URI must be models:/<name>@<alias>"),
+        ("BATCHINFER_PREDICTIONS_DB_URL", "postgres//scorer:s3cret@db/predictions", "BATCHINFER_PREDICTIONS_DB_URL is not a SQLAlchemy URL"),
+        ("BATCHINFER_PREDICTIONS_DB_URL", "mysql://u:s3cret@db/p", "BATCHINFER_PREDICTIONS_DB_URL names backend 'mysql'"),
+    ],
+)
+def test_settings_that_can_never_work_are_refused_at_load_naming_the_variable(tmp_path, variable, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        Settings.from_env({variable: value}, cwd=tmp_path)
+    assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "CUDA:0"])
+def test_every_documented_device_is_accepted(tmp_path, device):
+    assert Settings.from_env({"BATCHINFER_DEVICE": device}, cwd=tmp_path).device == device.lower()

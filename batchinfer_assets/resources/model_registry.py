@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import hashlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
@@ -73,8 +77,13 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
         except ModelNotFoundError:
             if not (version is None and self.demo_when_missing and self.model_uri == DEFAULT_MODEL_URI):
                 raise
-            self._register_demo()
-            pinned_uri, *_ = pin_model_uri(client, requested, self.tracking_uri)
+            with demo_registration_lock(self.tracking_uri):
+                # Another run may have registered it while this one waited for the lock.
+                try:
+                    pinned_uri, *_ = pin_model_uri(client, requested, self.tracking_uri)
+                except ModelNotFoundError:
+                    self._register_demo()
+                    pinned_uri, *_ = pin_model_uri(client, requested, self.tracking_uri)
         # An alias can move between calls, so it is looked up every time; what a pinned version
         # holds cannot change, so its download and checksum are done once.
         cached = self._described.get(pinned_uri)
@@ -105,6 +114,27 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
     def load_reference(self, resolved: ResolvedModel) -> pd.DataFrame | None:
         """The model run's `reference/training_sample.parquet` artifact, or None when it has none."""
         return load_reference_frame(self._client(), resolved.run_id)
+
+
+@contextlib.contextmanager
+def demo_registration_lock(tracking_uri: str) -> Iterator[None]:
+    """Held while the demo model is trained and registered, so first runs started together register it once.
+
+    A file lock: it covers the processes of one machine (the demo's setting: a local store, or dagster dev
+    with several runs); beside a sqlite store it lives next to the database, otherwise in the temp folder.
+    """
+    import fcntl
+
+    url = tracking_uri.removeprefix("sqlite:///")
+    folder = Path(url).parent if tracking_uri.startswith("sqlite:///") else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / f".batchinfer-demo-{hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]}.lock"
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _with_requested(resolved: ResolvedModel, requested_uri: str) -> ResolvedModel:

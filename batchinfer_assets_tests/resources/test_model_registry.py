@@ -165,3 +165,29 @@ def test_pinned_version_missing_is_not_found(tiny_model_store):
 def test_pinning_a_version_that_cannot_apply(tiny_model_store, uri, version, message):
     with pytest.raises(ModelResolutionError, match=message):
         _registry(tiny_model_store, uri).resolve(version=version)
+
+
+def test_two_first_runs_started_together_register_the_demo_model_once(tmp_path):
+    """Two processes resolving the default URI on a fresh store at once: one trains, the other waits and finds it."""
+    import subprocess
+    import sys
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = (
+        "import sys; from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource as R; "
+        "print(R(tracking_uri=sys.argv[1], artifact_location=sys.argv[2]).resolve().pinned_uri)"
+    )
+    # The store exists before the race (as after `dagster instance migrate` or any earlier MLflow use).
+    from batchinfer_assets.lib.model_loading import make_client
+
+    make_client(tracking_uri).search_registered_models()
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script, tracking_uri, str(tmp_path / "artifacts")], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300)[0].strip().splitlines()[-1] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0]
+    assert outputs == ["models:/fraud-detector/1", "models:/fraud-detector/1"]
+    versions = make_client(tracking_uri).search_model_versions("name = 'fraud-detector'")
+    assert [str(v.version) for v in versions] == ["1"]

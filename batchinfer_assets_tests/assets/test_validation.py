@@ -149,6 +149,14 @@ def test_half_a_percent_bad_rows_is_scored_without_them(settings):
     predictions = _table(settings, "predictions")
     expected = frame.drop(index=bad)["transaction_id"].tolist()
     assert predictions["transaction_id"].tolist() == expected
+    # Published rows carry each transaction's own business columns (looked up past the quarantined rows).
+    with sa.create_engine(settings.predictions_db_url).connect() as conn:
+        published = pd.read_sql("select transaction_id, customer_id, amount, merchant_category from predictions", conn)
+    landed = frame.drop(index=bad).set_index("transaction_id")
+    published = published.set_index("transaction_id").loc[landed.index]
+    assert published["customer_id"].tolist() == landed["customer_id"].tolist()
+    assert published["merchant_category"].tolist() == landed["merchant_category"].tolist()
+    np.testing.assert_allclose(published["amount"].to_numpy(), landed["amount"].to_numpy(dtype=float))
     check = _check(result, INVALID_SHARE_CHECK)
     assert check.passed and check.metadata["invalid_fraction"].value == pytest.approx(0.005)
     assert _check(result, SIGNATURE_CHECK).passed

@@ -41,6 +41,7 @@ class Settings:
 
         home = Path(get("BATCHINFER_HOME") or (cwd or Path.cwd()) / ".batchinfer").absolute()
         batch_size = get("BATCHINFER_BATCH_SIZE")
+        _scoring_engine(get("BATCHINFER_SCORING_ENGINE"))
         return cls(
             home=home,
             storage_uri=get("BATCHINFER_STORAGE_URI") or str(home / "storage"),
@@ -72,6 +73,16 @@ class Settings:
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _MODEL_URI = re.compile(r"^(models:/[^/@]+(@[^/@]+|/(\d+|latest))|runs:/[^/]+/.+)/?$")
 _DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+
+def _scoring_engine(raw: str | None) -> str:
+    # The contract names a `ray` engine; until it exists, asking for it must not silently score locally.
+    if raw is not None and raw.lower() != "local":
+        raise ValueError(
+            f"BATCHINFER_SCORING_ENGINE={raw!r}: only the 'local' engine (one process, one device) is available in "
+            "this version; unset the variable or set it to 'local'"
+        )
+    return "local"
 
 
 def _device(raw: str | None) -> str:

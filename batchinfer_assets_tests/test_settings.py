@@ -80,6 +80,7 @@ def test_the_prediction_database_password_never_reaches_resource_config(monkeypa
         ("BATCHINFER_MODEL_URI", "fraud-detector@champion", "BATCHINFER_MODEL_URI must be models:/<name>@<alias>"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "postgres//scorer:s3cret@db/predictions", "BATCHINFER_PREDICTIONS_DB_URL is not a SQLAlchemy URL"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "mysql://u:s3cret@db/p", "BATCHINFER_PREDICTIONS_DB_URL names backend 'mysql'"),
+        ("BATCHINFER_SCORING_ENGINE", "ray", "BATCHINFER_SCORING_ENGINE='ray': only the 'local' engine"),
     ],
 )
 def test_settings_that_can_never_work_are_refused_at_load_naming_the_variable(tmp_path, variable, value, message):

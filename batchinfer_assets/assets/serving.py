@@ -28,6 +28,8 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
     """Replace the day's rows in the prediction database with its predictions and business columns."""
     rows = publishable_rows(run, state)
     written = run.prediction_db.replace_partition(state.day, rows)
+    del rows
+    run.prediction_db.release_connections()
     run.context.log.info(f"{state.day}: published {written:,} rows to {run.prediction_db.safe_url()}")
     yield run.materialization(
         PUBLISHED_PREDICTIONS,

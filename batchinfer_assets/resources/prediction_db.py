@@ -207,6 +207,15 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
                 ) from exc
         return table.num_rows
 
+    def release_connections(self) -> None:
+        """Close pooled connections (the next call opens new ones, with the same settings).
+
+        A pooled SQLite connection keeps its page cache (up to the configured size) after a day is published;
+        a run publishing many days one after another would carry it from day to day.
+        """
+        if self._engine is not None:
+            self._engine.dispose()
+
     def count_partition(self, dt: str) -> int:
         """Rows currently published for the day."""
         with self._begin(self.engine) as conn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import batchinfer_assets.warnings_policy  # noqa: F401  (must precede every asset module)  # isort: skip
 import os
 
 import dagster as dg

@@ -5,12 +5,14 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from batchinfer_assets.tables import DRIFT_METRICS, PREDICTIONS, PUBLISHED_PREDICTIONS
+
 DEADLINE_CRON = "0 6 * * *"
 # The schedule scores yesterday at 02:00 UTC; the window opens at midnight, when yesterday has closed.
 DEADLINE_WINDOW = dt.timedelta(hours=6)
 
-FRESH_DAILY_ASSETS = (dg.AssetKey("predictions"), dg.AssetKey("drift_metrics"), dg.AssetKey("published_predictions"))
-PARTITION_CHECKED_ASSETS = (dg.AssetKey("predictions"), dg.AssetKey("published_predictions"))
+FRESH_DAILY_ASSETS = tuple(dg.AssetKey(name) for name in (PREDICTIONS, DRIFT_METRICS, PUBLISHED_PREDICTIONS))
+PARTITION_CHECKED_ASSETS = tuple(dg.AssetKey(name) for name in (PREDICTIONS, PUBLISHED_PREDICTIONS))
 
 daily_freshness_policy = dg.FreshnessPolicy.cron(
     deadline_cron=DEADLINE_CRON, lower_bound_delta=DEADLINE_WINDOW, timezone="UTC"

@@ -7,10 +7,11 @@ import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
+from batchinfer_assets import tables
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
 
-PREDICTIONS = dg.AssetKey("predictions")
-PUBLISHED_PREDICTIONS = dg.AssetKey("published_predictions")
+PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
+PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
 _BATCH = 1000
 
 

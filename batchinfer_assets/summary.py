@@ -16,6 +16,7 @@ from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.storage import open_table_store
 from batchinfer_assets.settings import Settings
+from batchinfer_assets.tables import DRIFT_METRICS, PREDICTIONS, QUARANTINED_TRANSACTIONS
 
 
 def summarize(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFrame:
@@ -28,9 +29,9 @@ def summarize(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFrame:
     for offset in range((end - start).days + 1):
         day = (start + dt.timedelta(days=offset)).isoformat()
         try:
-            preds = store.read_partition("predictions", day, columns=["label", "model_version"])
-            drift = store.read_partition("drift_metrics", day).to_pandas()
-            quarantined = store.read_partition("quarantined_transactions", day).num_rows
+            preds = store.read_partition(PREDICTIONS, day, columns=["label", "model_version"])
+            drift = store.read_partition(DRIFT_METRICS, day).to_pandas()
+            quarantined = store.read_partition(QUARANTINED_TRANSACTIONS, day).num_rows
         except PartitionNotFoundError as exc:
             rows.append({"dt": day, "status": f"missing: {exc}"})
             continue

@@ -10,7 +10,6 @@ partition. A day that fails a gate is recorded as such and stops there; the othe
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,21 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+# Check evaluations name the materialization they judged (as Dagster does for an AssetCheckResult).
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
+# The provenance tags Dagster writes on the materializations of outputs, and reads to decide staleness; written
+# here by hand because each day is recorded as a runtime materialization (no public API names them).
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+    INPUT_DATA_VERSION_TAG_PREFIX,
+    INPUT_EVENT_POINTER_TAG_PREFIX,
+    NULL_DATA_VERSION,
+    NULL_EVENT_POINTER,
+    compute_logical_data_version,
+)
+
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource, ResolvedModel
@@ -27,13 +41,6 @@ from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.tables import SCORING_MODEL
-
-DATA_VERSION_TAG = "dagster/data_version"
-CODE_VERSION_TAG = "dagster/code_version"
-INPUT_DATA_VERSION_TAG_PREFIX = "dagster/input_data_version"
-INPUT_EVENT_POINTER_TAG_PREFIX = "dagster/input_event_pointer"
-NULL_EVENT_POINTER = "NULL"
-DATA_VERSION_IS_USER_PROVIDED_TAG = "dagster/data_version_is_user_provided"
 
 
 class DayBlocked(Exception):
@@ -189,10 +196,6 @@ class PipelineRun:
         The UI counts a verdict as the partition's current one only when it names the materialization it
         judged (what Dagster fills in for an `AssetCheckResult` of a one-partition step).
         """
-        from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-            AssetCheckEvaluationTargetMaterializationData,
-        )
-
         records = self.context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
         ).records
@@ -217,8 +220,6 @@ class PipelineRun:
 
 
 def derived_version(code_version: str, inputs: Mapping[str, str | None]) -> str:
-    """A data version from the code version and the inputs' data versions (what Dagster derives, made explicit)."""
-    digest = hashlib.sha256(code_version.encode())
-    for name in sorted(inputs):
-        digest.update(f"\0{name}={inputs[name] or ''}".encode())
-    return digest.hexdigest()[:24]
+    """The data version Dagster derives for an output from its code version and its inputs' data versions."""
+    versions = {dg.AssetKey(name): dg.DataVersion(v) if v is not None else NULL_DATA_VERSION for name, v in inputs.items()}
+    return compute_logical_data_version(code_version, versions).value

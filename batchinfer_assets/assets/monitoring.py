@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.drift import (
@@ -86,7 +87,7 @@ def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializa
     report = run.store.write_side_file(
         DRIFT_REPORTS_FOLDER, day, REPORT_FILE, render_drift_report(day, table, current, references, summary, notes)
     )
-    uri = run.store.write_partition(DRIFT_METRICS, day, _arrow(table))
+    uri = run.store.write_partition(DRIFT_METRICS, day, pa.Table.from_pandas(table, preserve_index=False))
     counts = drifted_feature_counts(table)
     verdict = drift_verdict(counts, summary.score_drifted, summary.dataset_drifted)
     if summary.dataset_drifted:
@@ -196,12 +197,6 @@ def _trailing(run: PipelineRun) -> _TrailingWeek:
         columns = [c for c in run.resolved.input_columns if c not in CALENDAR_FEATURES]
         run.cache["trailing_week"] = _TrailingWeek(run.store, [*columns, SCORE_COLUMN])
     return run.cache["trailing_week"]
-
-
-def _arrow(table: pd.DataFrame):
-    import pyarrow as pa
-
-    return pa.Table.from_pandas(table, preserve_index=False)
 
 
 class _TrailingWeek:

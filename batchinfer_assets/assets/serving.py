@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE
 from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS
 
 # What a downstream app needs to act on a score without a join back to the raw data.
@@ -34,7 +35,7 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
     yield run.materialization(
         PUBLISHED_PREDICTIONS,
         state,
-        {"table": "predictions", "database": run.prediction_db.safe_url(), "row_count": written},
+        {"table": PREDICTIONS_TABLE, "database": run.prediction_db.safe_url(), "row_count": written},
         inputs=(PREDICTIONS, RAW_TRANSACTIONS),
     )
 

@@ -60,6 +60,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             tracking_uri=settings.tracking_uri,
             model_uri=settings.model_uri,
             artifact_location=settings.artifact_location,
+            cache_dir=str(settings.model_cache_dir),
         ),
         "torch_scorer": TorchScorerResource(
             device=settings.device, batch_size=settings.batch_size, state_dir=str(settings.state_dir)

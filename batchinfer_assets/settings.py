@@ -63,6 +63,11 @@ class Settings:
         return self.home / "state"
 
     @property
+    def model_cache_dir(self) -> Path:
+        """Each pinned model version's artifacts and checksum, downloaded once per machine."""
+        return self.home / "model_cache"
+
+    @property
     def artifact_location(self) -> str:
         """Where the demo experiment's MLflow artifacts go: under home, never a stray ./mlruns."""
         return (self.home / "mlartifacts").as_uri()

@@ -52,6 +52,8 @@ class ResolvedModel:
     model_format: ModelFormat
     tracking_uri: str
     registry_uri: str | None = None
+    # A complete local copy of the version's artifacts (the model cache), loaded instead of downloading again.
+    local_path: str | None = None
 
 
 def quiet_mlflow() -> None:
@@ -256,7 +258,7 @@ def downloaded_model(pinned_uri: str, tracking_uri: str, registry_uri: str | Non
 
 # Written by MLflow at download time (name/version when fetched through models:/, nulls through
 # runs:/), so it describes the fetch, not the model.
-_CHECKSUM_EXCLUDED = frozenset({"registered_model_meta"})
+_CHECKSUM_EXCLUDED = frozenset({"registered_model_meta", "batchinfer-description.json"})
 
 
 def artifact_checksum(directory: Path) -> str:
@@ -309,14 +311,23 @@ def input_columns_of(model_dir: Path, uri: str) -> tuple[str, ...]:
 
 
 def describe_model(
-    client, uri: str, *, tracking_uri: str, registry_uri: str | None = None
+    client, uri: str, *, tracking_uri: str, registry_uri: str | None = None, cache_dir: str | None = None
 ) -> ResolvedModel:
-    """Pin `uri` and read its checksum, input columns and format."""
+    """Pin `uri` and read its checksum, input columns and format.
+
+    With `cache_dir`, the pinned version's artifacts are downloaded and checksummed once per machine and kept
+    there (a registered version and a run's artifacts are immutable); later runs read the description and load
+    the weights from that copy instead of the registry.
+    """
     pinned_uri, name, version, run_id = pin_model_uri(client, uri, tracking_uri)
-    with downloaded_model(pinned_uri, tracking_uri, registry_uri) as model_dir:
-        checksum = artifact_checksum(model_dir)
-        input_columns = input_columns_of(model_dir, uri)
-        model_format = model_format_of(model_dir)
+    if cache_dir is not None:
+        model_dir, description = cached_model(pinned_uri, tracking_uri, registry_uri, Path(cache_dir))
+        checksum, input_columns, model_format = description
+        local_path: str | None = str(model_dir)
+    else:
+        with downloaded_model(pinned_uri, tracking_uri, registry_uri) as model_dir:
+            checksum, input_columns, model_format = _describe_files(model_dir, uri)
+        local_path = None
     return ResolvedModel(
         requested_uri=uri,
         pinned_uri=pinned_uri,
@@ -328,7 +339,50 @@ def describe_model(
         model_format=model_format,
         tracking_uri=tracking_uri,
         registry_uri=registry_uri,
+        local_path=local_path,
     )
+
+
+def _describe_files(model_dir: Path, uri: str) -> tuple[str, tuple[str, ...], ModelFormat]:
+    return artifact_checksum(model_dir), input_columns_of(model_dir, uri), model_format_of(model_dir)
+
+
+_CACHE_DESCRIPTION = "batchinfer-description.json"
+
+
+def cached_model(
+    pinned_uri: str, tracking_uri: str, registry_uri: str | None, cache_dir: Path
+) -> tuple[Path, tuple[str, tuple[str, ...], ModelFormat]]:
+    """(folder, (checksum, input columns, format)) of the pinned model's cached copy, made on first use.
+
+    The entry is keyed by registry and pinned URI, filled in a private folder and renamed into place whole,
+    so concurrent first uses never see a partial copy (the loser of the race drops its own).
+    """
+    import json
+    import shutil
+
+    key = hashlib.sha256("\0".join((tracking_uri, registry_uri or "", pinned_uri)).encode()).hexdigest()[:24]
+    entry = cache_dir / key
+    description_file = entry / _CACHE_DESCRIPTION
+    if not description_file.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+        try:
+            with downloaded_model(pinned_uri, tracking_uri, registry_uri) as model_dir:
+                checksum, columns, model_format = _describe_files(model_dir, pinned_uri)
+                shutil.copytree(model_dir, staging / "model")
+            (staging / "model" / _CACHE_DESCRIPTION).write_text(
+                json.dumps({"pinned_uri": pinned_uri, "artifact_checksum": checksum, "input_columns": list(columns), "model_format": model_format})
+            )
+            try:
+                os.rename(staging / "model", entry)
+            except OSError:
+                if not description_file.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    described = json.loads(description_file.read_text())
+    return entry, (described["artifact_checksum"], tuple(described["input_columns"]), described["model_format"])
 
 
 def load_reference_frame(client, run_id: str | None) -> pd.DataFrame | None:
@@ -369,17 +423,19 @@ def load_torch_module(resolved: ResolvedModel, device: str, *, allow_pickle: boo
             f"{resolved.pinned_uri} is a pickle-format model and pickle loading is disabled; "
             "re-log it with serialization_format='pt2' or allow pickle models"
         )
-    # A private download folder, removed once the weights are in memory: without one a local
-    # store hands back its own folder and a models:/ fetch writes registered_model_meta into it.
+    # From the model cache when the version is there; else a private download folder, removed once the weights
+    # are in memory (without one a local store hands back its own folder and a models:/ fetch writes
+    # registered_model_meta into it).
+    source = resolved.local_path if resolved.local_path and Path(resolved.local_path).is_dir() else resolved.pinned_uri
     with tempfile.TemporaryDirectory(prefix="batchinfer-load-") as tmp, mlflow_uris(
         resolved.tracking_uri, resolved.registry_uri
     ), _pickle_allowed(resolved.model_format == "pickle" and allow_pickle):
         if resolved.model_format == "pt2":
             # Exported programs keep their weights where they were exported (CPU for MLflow's
             # export); they are loaded there and moved afterwards.
-            loaded = mlflow.pytorch.load_model(resolved.pinned_uri, dst_path=tmp)
+            loaded = mlflow.pytorch.load_model(source, dst_path=tmp)
         else:
-            loaded = mlflow.pytorch.load_model(resolved.pinned_uri, dst_path=tmp, map_location=torch.device(device))
+            loaded = mlflow.pytorch.load_model(source, dst_path=tmp, map_location=torch.device(device))
     if not isinstance(loaded, torch.nn.Module) and hasattr(loaded, "module"):
         loaded = loaded.module()
     if not callable(loaded):

@@ -55,6 +55,13 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
             "folder beside a local sqlite database, else the server's default."
         ),
     )
+    cache_dir: Optional[str] = Field(
+        default=None,
+        description=(
+            "Folder keeping each pinned version's artifacts and checksum once per machine (versions are immutable); "
+            "unset: downloaded and checksummed again by every process."
+        ),
+    )
     demo_when_missing: bool = Field(
         default=True,
         description=(
@@ -89,7 +96,7 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
         cached = self._described.get(pinned_uri)
         if cached is None:
             cached = describe_model(
-                client, pinned_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
+                client, pinned_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri, cache_dir=self.cache_dir
             )
             self._described[pinned_uri] = cached
         return _with_requested(cached, requested)

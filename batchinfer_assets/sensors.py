@@ -5,13 +5,17 @@ import dagster as dg
 # Dagster has no public constructor for the subset behind `RunRequest.for_asset_graph_subset`, the only way
 # a sensor can request a backfill (one single-run backfill for many days instead of one run per day).
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from batchinfer_assets import tables
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
+from batchinfer_assets.lib.model_loading import ModelNotFoundError
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
+SCORING_MODEL = dg.AssetKey(tables.SCORING_MODEL)
 _BATCH = 1000
 
 
@@ -77,3 +81,39 @@ freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=300,
 )
+
+
+@dg.sensor(
+    name="model_version_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Observes `scoring_model` when the configured model URI resolves to another version (an alias move), so "
+        "every day scored with the previous version turns stale without anyone pressing Observe."
+    ),
+)
+def model_version_sensor(context: dg.SensorEvaluationContext, model_registry: MlflowModelRegistryResource):
+    """Records an observation of `scoring_model` whenever its resolved version differs from the last one recorded.
+
+    A registry lookup per tick (no download): the observation's data version is the version, which is what each
+    day's predictions recorded as their input, so Dagster marks a day stale exactly when the version that scored
+    it is no longer the one the URI resolves to.
+    """
+    try:
+        pinned_uri, version = model_registry.current_version()
+    except ModelNotFoundError as error:
+        return dg.SkipReason(f"{model_registry.model_uri} does not resolve yet: {error}")
+    latest = context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=SCORING_MODEL), limit=1).records
+    observed = (latest[0].event_log_entry.asset_observation.tags or {}).get(DATA_VERSION_TAG) if latest else None
+    if observed == version:
+        return dg.SkipReason(f"{model_registry.model_uri} still resolves to version {version}")
+    context.log.info(f"{model_registry.model_uri} now resolves to {pinned_uri} (last observed: {observed or 'never'})")
+    return dg.SensorResult(
+        asset_events=[
+            dg.AssetObservation(
+                asset_key=SCORING_MODEL,
+                metadata={"model_uri": model_registry.model_uri, "pinned_uri": pinned_uri, "model_version": version},
+                tags={DATA_VERSION_TAG: version},
+            )
+        ]
+    )

@@ -40,7 +40,7 @@ from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, Mlflow
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
-from batchinfer_assets.tables import SCORING_MODEL
+from batchinfer_assets.tables import PREDICTIONS, SCORING_MODEL
 
 
 class DayBlocked(Exception):
@@ -65,6 +65,8 @@ class DayState:
     features: pd.DataFrame | None = None
     snapshot: pd.DataFrame | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    # The metadata this run recorded for each asset of the day (what later stages of the day read back).
+    recorded: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def date(self) -> dt.date:
@@ -123,6 +125,16 @@ class PipelineRun:
         return resolved
 
     @cached_property
+    def model_lineage(self) -> str:
+        """How this run chose its model version, as a sentence for each day's metadata."""
+        resolved = self.resolved
+        if MODEL_VERSION_TAG not in self.context.run.tags:
+            return f"version {resolved.version}, what {resolved.requested_uri} resolved to"
+        _, current = self.model_registry.current_version()
+        now = "the URI resolves to it now too" if current == resolved.version else f"the URI resolves to {current} now"
+        return f"pinned to version {resolved.version} by run tag {MODEL_VERSION_TAG} ({now})"
+
+    @cached_property
     def model(self) -> LoadedModel:
         """The run's model loaded on its device, once for every day of the run."""
         started = time.perf_counter()
@@ -130,21 +142,45 @@ class PipelineRun:
         self.context.log.info(f"loaded {self.resolved.pinned_uri} on {loaded.device} in {time.perf_counter() - started:.1f} s")
         return loaded
 
+    def recorded_metadata(self, asset: str, state: DayState) -> dict[str, Any]:
+        """The metadata of the day's `asset` as plain values: what this run recorded, else its latest materialization."""
+        if asset in state.recorded:
+            return {k: getattr(v, "value", v) for k, v in state.recorded[asset].items()}
+        records = self.context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
+        ).records
+        if not records or records[0].asset_materialization is None:
+            return {}
+        return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+    def scored_with(self, state: DayState) -> ResolvedModel:
+        """The model version that produced the day's predictions: this run's when it scored the day, else the one
+        the day's predictions recorded (a drift- or publish-only run describes the scores that exist, whatever
+        the URI resolves to now)."""
+        recorded = self.recorded_metadata(PREDICTIONS, state).get("model_version")
+        if recorded is None or recorded == self.resolved.version:
+            return self.resolved
+        key = f"model_version:{recorded}"
+        if key not in self.cache:
+            self.cache[key] = self.model_registry.resolve(version=str(recorded))
+        return self.cache[key]
+
     def latest_version(self, asset: str, day: str, state: DayState) -> str | None:
         """The data version of `asset` for `day`: computed by this run, else its latest recorded materialization."""
         if asset in state.versions:
             return state.versions[asset]
         return self.input_event(asset, day)[0]
 
-    def input_event(self, asset: str, day: str) -> tuple[str | None, int | None]:
+    def input_event(self, asset: str, day: str, model_version: str | None = None) -> tuple[str | None, int | None]:
         """(data version, storage id) of the event a stage read for `asset` on `day`.
 
-        For the model: the version this run used (so a day is stale exactly when the URI now resolves to
-        another version), with the latest observation as its event.
+        For the model: the version that scored the day (`model_version`, else this run's), so a day and
+        everything computed from its scores are stale exactly when the URI now resolves to another version,
+        with the latest observation as its event.
         """
         if asset == SCORING_MODEL:
             records = self.context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1).records
-            return self.resolved.version, (records[0].storage_id if records else None)
+            return model_version or self.resolved.version, (records[0].storage_id if records else None)
         records = self.context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[day]), limit=1
         ).records
@@ -159,15 +195,18 @@ class PipelineRun:
         metadata: Mapping[str, Any],
         inputs: tuple[str, ...],
         data_version: str | None = None,
+        model_version: str | None = None,
     ) -> dg.AssetMaterialization:
-        """The day's materialization of `asset` with its own data version and the versions of what it read."""
+        """The day's materialization of `asset` with its own data version and the versions of what it read
+        (`model_version`: the model version behind the day's scores, when `scoring_model` is an input)."""
         code_version = self.code_versions[asset]
         # The provenance Dagster writes for outputs, per day: what each input was (its data version and the
         # event it came from), so staleness is judged day by day against the inputs this day really read.
-        input_events = {name: self.input_event(name, state.day) for name in inputs}
+        input_events = {name: self.input_event(name, state.day, model_version) for name in inputs}
         input_versions = {name: version for name, (version, _) in input_events.items()}
         version = data_version or derived_version(code_version, input_versions)
         state.versions[asset] = version
+        state.recorded[asset] = metadata
         tags = {
             DATA_VERSION_TAG: version,
             CODE_VERSION_TAG: code_version,

@@ -80,6 +80,7 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "model_version": resolved.version,
             "model_run_id": resolved.run_id or "",
             "model_artifact_checksum": resolved.artifact_checksum,
+            "lineage": run.model_lineage,
             "input_snapshot_hash": snapshot_hash,
             "row_count": result.rows,
             "rows_per_second": rows_per_second,

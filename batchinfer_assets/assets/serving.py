@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE
-from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS
+from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL
 
 # What a downstream app needs to act on a score without a join back to the raw data.
 BUSINESS_COLUMNS = ("customer_id", "event_time", "amount", "merchant_category")
@@ -16,7 +16,8 @@ PREDICTION_COLUMNS = ("transaction_id", "score", "label", "model_name", "model_v
 
 PUBLISHED_PREDICTIONS_SPEC = dg.AssetSpec(
     PUBLISHED_PREDICTIONS,
-    deps=[PREDICTIONS, RAW_TRANSACTIONS],
+    # The model too: the served rows carry the scores of one version, stale once the URI resolves to another.
+    deps=[PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL],
     description=(
         "The day's predictions with their business columns in the prediction database, replacing that day's "
         "rows in one transaction."
@@ -27,6 +28,7 @@ PUBLISHED_PREDICTIONS_SPEC = dg.AssetSpec(
 
 def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
     """Replace the day's rows in the prediction database with its predictions and business columns."""
+    scored = run.recorded_metadata(PREDICTIONS, state)
     rows = publishable_rows(run, state)
     written = run.prediction_db.replace_partition(state.day, rows)
     del rows
@@ -36,7 +38,8 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
         PUBLISHED_PREDICTIONS,
         state,
         {"table": PREDICTIONS_TABLE, "database": run.prediction_db.safe_url(), "row_count": written},
-        inputs=(PREDICTIONS, RAW_TRANSACTIONS),
+        inputs=(PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL),
+        model_version=scored.get("model_version"),
     )
 
 

@@ -101,6 +101,11 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
             self._described[pinned_uri] = cached
         return _with_requested(cached, requested)
 
+    def current_version(self) -> tuple[str, str]:
+        """(pinned URI, version) that model_uri resolves to now: a registry lookup, nothing downloaded or trained."""
+        pinned_uri, _, version, _ = pin_model_uri(self._client(), self.model_uri, self.tracking_uri)
+        return pinned_uri, version
+
     def resolve_for_run(self, run_tags: Mapping[str, str]) -> ResolvedModel:
         """The run's model: the version its `batchinfer/model_version` tag pins, else what model_uri resolves to now."""
         return self.resolve(version=run_tags.get(MODEL_VERSION_TAG))

@@ -1,0 +1,87 @@
+"""Lineage on a real instance and registry: staleness follows the version that scored each day, read back
+through Dagster's own stale status, with the alias move observed by the model-version sensor."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.data_version import DATA_VERSION_TAG, StaleStatus
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from batchinfer_assets.definitions import build_definitions, build_resources
+from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG
+from batchinfer_assets.sensors import model_version_sensor
+from batchinfer_assets_tests.assets.test_scoring import _register_version_two
+from batchinfer_assets_tests.support import materialize_pipeline, materializations
+
+DAY_A, DAY_B = "2025-01-02", "2025-01-03"
+SCORED = ("predictions", "drift_metrics", "published_predictions")
+EVERY_DAILY_ASSET = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", *SCORED]
+
+
+@pytest.fixture
+def own_registry(pipeline_settings, demo_training, tmp_path):
+    """Pipeline settings with a private MLflow store holding the demo model as version 1 (alias champion)."""
+    from batchinfer_assets.lib.demo_model import register_demo_model
+
+    settings = dataclasses.replace(pipeline_settings, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    register_demo_model(tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location, training=demo_training)
+    return settings
+
+
+def _tick(settings, instance) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation of the sensor, its events recorded as the sensor daemon records them."""
+    defs = build_definitions(settings)
+    context = dg.build_sensor_context(instance=instance, resources={"model_registry": build_resources(settings)["model_registry"]})
+    result = model_version_sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for event in result.asset_events:
+            instance.report_runless_asset_event(event)
+    assert defs.get_sensor_def("model_version_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    return result
+
+
+def _statuses(settings, instance, day: str) -> dict[str, StaleStatus]:
+    resolver = get_stale_status_resolver(instance, list(build_definitions(settings).assets))
+    return {asset: resolver.get_status(dg.AssetKey(asset), day) for asset in SCORED}
+
+
+def test_a_day_is_stale_exactly_when_the_version_that_scored_it_is_no_longer_the_one_the_uri_resolves_to(
+    own_registry, demo_training
+):
+    settings = own_registry
+    resources = build_resources(settings)
+    fresh = dict.fromkeys(SCORED, StaleStatus.FRESH)
+    stale = dict.fromkeys(SCORED, StaleStatus.STALE)
+    with dg.instance_for_test() as instance:
+        # Scored before the model was ever observed: the first observation (same version) changes nothing.
+        materialize_pipeline(resources, EVERY_DAILY_ASSET, partition_key=DAY_A, instance=instance)
+        assert isinstance(_tick(settings, instance), dg.SensorResult)
+        assert _statuses(settings, instance, DAY_A) == fresh
+        assert isinstance(_tick(settings, instance), dg.SkipReason), "no move, no new observation"
+
+        # The alias moves; a day scored with v2 before the sensor saw the move is fresh once it does.
+        _register_version_two(settings, demo_training)
+        materialize_pipeline(resources, EVERY_DAILY_ASSET, partition_key=DAY_B, instance=instance)
+        observed = _tick(settings, instance)
+        assert isinstance(observed, dg.SensorResult)
+        assert observed.asset_events[0].tags[DATA_VERSION_TAG] == "2"
+        assert _statuses(settings, instance, DAY_B) == fresh
+        # The v1 day is stale, and so is everything computed from its predictions (the served rows included).
+        assert _statuses(settings, instance, DAY_A) == stale
+        resolver = get_stale_status_resolver(instance, list(build_definitions(settings).assets))
+        causes = resolver.get_stale_root_causes(dg.AssetKey("published_predictions"), DAY_A)
+        assert {c.key.asset_key for c in causes} == {dg.AssetKey("scoring_model")}, causes
+
+        # A pinned reproduction of the v1 day is what it is: scored with v1 while the URI says v2, not fresh.
+        pinned = materialize_pipeline(resources, SCORED, partition_key=DAY_A, instance=instance, tags={MODEL_VERSION_TAG: "1"})
+        meta = materializations(pinned, "predictions")[DAY_A].metadata
+        assert meta["model_version"].value == "1"
+        assert meta["lineage"].value == "pinned to version 1 by run tag batchinfer/model_version (the URI resolves to 2 now)"
+        assert _statuses(settings, instance, DAY_A) == stale
+
+        # Re-scoring it with what the URI resolves to makes it fresh again, downstream included.
+        materialize_pipeline(resources, SCORED, partition_key=DAY_A, instance=instance)
+        assert _statuses(settings, instance, DAY_A) == fresh

@@ -86,6 +86,8 @@ class PipelineRun:
     prediction_db: PredictionDatabaseResource
     code_versions: Mapping[str, str]
     cache: dict[str, Any] = field(default_factory=dict)
+    # "<day> <stage>: " while a day's stage runs, so an unexpected failure says where it happened.
+    where: str = ""
 
     @cached_property
     def days(self) -> list[str]:

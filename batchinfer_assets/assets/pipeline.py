@@ -29,7 +29,7 @@ from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
-from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY
+from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, is_transient
 from batchinfer_assets.tables import (
     DRIFT_METRICS,
     INPUT_SNAPSHOT,
@@ -125,21 +125,41 @@ def daily_pipeline(
         f"{len(run.days)} day(s) {run.days[0]}..{run.days[-1]}: "
         + ", ".join(a for assets, _ in stages for a in assets if a in run.selected)
     )
+    try:
+        yield from _run_days(run, stages, stopped)
+    except Exception as error:
+        # Only a failure that may clear up with time goes back to the retry policy; a bad setting, a bad model
+        # or a bug fails once, now, saying where it happened.
+        if isinstance(error, dg.Failure) or is_transient(error):
+            raise
+        raise dg.Failure(description=f"{run.where}{type(error).__name__}: {error}", allow_retries=False) from error
+    if stopped:
+        raise dg.Failure(
+            description=(
+                f"{len(stopped)} of {len(run.days)} day(s) stopped (the others completed): "
+                + " | ".join(f"{day}: {reason}" for day, reason in sorted(stopped.items()))
+            ),
+            metadata={"stopped_days": dg.MetadataValue.json(dict(sorted(stopped.items())))},
+            allow_retries=False,
+        )
+
+
+def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Each day of the run through the selected stages; a day stopped by its data is noted in `stopped`."""
+    context = run.context
     # The run's model is resolved (and, to score, loaded) before any day: a model that cannot be used fails
     # the run at once, with nothing written.
-    try:
-        if run.selected & MODEL_STAGES:
-            run.resolved
-        if PREDICTIONS in run.selected:
-            run.model
-    except BAD_DATA_ERRORS as error:
-        raise dg.Failure(description=f"{type(error).__name__}: {error}", allow_retries=False) from error
+    if run.selected & MODEL_STAGES:
+        run.resolved
+    if PREDICTIONS in run.selected:
+        run.model
     for day in run.days:
         state = DayState(day)
         for assets, stage in stages:
             if not any(run.wants(a, day) for a in assets):
                 continue
             started = time.perf_counter()
+            run.where = f"{day} {'/'.join(assets)}" + (f" with {run.resolved.pinned_uri}" if PREDICTIONS in assets else "") + ": "
             try:
                 yield from stage(run, state)
             except DayBlocked as blocked:
@@ -151,17 +171,9 @@ def daily_pipeline(
                 context.log.error(f"{day}: {stopped[day]}; the run goes on with the other days")
                 break
             context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
+        run.where = ""
         del state
         release_freed_memory()
-    if stopped:
-        raise dg.Failure(
-            description=(
-                f"{len(stopped)} of {len(run.days)} day(s) stopped (the others completed): "
-                + " | ".join(f"{day}: {reason}" for day, reason in sorted(stopped.items()))
-            ),
-            metadata={"stopped_days": dg.MetadataValue.json(dict(sorted(stopped.items())))},
-            allow_retries=False,
-        )
 
 
 def release_freed_memory() -> None:

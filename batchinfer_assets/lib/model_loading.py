@@ -38,6 +38,26 @@ class ModelNotFoundError(ModelResolutionError):
     """The registry or tracking server has no such model, version, alias or run."""
 
 
+class ModelRegistryUnreachableError(ModelResolutionError):
+    """The tracking server did not answer within MLflow's own (bounded) retries."""
+
+
+# MLflow's HTTP client retries 7 times with a backoff factor of 2 and a 120 s timeout by default: an unreachable
+# server took minutes to fail, and then the step's own retries multiplied it. Bounded here (about 15 s of
+# retries and 30 s per request) unless the user set these variables; the step does not retry on top.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def bound_mlflow_http_retries() -> None:
+    """Apply MLFLOW_HTTP_DEFAULTS to every variable the user left unset."""
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model URI pinned to one immutable version, with what scoring and lineage need."""
@@ -90,6 +110,7 @@ def make_client(tracking_uri: str, registry_uri: str | None = None):
     import mlflow
 
     quiet_mlflow()
+    bound_mlflow_http_retries()
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
 
 
@@ -226,6 +247,11 @@ def pin_model_uri(client, uri: str, tracking_uri: str) -> tuple[str, str | None,
     except MlflowException as error:
         if is_missing_error(error):
             raise ModelNotFoundError(f"Model {uri!r} not found in MLflow at tracking URI {tracking}: {error.message}") from error
+        if "API request to" in error.message and "failed with exception" in error.message:
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+            raise ModelRegistryUnreachableError(
+                f"MLflow at {tracking} (MLFLOW_TRACKING_URI) did not answer for {uri!r} after {retries} retries: {error.message}"
+            ) from error
         raise
     name, version = model_version.name, str(model_version.version)
     return f"models:/{name}/{version}", name, version, model_version.run_id

@@ -155,6 +155,15 @@ class PipelineRun:
             return {}
         return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
+    def recorded_run_id(self, asset: str, state: DayState) -> str | None:
+        """The Dagster run that wrote the day's `asset`: this one, else the run of its latest materialization."""
+        if asset in state.recorded:
+            return self.context.run_id
+        records = self.context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
+        ).records
+        return records[0].run_id if records else None
+
     def scored_with(self, state: DayState) -> ResolvedModel:
         """The model version that produced the day's predictions: this run's when it scored the day, else the one
         the day's predictions recorded (a drift- or publish-only run describes the scores that exist, whatever

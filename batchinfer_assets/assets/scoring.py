@@ -4,6 +4,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 import numpy as np
@@ -79,16 +80,19 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "model_name": resolved.name or "",
             "model_version": resolved.version,
             "model_run_id": resolved.run_id or "",
+            "model_tracking_uri": safe_uri(resolved.tracking_uri),
             "model_artifact_checksum": resolved.artifact_checksum,
             "lineage": run.model_lineage,
             "input_snapshot_hash": snapshot_hash,
             "row_count": result.rows,
             "rows_per_second": rows_per_second,
+            "engine": "local",
             "device": model.device,
             "precision": scorer.precision,
             "batch_size": result.batch_size,
             "batch_size_backoffs": result.backoffs,
             "threshold": scorer.threshold,
+            "code_version": run.code_versions[PREDICTIONS_TABLE],
             "positive_rate": result.positives / result.rows if result.rows else 0.0,
             "uri": dg.MetadataValue.path(run.store.partition_uri(PREDICTIONS_TABLE, day)),
         },
@@ -96,6 +100,15 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         # The files' bytes are fixed by the model's bytes, the input's content and how it was batched.
         data_version=predictions_version(resolved.artifact_checksum, snapshot_hash, result.batch_size, scorer),
     )
+
+
+def safe_uri(uri: str) -> str:
+    """The URI without any user:password part, for metadata and the lineage table."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def predictions_version(artifact_checksum: str, snapshot_hash: str, batch_size: int, scorer: TorchScorerResource) -> str:

@@ -4,6 +4,7 @@ through Dagster's own stale status, with the alias move observed by the model-ve
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -11,6 +12,7 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG, StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from batchinfer_assets.definitions import build_definitions, build_resources
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG
 from batchinfer_assets.sensors import model_version_sensor
 from batchinfer_assets_tests.assets.test_scoring import _register_version_two
@@ -85,3 +87,39 @@ def test_a_day_is_stale_exactly_when_the_version_that_scored_it_is_no_longer_the
         # Re-scoring it with what the URI resolves to makes it fresh again, downstream included.
         materialize_pipeline(resources, SCORED, partition_key=DAY_A, instance=instance)
         assert _statuses(settings, instance, DAY_A) == fresh
+
+
+README_LINEAGE_QUERY = """
+SELECT p.transaction_id, p.score, s.pinned_model_uri, s.artifact_checksum, s.input_snapshot_hash,
+       s.code_version, s.engine, s.device, s.dagster_run_id
+FROM predictions p JOIN scoring_runs s ON s.id = p.scoring_run_id
+WHERE p.transaction_id = :transaction_id
+"""
+
+
+def test_which_model_and_input_scored_a_transaction_is_one_sql_join(pipeline_settings):
+    import sqlalchemy as sa
+
+    from batchinfer_assets.assets.pipeline import CODE_VERSIONS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert " ".join(README_LINEAGE_QUERY.split()) in " ".join(readme.split()), "the README documents this query"
+    resources = build_resources(pipeline_settings)
+    with dg.instance_for_test() as instance:
+        result = materialize_pipeline(resources, EVERY_DAILY_ASSET, partition_key=DAY_A, instance=instance)
+    scored = materializations(result, "predictions")[DAY_A]
+    snapshot = materializations(result, "input_snapshot")[DAY_A]
+    ids = PartitionedParquetStore(pipeline_settings.storage_uri).read_partition("predictions", DAY_A, columns=["transaction_id"])
+    some_id = ids.column("transaction_id")[7].as_py()
+
+    engine = sa.create_engine(pipeline_settings.predictions_db_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(README_LINEAGE_QUERY), {"transaction_id": some_id}).one()
+    finally:
+        engine.dispose()
+    assert row.pinned_model_uri == "models:/fraud-detector/1"
+    assert row.artifact_checksum == scored.metadata["model_artifact_checksum"].value
+    assert row.input_snapshot_hash == snapshot.tags[DATA_VERSION_TAG] == scored.metadata["input_snapshot_hash"].value
+    assert (row.code_version, row.engine, row.device) == (CODE_VERSIONS["predictions"], "local", "cpu")
+    assert row.dagster_run_id == result.run_id

@@ -11,7 +11,7 @@ from batchinfer_assets.assets.pipeline import daily_pipeline
 from batchinfer_assets.assets.scoring import scoring_model
 from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policies
-from batchinfer_assets.jobs import daily_scoring_job
+from batchinfer_assets.jobs import daily_scoring_job, reproduce_predictions_job
 from batchinfer_assets.resources.landing import (
     LandingZoneResource,
     ParquetLandingZoneResource,
@@ -75,7 +75,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=with_freshness_policies([scoring_model, daily_pipeline]),
         asset_checks=[*ASSET_CHECKS, *FRESHNESS_CHECKS],
-        jobs=[daily_scoring_job],
+        jobs=[daily_scoring_job, reproduce_predictions_job],
         schedules=[daily_scoring_schedule],
         sensors=[publish_predictions_sensor, freshness_checks_sensor, model_version_sensor],
         resources=build_resources(settings),

@@ -18,6 +18,7 @@ from batchinfer_assets.lib.drift import DriftInputError
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError
+from batchinfer_assets.lib.snapshot_archive import SnapshotNotArchivedError
 from batchinfer_assets.resources.prediction_db import PredictionsRefusedError
 from batchinfer_assets.resources.torch_scorer import MissingInputColumnsError, ModelOutputError
 from batchinfer_assets.schemas import ColumnLevelSchemaError
@@ -39,6 +40,7 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
     PartitionNotFoundError,
     BucketNotFoundError,
     PredictionsRefusedError,
+    SnapshotNotArchivedError,
 )
 
 F = TypeVar("F", bound=Callable)

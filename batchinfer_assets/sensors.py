@@ -13,6 +13,8 @@ from batchinfer_assets.freshness import FRESHNESS_CHECKS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 
+# The tag of `python -m batchinfer_assets.reproduce` runs (value: the run reproduced).
+REPRODUCES_TAG = "batchinfer/reproduces"
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
 SCORING_MODEL = dg.AssetKey(tables.SCORING_MODEL)
@@ -43,14 +45,18 @@ def publish_predictions_sensor(context: dg.SensorEvaluationContext):
     landed: dict[str, int] = {}
     new_cursor = cursor
     finished_runs: dict[str, bool] = {}
+    reproductions: set[str] = set()
     for record in records:
         if record.run_id not in finished_runs:
             run = instance.get_run_by_id(record.run_id)
             finished_runs[record.run_id] = run is None or run.is_finished
+            if run is not None and REPRODUCES_TAG in run.tags:
+                reproductions.add(record.run_id)
         if not finished_runs[record.run_id]:
             break
         new_cursor = record.storage_id
-        if record.partition_key is not None:
+        # An audit reproduction re-scores a past day as it was; what apps read stays as published.
+        if record.partition_key is not None and record.run_id not in reproductions:
             landed[record.partition_key] = record.storage_id
 
     if not landed:

@@ -13,5 +13,8 @@ INVALID_SHARE_CHECK = "invalid_share_within_limit"
 SIGNATURE_CHECK = "matches_model_signature"
 DRIFT_CHECK = "drift_check"
 
+# Every scored input snapshot by content hash, for exact reproduction (not an asset table itself).
+INPUT_SNAPSHOT_ARCHIVE = "input_snapshot_archive"
+
 # Per-day side files kept beside the tables (not asset tables themselves).
 DRIFT_REPORTS_FOLDER = "drift_reports"

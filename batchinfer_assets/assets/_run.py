@@ -43,6 +43,12 @@ from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.tables import PREDICTIONS, SCORING_MODEL
 
 
+# Run tags of an exact reproduction (with `batchinfer/model_version`): the archived input to score, and the
+# batch size the day was first scored with (scores differ in their last bits between batch sizes).
+INPUT_SNAPSHOT_HASH_TAG = "batchinfer/input_snapshot_hash"
+BATCH_SIZE_TAG = "batchinfer/batch_size"
+
+
 class DayBlocked(Exception):
     """The day stops here for this run: a blocking check failed or its data cannot be used.
 
@@ -85,9 +91,24 @@ class PipelineRun:
     torch_scorer: TorchScorerResource
     prediction_db: PredictionDatabaseResource
     code_versions: Mapping[str, str]
+    snapshot_retention_days: float = 90.0
     cache: dict[str, Any] = field(default_factory=dict)
     # "<day> <stage>: " while a day's stage runs, so an unexpected failure says where it happened.
     where: str = ""
+
+    def __post_init__(self) -> None:
+        tags = self.context.run.tags
+        if BATCH_SIZE_TAG in tags:
+            size = tags[BATCH_SIZE_TAG]
+            if not size.isdigit() or int(size) < 1:
+                raise dg.Failure(f"run tag {BATCH_SIZE_TAG} must be a positive integer, got {size!r}", allow_retries=False)
+            self.torch_scorer = self.torch_scorer.model_copy(update={"batch_size": int(size)})
+        if INPUT_SNAPSHOT_HASH_TAG in tags and len(self.days) > 1:
+            raise dg.Failure(
+                f"run tag {INPUT_SNAPSHOT_HASH_TAG} names one day's input, but the run covers {len(self.days)} days "
+                f"({self.days[0]}...{self.days[-1]}): reproduce one day per run",
+                allow_retries=False,
+            )
 
     @cached_property
     def days(self) -> list[str]:
@@ -207,6 +228,7 @@ class PipelineRun:
         inputs: tuple[str, ...],
         data_version: str | None = None,
         model_version: str | None = None,
+        input_versions: Mapping[str, str] | None = None,
     ) -> dg.AssetMaterialization:
         """The day's materialization of `asset` with its own data version and the versions of what it read
         (`model_version`: the model version behind the day's scores, when `scoring_model` is an input)."""
@@ -214,6 +236,9 @@ class PipelineRun:
         # The provenance Dagster writes for outputs, per day: what each input was (its data version and the
         # event it came from), so staleness is judged day by day against the inputs this day really read.
         input_events = {name: self.input_event(name, state.day, model_version) for name in inputs}
+        # What the stage read instead of the latest event (a reproduction reads an archived snapshot).
+        for name, version in (input_versions or {}).items():
+            input_events[name] = (version, input_events[name][1])
         input_versions = {name: version for name, (version, _) in input_events.items()}
         version = data_version or derived_version(code_version, input_versions)
         state.versions[asset] = version

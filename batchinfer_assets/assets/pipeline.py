@@ -22,6 +22,7 @@ from batchinfer_assets.assets import _run, features, ingest, monitoring, scoring
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.lib import drift, features as feature_lib, hashing, parquet_store
 from batchinfer_assets.lib.code_version import code_version_of
+from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
@@ -116,6 +117,7 @@ def daily_pipeline(
         torch_scorer=torch_scorer,
         prediction_db=prediction_db,
         code_versions=CODE_VERSIONS,
+        snapshot_retention_days=table_storage.snapshot_retention_days,
     )
     # The Runs list shows tags: a range run names its days there (one-day runs carry dagster/partition).
     context.instance.add_run_tags(context.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}"})
@@ -174,6 +176,25 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
         run.where = ""
         del state
         release_freed_memory()
+    if PREDICTIONS in run.selected:
+        prune_snapshot_archive(run)
+
+
+def prune_snapshot_archive(run: PipelineRun) -> None:
+    """Remove archived snapshots past their retention that no published day's rows come from."""
+    try:
+        referenced = run.prediction_db.published_snapshot_hashes()
+    except Exception as error:  # noqa: BLE001 - an unreadable database must never let referenced inputs go
+        run.context.log.warning(f"snapshot archive not pruned: the prediction database could not say what is published ({error})")
+        return
+    finally:
+        run.prediction_db.release_connections()
+    removed = SnapshotArchive(run.store).prune(referenced, run.snapshot_retention_days)
+    if removed:
+        run.context.log.info(
+            f"removed {len(removed)} archived snapshot(s) older than {run.snapshot_retention_days:g} days that no "
+            f"published day uses: {', '.join(h[:12] for h in removed)}"
+        )
 
 
 def release_freed_memory() -> None:

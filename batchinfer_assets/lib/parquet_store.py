@@ -48,6 +48,9 @@ class BucketNotFoundError(LookupError):
 class PartitionBackend(ABC):
     """Where day folders live, and how a complete spool folder replaces one."""
 
+    # The Hive-style name of each partition folder: `dt` for the daily tables.
+    key_column: str = PARTITION_COLUMN
+
     @abstractmethod
     def location(self, *parts: str) -> str:
         """The URI or path of a table, a day or a file under the base."""
@@ -77,6 +80,10 @@ class PartitionBackend(ABC):
         """Remove the day if present."""
 
     @abstractmethod
+    def list_partitions(self, table: str) -> dict[str, float]:
+        """Each partition of the table: its key (the folder's value) and when it was last written (epoch s)."""
+
+    @abstractmethod
     def write_text(self, parts: tuple[str, ...], text: str) -> str:
         """Replace one small text file (readers see the old or the new one) and return its location."""
 
@@ -98,7 +105,7 @@ class LocalBackend(PartitionBackend):
         return ROWS_PER_FILE
 
     def partition_dir(self, table: str, dt: str) -> Path:
-        return self.base / table / f"{PARTITION_COLUMN}={dt}"
+        return self.base / table / f"{self.key_column}={dt}"
 
     def has_partition(self, table: str, dt: str) -> bool:
         self._restore_interrupted_swap(table, dt)
@@ -108,7 +115,7 @@ class LocalBackend(PartitionBackend):
         self._restore_interrupted_swap(table, dt)
         folder = self.partition_dir(table, dt)
         if not folder.is_dir():
-            raise PartitionNotFoundError(f"no partition dt={dt} of table {table!r}: {folder} does not exist")
+            raise PartitionNotFoundError(f"no partition {self.key_column}={dt} of table {table!r}: {folder} does not exist")
         return sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith((".", "_")))
 
     @contextlib.contextmanager
@@ -121,9 +128,9 @@ class LocalBackend(PartitionBackend):
         table_dir = self.base / table
         staging_root = table_dir / STAGING_DIR
         token = uuid.uuid4().hex
-        staging = staging_root / f"{PARTITION_COLUMN}={dt}.{token}"
+        staging = staging_root / f"{self.key_column}={dt}.{token}"
         staging.mkdir(parents=True, exist_ok=False)
-        previous = staging_root / f"{PARTITION_COLUMN}={dt}.{token}.previous"
+        previous = staging_root / f"{self.key_column}={dt}.{token}.previous"
         try:
             yield staging
             _fsync_dir(staging)
@@ -140,6 +147,13 @@ class LocalBackend(PartitionBackend):
     def delete_partition(self, table: str, dt: str) -> None:
         shutil.rmtree(self.partition_dir(table, dt), ignore_errors=True)
 
+    def list_partitions(self, table: str) -> dict[str, float]:
+        folder = self.base / table
+        prefix = f"{self.key_column}="
+        if not folder.is_dir():
+            return {}
+        return {p.name[len(prefix):]: p.stat().st_mtime for p in folder.iterdir() if p.is_dir() and p.name.startswith(prefix)}
+
     def write_text(self, parts: tuple[str, ...], text: str) -> str:
         return str(replace_local_text(self.base.joinpath(*parts), text))
 
@@ -151,7 +165,7 @@ class LocalBackend(PartitionBackend):
         staging_root = self.base / table / STAGING_DIR
         if not staging_root.is_dir():
             return
-        leftovers = sorted(staging_root.glob(f"{PARTITION_COLUMN}={dt}.*.previous"), key=lambda p: p.stat().st_mtime)
+        leftovers = sorted(staging_root.glob(f"{self.key_column}={dt}.*.previous"), key=lambda p: p.stat().st_mtime)
         if leftovers:
             os.rename(leftovers[-1], final)
 
@@ -184,7 +198,7 @@ class S3Backend(PartitionBackend):
         return 2**62
 
     def day_prefix(self, table: str, dt: str) -> str:
-        return self.key(table, f"{PARTITION_COLUMN}={dt}") + "/"
+        return self.key(table, f"{self.key_column}={dt}") + "/"
 
     def has_partition(self, table: str, dt: str) -> bool:
         return bool(self.data_keys(self.day_prefix(table, dt)))
@@ -193,7 +207,7 @@ class S3Backend(PartitionBackend):
         keys = self.data_keys(self.day_prefix(table, dt))
         if not keys:
             raise PartitionNotFoundError(
-                f"no partition dt={dt} of table {table!r}: no *.parquet objects under {self.location(table, f'{PARTITION_COLUMN}={dt}')}/"
+                f"no partition {self.key_column}={dt} of table {table!r}: no *.parquet objects under {self.location(table, f'{self.key_column}={dt}')}/"
             )
         return keys
 
@@ -268,14 +282,28 @@ class S3Backend(PartitionBackend):
 
     def keys_under(self, prefix: str) -> list[str]:
         """Every key starting with the prefix."""
-        keys: list[str] = []
+        return [item["Key"] for item in self.objects_under(prefix)]
+
+    def objects_under(self, prefix: str) -> list[dict[str, Any]]:
+        """Every object (Key, LastModified, ...) whose key starts with the prefix."""
+        objects: list[dict[str, Any]] = []
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
             page = self._call(f"list s3://{self.bucket}/{prefix}", self.client.list_objects_v2, **kwargs)
-            keys.extend(item["Key"] for item in page.get("Contents", []))
+            objects.extend(page.get("Contents", []))
             if not page.get("IsTruncated"):
-                return keys
+                return objects
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def list_partitions(self, table: str) -> dict[str, float]:
+        table_prefix = self.key(table) + "/"
+        found: dict[str, float] = {}
+        for item in self.objects_under(table_prefix + f"{self.key_column}="):
+            folder, _, name = item["Key"][len(table_prefix):].partition("/")
+            if _is_data_file(name):
+                key = folder.removeprefix(f"{self.key_column}=")
+                found[key] = max(found.get(key, 0.0), item["LastModified"].timestamp())
+        return found
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import boto3.exceptions
@@ -322,9 +350,17 @@ def is_s3_uri(uri: str | os.PathLike[str]) -> bool:
 class PartitionedParquetStore:
     """Reads and atomically replaces daily partitions of Parquet tables under one base, local or S3."""
 
-    def __init__(self, base_uri: str | os.PathLike[str], s3_client: Any = None, spool_dir: str | None = None):
+    def __init__(
+        self,
+        base_uri: str | os.PathLike[str],
+        s3_client: Any = None,
+        spool_dir: str | None = None,
+        key_column: str = PARTITION_COLUMN,
+    ):
         base = str(base_uri)
         self.uri = base
+        self._s3_client = s3_client
+        self._spool_dir = spool_dir
         if is_s3_uri(base):
             if s3_client is None:
                 raise ValueError(f"storage URI {base!r} is on S3 but no S3 client was given")
@@ -334,6 +370,11 @@ class PartitionedParquetStore:
             raise ValueError(f"storage URI {base!r} is neither a local path nor s3://bucket/prefix")
         else:
             self.backend = LocalBackend(Path(base.removeprefix("file://")).absolute())
+        self.backend.key_column = key_column
+
+    def keyed_by(self, key_column: str) -> PartitionedParquetStore:
+        """The same base and client, with partition folders named `{key_column}=...` (e.g. a content hash)."""
+        return PartitionedParquetStore(self.uri, self._s3_client, self._spool_dir, key_column=key_column)
 
     @property
     def base(self) -> Path:
@@ -348,7 +389,7 @@ class PartitionedParquetStore:
 
     def partition_dir(self, table: str, dt: str) -> Path:
         """The folder of one day of one table (local stores only)."""
-        return self.table_dir(table) / f"{PARTITION_COLUMN}={dt}"
+        return self.table_dir(table) / f"{self.backend.key_column}={dt}"
 
     def table_uri(self, table: str) -> str:
         """Where one table lives: a path or an s3:// URI."""
@@ -356,7 +397,7 @@ class PartitionedParquetStore:
 
     def partition_uri(self, table: str, dt: str) -> str:
         """Where one day of one table lives: a path or an s3:// URI."""
-        return self.backend.location(table, f"{PARTITION_COLUMN}={dt}")
+        return self.backend.location(table, f"{self.backend.key_column}={dt}")
 
     def has_partition(self, table: str, dt: str) -> bool:
         """Whether the day has been written."""
@@ -399,11 +440,15 @@ class PartitionedParquetStore:
 
     def column_names(self, table: str, dt: str) -> list[str]:
         """The day's column names, from its first file."""
+        return list(self.schema(table, dt).names)
+
+    def schema(self, table: str, dt: str) -> pa.Schema:
+        """The day's Arrow schema (with its pandas metadata), from its first file."""
         refs = self.partition_files(table, dt)
         if not refs:
-            return []
+            return pa.schema([])
         with self.backend.open_part(refs[0]) as path:
-            return list(pq.read_schema(path).names)
+            return pq.read_schema(path)
 
     def write_partition(self, table: str, dt: str, data: pa.Table) -> str:
         """Replace the day's files with `data`, atomically for readers."""
@@ -425,13 +470,17 @@ class PartitionedParquetStore:
         """Remove the day if present."""
         self.backend.delete_partition(table, dt)
 
+    def list_partitions(self, table: str) -> dict[str, float]:
+        """The table's partition keys and when each was last written (epoch seconds)."""
+        return self.backend.list_partitions(table)
+
     def write_side_file(self, folder: str, dt: str, filename: str, text: str) -> str:
         """Replace `{base}/{folder}/dt={dt}/{filename}` (a per-day file beside the tables); its location."""
-        return self.backend.write_text((folder, f"{PARTITION_COLUMN}={dt}", filename), text)
+        return self.backend.write_text((folder, f"{self.backend.key_column}={dt}", filename), text)
 
     def side_file_url(self, folder: str, dt: str, filename: str, expires_s: int = SIDE_FILE_LINK_EXPIRY_S) -> str | None:
         """A browser link to a side file: a presigned URL on S3 (valid `expires_s`), None for local files."""
-        return self.backend.url_of((folder, f"{PARTITION_COLUMN}={dt}", filename), expires_s)
+        return self.backend.url_of((folder, f"{self.backend.key_column}={dt}", filename), expires_s)
 
 
 class PartitionWriter:

@@ -253,6 +253,15 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
         if self._engine is not None:
             self._engine.dispose()
 
+    def published_snapshot_hashes(self) -> set[str]:
+        """The input snapshot hashes behind the rows published now (one scoring run per published day)."""
+        runs, rows = scoring_runs_table, predictions_table
+        days = sa.select(runs.c.dt).distinct().subquery()
+        current = sa.select(rows.c.scoring_run_id).where(rows.c.dt == days.c.dt).limit(1).scalar_subquery()
+        query = sa.select(runs.c.input_snapshot_hash).where(runs.c.id.in_(sa.select(current).select_from(days))).distinct()
+        with self._begin(self.engine) as conn:
+            return set(conn.execute(query).scalars())
+
     def count_partition(self, dt: str) -> int:
         """Rows currently published for the day."""
         with self._begin(self.engine) as conn:

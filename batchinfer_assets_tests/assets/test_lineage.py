@@ -123,3 +123,72 @@ def test_which_model_and_input_scored_a_transaction_is_one_sql_join(pipeline_set
     assert row.input_snapshot_hash == snapshot.tags[DATA_VERSION_TAG] == scored.metadata["input_snapshot_hash"].value
     assert (row.code_version, row.engine, row.device) == (CODE_VERSIONS["predictions"], "local", "cpu")
     assert row.dagster_run_id == result.run_id
+
+
+def _land(landing: Path, day: str, frame) -> None:
+    folder = landing / f"dt={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.parquet"):
+        old.unlink()
+    frame.to_parquet(folder / "part-0.parquet", index=False)
+
+
+def test_a_relanded_day_is_reproduced_from_its_archived_snapshot_byte_for_byte(own_registry, demo_training, tmp_path):
+    import datetime as dt
+
+    from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
+    from batchinfer_assets.reproduce import original_scoring, reproduce_day
+    from batchinfer_assets.sensors import publish_predictions_sensor
+
+    landing = tmp_path / "landing"
+    settings = dataclasses.replace(own_registry, landing_uri=str(landing), batch_size=500)
+    first_landing = generate_day(dt.date.fromisoformat(DAY_A), rows=1500).drop(columns=[LABEL_COLUMN])
+    _land(landing, DAY_A, first_landing)
+    predictions = Path(settings.storage_uri) / "predictions" / f"dt={DAY_A}"
+    with dg.instance_for_test() as instance:
+        first = materialize_pipeline(build_resources(settings), EVERY_DAILY_ASSET, partition_key=DAY_A, instance=instance)
+        original_bytes = {p.name: p.read_bytes() for p in predictions.glob("*.parquet")}
+        original_hash = materializations(first, "predictions")[DAY_A].metadata["input_snapshot_hash"].value
+        assert original_hash.startswith("sha256:")
+        assert (Path(settings.storage_uri) / "input_snapshot_archive" / f"sha256={original_hash[7:]}").is_dir()
+
+        # The alias moves and the day is re-landed (late corrections), then scored again with other settings.
+        _register_version_two(settings, demo_training)
+        _land(landing, DAY_A, first_landing.assign(amount=first_landing["amount"] * 1.1))
+        rescored_settings = dataclasses.replace(settings, batch_size=64)
+        again = materialize_pipeline(build_resources(rescored_settings), EVERY_DAILY_ASSET, partition_key=DAY_A, instance=instance)
+        assert materializations(again, "predictions")[DAY_A].metadata["input_snapshot_hash"].value != original_hash
+        assert {p.name: p.read_bytes() for p in predictions.glob("*.parquet")} != original_bytes
+
+        # The reproduction: model version, archived input and batch size from what the first run recorded.
+        identical, result = reproduce_day(build_definitions(rescored_settings), instance, DAY_A)
+        assert result.success and identical
+        assert {p.name: p.read_bytes() for p in predictions.glob("*.parquet")} == original_bytes
+        meta = materializations(result, "predictions")[DAY_A].metadata
+        assert (meta["model_version"].value, meta["batch_size"].value, meta["input_snapshot_hash"].value) == ("1", 500, original_hash)
+        assert original_scoring(instance, DAY_A).run_id == first.run_id
+        # The reproduction is an audit: the publishing sensor does not serve its scores.
+        context = dg.build_sensor_context(instance=instance, repository_def=build_definitions(settings).get_repository_def())
+        outcome = publish_predictions_sensor(context)
+        assert not getattr(outcome, "run_requests", None), outcome
+
+
+def test_an_archived_snapshot_is_pruned_after_its_retention_unless_a_published_day_uses_it(tmp_path):
+    import time
+
+    import pyarrow as pa
+
+    from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
+
+    store = PartitionedParquetStore(tmp_path)
+    archive = SnapshotArchive(store)
+    for day, content_hash in (("2025-01-01", "sha256:" + "a" * 64), ("2025-01-02", "sha256:" + "b" * 64), ("2025-01-03", "sha256:" + "c" * 64)):
+        store.write_partition("input_snapshot", day, pa.table({"transaction_id": [day], "x": [1.0]}))
+        assert archive.keep(day, content_hash) is True
+        assert archive.keep(day, content_hash) is False, "kept once per hash"
+    ten_days_later = time.time() + 10 * 86_400
+    assert archive.prune({"sha256:" + "b" * 64}, retention_days=30, now=ten_days_later) == []
+    assert archive.prune({"sha256:" + "b" * 64}, retention_days=5, now=ten_days_later) == ["sha256:" + "a" * 64, "sha256:" + "c" * 64]
+    assert archive.has("sha256:" + "b" * 64) and not archive.has("sha256:" + "a" * 64)
+    with pytest.raises(LookupError, match=f"no archived input snapshot sha256:{'a' * 64}"):
+        archive.require("sha256:" + "a" * 64)

@@ -66,7 +66,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
             device=settings.device, batch_size=settings.batch_size, state_dir=str(settings.state_dir)
         ),
         "prediction_db": PredictionDatabaseResource(url=_secret_or_value(PREDICTIONS_DB_URL_VAR, settings.predictions_db_url)),
-        "table_storage": TableStorageResource(base_uri=settings.storage_uri, s3=s3),
+        "table_storage": TableStorageResource(
+            base_uri=settings.storage_uri, s3=s3, snapshot_retention_days=settings.snapshot_retention_days
+        ),
     }
 
 

@@ -58,7 +58,13 @@ def reproduce_day(defs: dg.Definitions, instance: dg.DagsterInstance, day: str, 
     """Re-score `day` as the original scoring did; (same data version as the original, the run's result)."""
     original = original_scoring(instance, day, run_id)
     job = defs.resolve_job_def(REPRODUCE_JOB)
-    result = job.execute_in_process(instance=instance, partition_key=day, tags=reproduction_tags(original), raise_on_error=False)
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=day,
+        tags=reproduction_tags(original),
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
     if not result.success:
         return False, result
     new = next(

@@ -11,6 +11,7 @@ from pathlib import Path
 DEFAULT_MODEL_URI = "models:/fraud-detector@champion"
 DEFAULT_ROWS_PER_DAY = 20_000
 DEFAULT_MAX_INVALID_FRACTION = 0.01
+DEFAULT_SNAPSHOT_RETENTION_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Settings:
     batch_size: int | None
     max_invalid_fraction: float
     predictions_db_url: str
+    snapshot_retention_days: int = DEFAULT_SNAPSHOT_RETENTION_DAYS
     # botocore reads AWS_ENDPOINT_URL and credentials itself but not AWS_REGION, so the region is passed on.
     aws_region: str | None = None
 
@@ -55,6 +57,8 @@ class Settings:
             max_invalid_fraction=_fraction(get("BATCHINFER_MAX_INVALID_FRACTION")),
             predictions_db_url=_database_url(get("BATCHINFER_PREDICTIONS_DB_URL")) or f"sqlite:///{home / 'predictions.db'}",
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
+            snapshot_retention_days=_positive_int("BATCHINFER_SNAPSHOT_RETENTION_DAYS", get("BATCHINFER_SNAPSHOT_RETENTION_DAYS"))
+            or DEFAULT_SNAPSHOT_RETENTION_DAYS,
         )
 
     @property

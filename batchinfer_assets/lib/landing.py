@@ -62,13 +62,29 @@ def _cast(series: pd.Series, dtype: str) -> pd.Series:
     raise TypeError(f"expected text, found {series.dtype}")
 
 
+def is_bookkeeping(relative_name: str) -> bool:
+    """Whether a file in a landing day is a writer's bookkeeping, not data.
+
+    Writers name their data files differently (Spark `part-00000-<uuid>.c000.snappy.parquet`, Hive `000000_0`,
+    Athena UNLOAD `<query id>_<n>` without an extension, hand uploads `.PARQUET` or `.parq`), so every file is
+    read as Parquet except what some writer marks as its own: a name (or folder) starting with `_` or `.`
+    (`_SUCCESS`, `_committed_*`, `.part-0.crc`, `.hive-staging*`) and UNLOAD/Redshift manifests. A data file that
+    is not Parquet fails the day naming it; nothing is skipped quietly.
+    """
+    parts = relative_name.split("/")
+    if any(part.startswith(("_", ".")) for part in parts):
+        return True
+    name = parts[-1].lower()
+    return name.endswith(("manifest", "manifest.csv", "manifest.json")) or name.endswith(".crc")
+
+
 def read_landing_day(root: str | Path, day: dt.date, s3_client: Any = None) -> pd.DataFrame:
     """All Parquet files of `{root}/dt={day}/` (a local folder or an S3 prefix), concatenated and conformed."""
     folder, exists, files = (_s3_day if is_s3_uri(str(root)) else _local_day)(str(root), day, s3_client)
     if not exists:
         raise LandingDataError(f"no landing data for {day.isoformat()}: folder {folder} does not exist")
     if not files:
-        raise LandingDataError(f"no landing data for {day.isoformat()}: no *.parquet files in {folder}")
+        raise LandingDataError(f"no landing data for {day.isoformat()}: no data files in {folder} (only writers' bookkeeping files)")
     frames = []
     for name, open_file in files:
         # Opening (an S3 download) stays outside the try: a connection failure is transient, not bad data.
@@ -76,7 +92,10 @@ def read_landing_day(root: str | Path, day: dt.date, s3_client: Any = None) -> p
             try:
                 table = pq.read_table(path)
             except (pa.ArrowException, OSError) as exc:
-                raise LandingDataError(f"unreadable landing file {name}: {exc}") from exc
+                raise LandingDataError(
+                    f"landing file {name} is not a readable Parquet file ({exc}); every file of a landing day is read "
+                    "except writers' bookkeeping (names starting with _ or ., manifests): remove or move it"
+                ) from exc
         frames.append(conform_landing_frame(table.to_pandas(), source=name))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
@@ -88,7 +107,8 @@ def _local_day(root: str, day: dt.date, _client: Any) -> LandingFiles:
     folder = Path(root.removeprefix("file://")) / f"dt={day.isoformat()}"
     if not folder.is_dir():
         return str(folder), False, []
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith((".", "_")))
+    # Nested folders too: Spark's partitionBy writes `hour=01/part-...` under the day.
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not is_bookkeeping(p.relative_to(folder).as_posix()))
     return str(folder), True, [(str(p), lambda p=p: contextlib.nullcontext(p)) for p in files]
 
 
@@ -98,8 +118,9 @@ def _s3_day(root: str, day: dt.date, client: Any) -> LandingFiles:
     backend = S3Backend(client, *split_s3_uri(root))
     prefix = backend.key(f"dt={day.isoformat()}") + "/"
     folder = f"s3://{backend.bucket}/{prefix}"
-    if not backend.keys_under(prefix):
+    keys = backend.keys_under(prefix)
+    if not keys:
         return folder, False, []
-    return folder, True, [
-        (f"s3://{backend.bucket}/{key}", lambda key=key: backend.open_part(key)) for key in backend.data_keys(prefix)
-    ]
+    # Keys ending in "/" are console-made folder markers (zero bytes), not files.
+    data = sorted(k for k in keys if not k.endswith("/") and not is_bookkeeping(k[len(prefix):]))
+    return folder, True, [(f"s3://{backend.bucket}/{key}", lambda key=key: backend.open_part(key)) for key in data]

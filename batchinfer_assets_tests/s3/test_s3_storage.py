@@ -151,7 +151,7 @@ def test_landing_on_s3_fails_like_a_local_landing_zone(s3_env):
 
     bad_key = f"landing/dt={DAY}/part-0.parquet"
     s3_env.client.put_object(Bucket=s3_env.bucket, Key=bad_key, Body=b"this is not parquet")
-    with pytest.raises(LandingDataError, match=f"unreadable landing file s3://{s3_env.bucket}/{bad_key}"):
+    with pytest.raises(LandingDataError, match=f"landing file s3://{s3_env.bucket}/{bad_key} is not a readable Parquet file"):
         landing.load_day(day)
 
     missing = ParquetLandingZoneResource(uri="s3://no-such-landing-bucket/x", s3=S3Resource(region_name=REGION))

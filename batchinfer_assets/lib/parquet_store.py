@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import shutil
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -127,7 +130,9 @@ class LocalBackend(PartitionBackend):
         self._restore_interrupted_swap(table, dt)
         table_dir = self.base / table
         staging_root = table_dir / STAGING_DIR
-        token = uuid.uuid4().hex
+        self._remove_orphaned_staging(staging_root, dt)
+        # Whose staging it is: a later writer of the day removes it once that process is gone (killed runs).
+        token = f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex}"
         staging = staging_root / f"{self.key_column}={dt}.{token}"
         staging.mkdir(parents=True, exist_ok=False)
         previous = staging_root / f"{self.key_column}={dt}.{token}.previous"
@@ -156,6 +161,16 @@ class LocalBackend(PartitionBackend):
 
     def write_text(self, parts: tuple[str, ...], text: str) -> str:
         return str(replace_local_text(self.base.joinpath(*parts), text))
+
+    def _remove_orphaned_staging(self, staging_root: Path, dt: str) -> None:
+        """Remove the day's staging folders left by writers that died (SIGKILL, OOM) before their swap."""
+        if not staging_root.is_dir():
+            return
+        for folder in staging_root.glob(f"{self.key_column}={dt}.*"):
+            if folder.name.endswith(".previous"):
+                continue  # the last good day of an interrupted swap: _restore_interrupted_swap's business
+            if _is_orphaned(folder.name[len(f"{self.key_column}={dt}.") :], folder):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _restore_interrupted_swap(self, table: str, dt: str) -> None:
         # A process killed between the two renames of a swap leaves the day only in `.previous`.
@@ -322,6 +337,28 @@ class S3Backend(PartitionBackend):
                     "create it or fix the s3:// URI"
                 ) from exc
             raise
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+# A staging folder whose owner cannot be told alive or dead (another host, an older naming) is removed this old.
+_ORPHAN_AGE_S = 24 * 3600
+
+
+def _is_orphaned(token: str, folder: Path) -> bool:
+    """Whether the process that owns a staging folder (token `host.pid.uuid`) is gone."""
+    parts = token.split(".")
+    if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
+    try:
+        return time.time() - folder.stat().st_mtime > _ORPHAN_AGE_S
+    except FileNotFoundError:
+        return False
 
 
 def _error_code(exc: BaseException) -> str:

@@ -106,3 +106,28 @@ def test_killed_writer_leaves_previous_day_intact(tmp_path):
     assert store.read_partition("t", "2025-01-01").equals(_table(3))
     visible = ds.dataset(tmp_path / "t", format="parquet", partitioning="hive").to_table()
     assert visible.num_rows == 3
+
+
+def test_the_next_writer_of_a_day_removes_staging_left_by_a_killed_writer(tmp_path):
+    import os
+    import subprocess
+
+    from batchinfer_assets.lib import parquet_store
+
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("predictions", "2025-01-02", pa.table({"transaction_id": ["a"]}))
+    staging = tmp_path / "predictions" / parquet_store.STAGING_DIR
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    killed = staging / f"dt=2025-01-02.{parquet_store._HOST}.{dead_pid.pid}.{'0' * 32}"
+    alive = staging / f"dt=2025-01-02.{parquet_store._HOST}.{os.getpid()}.{'1' * 32}"
+    other_day = staging / f"dt=2025-01-03.{parquet_store._HOST}.{dead_pid.pid}.{'2' * 32}"
+    for folder in (killed, alive, other_day):
+        folder.mkdir(parents=True)
+        (folder / "part-00000.parquet").write_bytes(b"half written")
+
+    store.write_partition("predictions", "2025-01-02", pa.table({"transaction_id": ["b"]}))
+    assert not killed.exists(), "the dead writer's staging is gone"
+    assert alive.exists(), "a live writer's staging is left alone"
+    assert other_day.exists(), "another day's staging waits for that day's next writer"
+    assert store.read_partition("predictions", "2025-01-02").column("transaction_id").to_pylist() == ["b"]

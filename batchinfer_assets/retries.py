@@ -17,7 +17,7 @@ import pandera.errors
 from batchinfer_assets.lib.drift import DriftInputError
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.model_loading import ModelResolutionError
-from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError
+from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError, StorageCredentialsError
 from batchinfer_assets.lib.snapshot_archive import SnapshotNotArchivedError
 from batchinfer_assets.resources.prediction_db import PredictionsRefusedError
 from batchinfer_assets.resources.torch_scorer import MissingInputColumnsError, ModelOutputError
@@ -39,6 +39,7 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
     ModelResolutionError,
     PartitionNotFoundError,
     BucketNotFoundError,
+    StorageCredentialsError,
     PredictionsRefusedError,
     SnapshotNotArchivedError,
 )

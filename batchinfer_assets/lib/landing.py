@@ -54,9 +54,22 @@ def _cast(series: pd.Series, dtype: str) -> pd.Series:
         values = pd.to_datetime(series, utc=True, errors="raise")
         return values.astype(dtype)
     if dtype == "float64":
-        if not (pd.api.types.is_numeric_dtype(series) or series.isna().all()) or pd.api.types.is_bool_dtype(series):
-            raise TypeError("not numeric")
-        return series.astype("float64")
+        if pd.api.types.is_bool_dtype(series):
+            raise TypeError("booleans are not amounts")
+        if pd.api.types.is_numeric_dtype(series) or series.isna().all():
+            return series.astype("float64")
+        if series.dtype == object:
+            # Parquet DECIMAL columns (what Spark, Athena and databases write for money) arrive as Decimal objects.
+            numbers = pd.to_numeric(series, errors="coerce")
+            bad = series[numbers.isna() & series.notna()]
+            if bad.empty:
+                return numbers.astype("float64")
+            raise TypeError(f"{len(bad)} value(s) are not numbers, e.g. {bad.iloc[0]!r} at row {bad.index[0]}")
+        if pd.api.types.is_string_dtype(series):
+            first = series.dropna()
+            example = f" (e.g. {first.iloc[0]!r})" if len(first) else ""
+            raise TypeError(f"the values are text{example}; write a float64 or DECIMAL column")
+        raise TypeError(f"expected numbers, found {series.dtype}")
     if pd.api.types.is_string_dtype(series) or series.dtype == object:
         return series.astype(dtype)
     raise TypeError(f"expected text, found {series.dtype}")

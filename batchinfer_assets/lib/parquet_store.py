@@ -44,6 +44,10 @@ class StorageUnavailableError(ConnectionError):
     """The object store cannot be reached (possibly for a moment: retried)."""
 
 
+class StorageCredentialsError(PermissionError):
+    """No credentials for an S3 endpoint: a setting to fix, never cleared by retrying."""
+
+
 class BucketNotFoundError(LookupError):
     """The configured bucket does not exist (the same on every try: not retried)."""
 
@@ -326,6 +330,11 @@ class S3Backend(PartitionBackend):
 
         try:
             return fn(*args, **kwargs)
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise StorageCredentialsError(
+                f"no AWS credentials to {what} at the S3 endpoint {self.endpoint} (bucket {self.bucket!r}): set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or an instance/pod role"
+            ) from exc
         except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
             raise StorageUnavailableError(
                 f"cannot reach the S3 endpoint {self.endpoint} (bucket {self.bucket!r}) to {what}: {exc}"

@@ -131,3 +131,19 @@ def test_the_next_writer_of_a_day_removes_staging_left_by_a_killed_writer(tmp_pa
     assert alive.exists(), "a live writer's staging is left alone"
     assert other_day.exists(), "another day's staging waits for that day's next writer"
     assert store.read_partition("predictions", "2025-01-02").column("transaction_id").to_pylist() == ["b"]
+
+
+def test_missing_s3_credentials_name_endpoint_and_bucket(tmp_path, monkeypatch):
+    import boto3
+
+    from batchinfer_assets.lib.parquet_store import StorageCredentialsError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    client = boto3.session.Session().client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1")
+    store = PartitionedParquetStore("s3://warehouse-bucket/tables", s3_client=client)
+    with pytest.raises(StorageCredentialsError, match=r"no AWS credentials .* endpoint http://127.0.0.1:9 \(bucket 'warehouse-bucket'\)"):
+        store.has_partition("predictions", "2025-01-02")

@@ -135,3 +135,20 @@ def test_a_file_that_is_neither_data_nor_bookkeeping_fails_the_day_naming_it(tmp
     (folder / "notes.csv").write_text("transaction_id,amount\nt9,1.0\n")
     with pytest.raises(LandingDataError, match=r"landing file .*notes\.csv is not a readable Parquet file.*remove or move it"):
         ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+
+
+def test_a_decimal_amount_is_read_as_a_number_and_text_amounts_are_named(tmp_path):
+    import decimal
+
+    frame = _landing_frame(3)
+    table = pa.Table.from_pandas(frame.drop(columns=["amount"]), preserve_index=False).append_column(
+        "amount", pa.array([decimal.Decimal("12.50"), decimal.Decimal("0.01"), decimal.Decimal("1999.99")], pa.decimal128(12, 2))
+    )
+    folder = tmp_path / f"dt={DAY.isoformat()}"
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "part-0.parquet")
+    assert ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)["amount"].tolist() == [12.5, 0.01, 1999.99]
+
+    pq.write_table(pa.Table.from_pandas(frame.assign(amount=["1.5", "n/a", "2"]), preserve_index=False), folder / "part-0.parquet")
+    with pytest.raises(LandingDataError, match=r"column 'amount'.*the values are text \(e.g. '1.5'\); write a float64 or DECIMAL column"):
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)

@@ -46,8 +46,8 @@ class Settings:
         _scoring_engine(get("BATCHINFER_SCORING_ENGINE"))
         return cls(
             home=home,
-            storage_uri=get("BATCHINFER_STORAGE_URI") or str(home / "storage"),
-            landing_uri=get("BATCHINFER_LANDING_URI"),
+            storage_uri=_location("BATCHINFER_STORAGE_URI", get("BATCHINFER_STORAGE_URI")) or str(home / "storage"),
+            landing_uri=_location("BATCHINFER_LANDING_URI", get("BATCHINFER_LANDING_URI")),
             rows_per_day=_positive_int("BATCHINFER_DEMO_ROWS_PER_DAY", get("BATCHINFER_DEMO_ROWS_PER_DAY"))
             or DEFAULT_ROWS_PER_DAY,
             tracking_uri=get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
@@ -92,6 +92,22 @@ def _scoring_engine(raw: str | None) -> str:
             "this version; unset the variable or set it to 'local'"
         )
     return "local"
+
+
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+
+
+def _location(name: str, raw: str | None) -> str | None:
+    """A local path, file:// path or s3://bucket/prefix; anything else (gs://, a typo'd scheme) is refused."""
+    if raw is None:
+        return None
+    if raw.startswith("s3://"):
+        if not _S3_URI.match(raw):
+            raise ValueError(f"{name}={raw!r} is not s3://<bucket>/<prefix> with a valid bucket name")
+        return raw
+    if "://" in raw and not raw.startswith("file://"):
+        raise ValueError(f"{name}={raw!r}: only local paths, file:// and s3://bucket/prefix are supported")
+    return raw
 
 
 def _device(raw: str | None) -> str:

@@ -81,6 +81,9 @@ def test_the_prediction_database_password_never_reaches_resource_config(monkeypa
         ("BATCHINFER_PREDICTIONS_DB_URL", "postgres//scorer:s3cret@db/predictions", "BATCHINFER_PREDICTIONS_DB_URL is not a SQLAlchemy URL"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "mysql://u:s3cret@db/p", "BATCHINFER_PREDICTIONS_DB_URL names backend 'mysql'"),
         ("BATCHINFER_SCORING_ENGINE", "ray", "BATCHINFER_SCORING_ENGINE='ray': only the 'local' engine"),
+        ("BATCHINFER_STORAGE_URI", "gs://bucket/tables", "BATCHINFER_STORAGE_URI='gs://bucket/tables': only local paths"),
+        ("BATCHINFER_LANDING_URI", "s3://Bad_Bucket/landing", "BATCHINFER_LANDING_URI='s3://Bad_Bucket/landing' is not s3://<bucket>/<prefix>"),
+        ("BATCHINFER_SNAPSHOT_RETENTION_DAYS", "forever", "BATCHINFER_SNAPSHOT_RETENTION_DAYS must be a positive integer"),
     ],
 )
 def test_settings_that_can_never_work_are_refused_at_load_naming_the_variable(tmp_path, variable, value, message):

@@ -24,7 +24,7 @@ from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.schedules import daily_scoring_schedule
-from batchinfer_assets.sensors import freshness_checks_sensor, model_version_sensor, publish_predictions_sensor
+from batchinfer_assets.sensors import freshness_checks_sensor, model_version_sensor, orphaned_runs_sensor, publish_predictions_sensor
 from batchinfer_assets.settings import Settings
 
 S3_MAX_ATTEMPTS = 5
@@ -79,7 +79,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=[*ASSET_CHECKS, *FRESHNESS_CHECKS],
         jobs=[daily_scoring_job, reproduce_predictions_job],
         schedules=[daily_scoring_schedule],
-        sensors=[publish_predictions_sensor, freshness_checks_sensor, model_version_sensor],
+        sensors=[publish_predictions_sensor, freshness_checks_sensor, model_version_sensor, orphaned_runs_sensor],
         resources=build_resources(settings),
         # Each run is one step (the day-by-day pipeline, or an observation): a separate step process would only
         # add its start-up and its exit (about 1.7 s of interpreter shutdown with torch and MLflow loaded).

@@ -12,6 +12,7 @@ from batchinfer_assets import tables
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
+from batchinfer_assets.run_worker import WORKER_TAG, is_alive
 
 # The tag of `python -m batchinfer_assets.reproduce` runs (value: the run reproduced).
 REPRODUCES_TAG = "batchinfer/reproduces"
@@ -123,3 +124,37 @@ def model_version_sensor(context: dg.SensorEvaluationContext, model_registry: Ml
             )
         ]
     )
+
+
+@dg.sensor(
+    name="orphaned_runs_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks runs whose worker process died (SIGKILL, OOM killer, a reboot) as failed, so they do not stay STARTED.",
+)
+def orphaned_runs_sensor(context: dg.SensorEvaluationContext):
+    """Fails STARTED pipeline runs whose worker process on this host is gone.
+
+    The local run launcher starts run workers as child processes of the code location server (where this sensor
+    runs too) and cannot tell Dagster's run monitoring whether a worker is alive, so a killed run stayed
+    STARTED forever. Each pipeline run tags itself with `host/pid/start time`; a run whose host is this one and
+    whose process is gone (or whose pid now belongs to a newer process) is reported failed, which also lets the
+    run-retry daemon retry it. Runs on other hosts are left to their launcher's monitoring.
+    """
+    records = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]), limit=200)
+    failed = []
+    for record in records:
+        worker = record.dagster_run.tags.get(WORKER_TAG, "")
+        if is_alive(worker) is not False:
+            continue  # running, or not ours to judge
+        current = context.instance.get_run_by_id(record.dagster_run.run_id)
+        if current is None or current.status != dg.DagsterRunStatus.STARTED:
+            continue
+        context.instance.report_run_failed(
+            current, f"run worker {worker} is gone (killed, or the machine restarted) while the run was STARTED"
+        )
+        failed.append(current.run_id)
+    if not failed:
+        return dg.SkipReason(f"{len(records)} started run(s), none orphaned")
+    context.log.info(f"marked {len(failed)} orphaned run(s) failed: {', '.join(failed)}")
+    return dg.SkipReason(f"marked {len(failed)} orphaned run(s) failed")

@@ -30,6 +30,7 @@ from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
+from batchinfer_assets.run_worker import WORKER_TAG, this_worker
 from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, is_transient
 from batchinfer_assets.tables import (
     DRIFT_METRICS,
@@ -42,6 +43,7 @@ from batchinfer_assets.tables import (
 )
 
 DAYS_TAG = "batchinfer/days"
+
 
 # Stages that read the run's model version (signature check, scoring, drift's training reference).
 MODEL_STAGES = frozenset({INPUT_SNAPSHOT, PREDICTIONS, DRIFT_METRICS})
@@ -120,7 +122,8 @@ def daily_pipeline(
         snapshot_retention_days=table_storage.snapshot_retention_days,
     )
     # The Runs list shows tags: a range run names its days there (one-day runs carry dagster/partition).
-    context.instance.add_run_tags(context.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}"})
+    # The worker's host and pid let `orphaned_runs_sensor` tell a killed run from a running one.
+    context.instance.add_run_tags(context.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}", WORKER_TAG: this_worker()})
     stopped: dict[str, str] = {}
     stages = [(assets, stage) for assets, stage in STAGES if any(a in run.selected for a in assets)]
     context.log.info(

@@ -102,8 +102,9 @@ scoring_runs_table = sa.Table(
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("model_run_id", sa.String(64)),
     sa.Column("tracking_uri", sa.String(1024)),
-    sa.Column("artifact_checksum", sa.String(64), nullable=False),
-    sa.Column("input_snapshot_hash", sa.String(64), nullable=False),
+    # Hex digests, with their algorithm prefix (e.g. "sha256:..."): room for longer digests too.
+    sa.Column("artifact_checksum", sa.String(160), nullable=False),
+    sa.Column("input_snapshot_hash", sa.String(160), nullable=False),
     sa.Column("code_version", sa.String(64)),
     sa.Column("engine", sa.String(32)),
     sa.Column("device", sa.String(32)),

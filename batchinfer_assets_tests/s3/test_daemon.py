@@ -1,5 +1,7 @@
 """The whole system with S3 storage: daemon-launched runs are new processes that reach the S3 server themselves."""
 
+from batchinfer_assets.lib.hashing import table_content_hash
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets_tests.system.dagster_processes import REPO, backfill_scoring_then_wait_for_publishing, running_dagster
 
 DAYS = ["2025-06-02"]
@@ -17,5 +19,9 @@ def test_backfill_through_the_daemon_stores_every_table_on_s3(tmp_path, demo_mod
     keys = {item["Key"] for item in page.get("Contents", [])}
     expected = {f"warehouse/{t}/dt={d}/part-00000.parquet" for t in TABLES for d in DAYS}
     expected |= {f"warehouse/drift_reports/dt={d}/report.html" for d in DAYS}
+    # Each scored input is archived by its content hash beside the tables.
+    store = PartitionedParquetStore(f"s3://{s3_env.bucket}/warehouse", s3_client=s3_env.client)
+    hashes = {table_content_hash(store.read_partition("input_snapshot", d)).removeprefix("sha256:") for d in DAYS}
+    expected |= {f"warehouse/input_snapshot_archive/sha256={h}/part-00000.parquet" for h in hashes}
     assert keys == expected
     assert not (tmp_path / "home" / "storage").exists(), "nothing went to the local default storage"

@@ -146,7 +146,12 @@ def test_landing_on_s3_fails_like_a_local_landing_zone(s3_env):
         landing.load_day(day)
 
     s3_env.client.put_object(Bucket=s3_env.bucket, Key=f"landing/dt={DAY}/README.txt", Body=b"not data")
-    with pytest.raises(LandingDataError, match=r"no \*\.parquet files in s3://"):
+    with pytest.raises(LandingDataError, match=rf"landing file s3://{s3_env.bucket}/landing/dt={DAY}/README.txt is not a readable Parquet file"):
+        landing.load_day(day)
+
+    s3_env.client.delete_object(Bucket=s3_env.bucket, Key=f"landing/dt={DAY}/README.txt")
+    s3_env.client.put_object(Bucket=s3_env.bucket, Key=f"landing/dt={DAY}/_SUCCESS", Body=b"")
+    with pytest.raises(LandingDataError, match=rf"no landing data for {DAY}: no data files in s3://{s3_env.bucket}/landing/dt={DAY}/"):
         landing.load_day(day)
 
     bad_key = f"landing/dt={DAY}/part-0.parquet"

@@ -3,6 +3,7 @@
 # every run pod and step pod the K8sRunLauncher and k8s_job_executor start.
 #   docker build -t batchinfer-assets:cpu .                                   # CPU torch (default)
 #   docker build --build-arg TORCH_VARIANT=cu128 -t batchinfer-assets:cu128 .  # CUDA 12.8 torch
+#   add --build-arg GIT_COMMIT=$(git rev-parse HEAD) so each scored day records the image's commit
 # TORCH_VARIANT is any wheel index under https://download.pytorch.org/whl/ (cpu, cu126, cu128, ...).
 # A CUDA image also runs on CPU nodes: BATCHINFER_DEVICE=auto falls back to the CPU.
 FROM python:3.11-slim-bookworm
@@ -34,6 +35,10 @@ WORKDIR /opt/dagster/app
 COPY deploy/docker/install.sh /usr/local/bin/batchinfer-install
 COPY pyproject.toml ./
 RUN batchinfer-install deps
+
+# The commit every scored day records (the image has no .git): docker build --build-arg GIT_COMMIT=$(git rev-parse HEAD)
+ARG GIT_COMMIT=unknown
+ENV BATCHINFER_GIT_COMMIT=${GIT_COMMIT}
 
 COPY batchinfer_assets ./batchinfer_assets
 COPY README.md workspace.yaml dagster.yaml ./

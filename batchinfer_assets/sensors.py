@@ -1,4 +1,7 @@
-"""Sensors: publishing follows predictions, and freshness checks are evaluated as days close."""
+"""Sensors: publishing follows predictions, performance follows labels, and freshness checks are evaluated as days close."""
+
+import datetime as dt
+import json
 
 import dagster as dg
 
@@ -8,10 +11,15 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from batchinfer_assets import tables
+from batchinfer_assets.assets.performance import LABELS_FINGERPRINT_KEY
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
+from batchinfer_assets.resources.labels import LabelsResource
 
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
+PREDICTION_PERFORMANCE = dg.AssetKey(tables.PREDICTION_PERFORMANCE)
+# Scored days whose labels are watched: the synthetic source releases its last labels 60 days after a transaction.
+LABELS_WINDOW_DAYS = 60
 _BATCH = 1000
 
 
@@ -70,6 +78,56 @@ def publish_predictions_sensor(context: dg.SensorEvaluationContext):
         run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "predictions"})],
         cursor=str(new_cursor),
     )
+
+
+@dg.sensor(
+    name="prediction_performance_sensor",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=[PREDICTION_PERFORMANCE],
+    description="Re-evaluates exactly the scored days whose label files changed since they were last evaluated.",
+)
+def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: LabelsResource):
+    """Requests `prediction_performance` for each recent scored day whose labels changed, as one backfill.
+
+    Watches the most recent LABELS_WINDOW_DAYS days that have predictions. A day's labels count as changed when
+    their fingerprint (file names, sizes and modification times; for the synthetic source, labels released so
+    far) differs from the cursor's, or, for a day the cursor does not know yet, from the fingerprint recorded
+    on the day's latest evaluation. Nothing is read but file listings, and only changed days are requested.
+    """
+    instance = context.instance
+    previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    scored = sorted(instance.get_materialized_partitions(PREDICTIONS))[-LABELS_WINDOW_DAYS:]
+    if not scored:
+        return dg.SensorResult(skip_reason="no scored days yet", cursor=json.dumps({}))
+    current = {day: labels.label_files_fingerprint(dt.date.fromisoformat(day)) for day in scored}
+    changed = [day for day in scored if current[day] != (previous.get(day) or _evaluated_fingerprint(instance, day))]
+    # The cursor keeps only the window: older days drop out as new ones are scored.
+    cursor = json.dumps(current, sort_keys=True)
+    if not changed:
+        return dg.SensorResult(
+            skip_reason=f"labels unchanged for the {len(scored)} scored day(s) {scored[0]}..{scored[-1]}", cursor=cursor
+        )
+    context.log.info(f"labels changed for {len(changed)} day(s): {', '.join(changed)}")
+    subset = AssetGraphSubset.from_asset_partition_set(
+        {AssetKeyPartitionKey(PREDICTION_PERFORMANCE, day) for day in changed},
+        asset_graph=context.repository_def.asset_graph,
+    )
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "labels"})],
+        cursor=cursor,
+    )
+
+
+def _evaluated_fingerprint(instance: dg.DagsterInstance, day: str) -> str | None:
+    """The labels fingerprint the day's latest evaluation recorded; None when it was never evaluated."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=PREDICTION_PERFORMANCE, asset_partitions=[day]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get(LABELS_FINGERPRINT_KEY)
+    return None if value is None else str(value.value)
 
 
 freshness_checks_sensor = dg.build_sensor_for_freshness_checks(

@@ -29,6 +29,8 @@ class Settings:
     predictions_db_url: str
     # botocore reads AWS_ENDPOINT_URL and credentials itself but not AWS_REGION, so the region is passed on.
     aws_region: str | None = None
+    # Where delayed labels land; None: the synthetic source's own truth, released with a delay.
+    labels_uri: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -55,6 +57,7 @@ class Settings:
             max_invalid_fraction=_fraction(get("BATCHINFER_MAX_INVALID_FRACTION")),
             predictions_db_url=_database_url(get("BATCHINFER_PREDICTIONS_DB_URL")) or f"sqlite:///{home / 'predictions.db'}",
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
+            labels_uri=_zone_uri("BATCHINFER_LABELS_URI", get("BATCHINFER_LABELS_URI")),
         )
 
     @property
@@ -83,6 +86,19 @@ def _scoring_engine(raw: str | None) -> str:
             "this version; unset the variable or set it to 'local'"
         )
     return "local"
+
+
+def _zone_uri(name: str, raw: str | None) -> str | None:
+    # A local path or s3://bucket/prefix; any other scheme would be read as a local folder named "gs:" and
+    # find nothing, which for labels looks like "no labels yet" rather than an error.
+    if raw is None:
+        return None
+    scheme = raw.split("://", 1)[0] if "://" in raw else None
+    if scheme not in (None, "s3", "file"):
+        raise ValueError(f"{name} must be a local path or s3://bucket/prefix, got scheme {scheme!r}")
+    if scheme == "s3" and not raw.removeprefix("s3://").split("/", 1)[0]:
+        raise ValueError(f"{name} names no bucket: expected s3://bucket/prefix, got {raw!r}")
+    return raw
 
 
 def _device(raw: str | None) -> str:

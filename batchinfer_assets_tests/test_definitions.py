@@ -19,6 +19,7 @@ CONTRACT_DAILY = {
     "predictions",
     "drift_metrics",
     "published_predictions",
+    "prediction_performance",
 }
 EXPECTED_DEPS = {
     "raw_transactions": set(),
@@ -28,6 +29,7 @@ EXPECTED_DEPS = {
     "predictions": {"input_snapshot", "scoring_model"},
     "drift_metrics": {"input_snapshot", "predictions"},
     "published_predictions": {"predictions", "raw_transactions"},
+    "prediction_performance": {"predictions"},
 }
 
 
@@ -99,7 +101,7 @@ def test_the_scoring_job_leaves_freshness_to_its_sensor(defs):
     """Freshness checks judge yesterday's partition at the deadline; inside a run they would judge the run's days."""
     job = defs.resolve_job_def("daily_scoring_job")
     checks = {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
-    assert checks == {"invalid_share_within_limit", "matches_model_signature", "drift_check"}
+    assert checks == {"invalid_share_within_limit", "matches_model_signature", "drift_check", "performance_within_floor"}
 
 
 def test_any_selection_of_the_pipeline_can_run(defs):

@@ -9,7 +9,7 @@ from typing import Optional
 import dagster as dg
 import pandas as pd
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from batchinfer_assets.lib.labels import (
     DayLabels,
@@ -50,21 +50,34 @@ class SyntheticLabelsResource(LabelsResource):
     seed: int = Field(default=DEFAULT_SEED, description="Seed of the synthetic landing zone (must match it).")
     now: Optional[str] = Field(
         default=None,
-        description="Evaluate as of this instant (ISO 8601, UTC if no zone), e.g. to replay a past morning; unset: the wall clock.",
+        description=(
+            "Evaluate as of this instant (ISO 8601, UTC if no zone), e.g. to replay a past morning; unset: the wall "
+            "clock. Labels are released in one drop a day at 00:00 UTC."
+        ),
     )
 
     def location(self, day: dt.date) -> str:
         return f"synthetic-labels://seed={self.seed}/rows={self.rows_per_day}/dt={day.isoformat()}"
 
+    _schedules: dict[tuple[dt.date, int, int], pd.DataFrame] = PrivateAttr(default_factory=dict)
+
     def as_of(self) -> pd.Timestamp:
-        """The instant up to which labels count as released."""
-        if self.now is None:
-            return pd.Timestamp.now(tz="UTC")
-        stamp = pd.Timestamp(self.now)
-        return stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
+        """The instant up to which labels count as released: the last daily drop, at 00:00 UTC.
+
+        Labels arrive as one drop a day, as a daily labels feed would land them, so a day's known labels (and
+        the sensor's fingerprint of them) change once a day rather than at every tick.
+        """
+        stamp = pd.Timestamp.now(tz="UTC") if self.now is None else pd.Timestamp(self.now)
+        stamp = stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
+        return stamp.floor("D")
 
     def _released(self, day: dt.date) -> pd.DataFrame:
-        return released_by(synthetic_label_schedule(day, self.rows_per_day, self.seed), self.as_of())
+        # The evaluation asks for the fingerprint and then the labels of the same day: generate it once.
+        key = (day, self.rows_per_day, self.seed)
+        if key not in self._schedules:
+            self._schedules.clear()
+            self._schedules[key] = synthetic_label_schedule(day, self.rows_per_day, self.seed)
+        return released_by(self._schedules[key], self.as_of())
 
     def labels_for(self, day: dt.date) -> DayLabels:
         return latest_labels([self._released(day)], [self.location(day)])

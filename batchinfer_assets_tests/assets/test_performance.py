@@ -165,6 +165,26 @@ def test_a_labels_file_without_a_column_stops_that_day_only(tmp_path, unloadable
     assert not store.has_partition(PERFORMANCE, other)
 
 
+def test_a_model_without_hold_out_metric_is_judged_against_a_configured_absolute_floor(tmp_path, unloadable_registry):
+    store = PartitionedParquetStore(tmp_path / "storage")
+    labels_root = tmp_path / "labels"
+    ids = _write_predictions(store, DAY, np.array([0.9, 0.8, 0.3, 0.2]))
+    # One of four pairs ordered wrong: AUC 0.75.
+    _land_labels(labels_root, DAY, "a.parquet", ids, [1, 0, 1, 0])
+    resources = pipeline_resources(
+        tmp_path / "storage",
+        unloadable_registry,
+        labels=ParquetLabelsResource(uri=str(labels_root)),
+        performance_policy=PerformancePolicyResource(absolute_floor=0.8, min_labelled_positives=1),
+    )
+    result = materialize_pipeline(resources, [PERFORMANCE], partition_key=DAY)
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description == (
+        "PERFORMANCE BELOW FLOOR: version 1: realized ROC AUC 0.750 BELOW floor 0.800 (the configured absolute floor)"
+    )
+
+
 # --- the real pipeline with the demo model ---------------------------------------------------------------------
 
 ROWS = 5000

@@ -21,7 +21,14 @@ import pyarrow.compute as pc
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.labels import DayLabels, labels_table
-from batchinfer_assets.lib.performance import ECE_BINS, ESTIMATED, PERFORMANCE_COLUMNS, REALIZED, performance_rows
+from batchinfer_assets.lib.performance import (
+    ECE_BINS,
+    ESTIMATED,
+    PERFORMANCE_COLUMNS,
+    REALIZED,
+    estimated_metrics,
+    performance_rows,
+)
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.tables import PERFORMANCE_CHECK, PREDICTION_PERFORMANCE, PREDICTIONS
 
@@ -106,6 +113,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     versions = sorted(str(v) for v in pc.unique(version_column).to_pylist())
     rows: list[dict] = []
     judgements: list[Judgement] = []
+    gaps: list[float | None] = []
     for version in versions:
         selected = pc.equal(version_column, version)
         mine = selected.to_numpy()
@@ -113,6 +121,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         realized, estimated = performance_rows(version, scores[mine], flagged[mine], y[mine])
         rows += [realized, estimated]
         judgements.append(_judge(run, name, version, realized, estimated, y[mine]))
+        gaps.append(estimate_gap(scores[mine], flagged[mine], y[mine], realized["roc_auc"]))
     table = pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA)
     uri = run.store.write_partition(PREDICTION_PERFORMANCE, day, table)
 
@@ -129,7 +138,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         run.context.log.warning(f"{day}: {verdict}")
     # The day's headline figures, one number each, for the Plots tab: the version that scored most rows.
     main = max(range(len(judgements)), key=lambda k: rows[2 * k]["n_predictions"], default=None)
-    headline = _headline(rows[2 * main], rows[2 * main + 1], judgements[main]) if main is not None else {}
+    headline = _headline(rows[2 * main], rows[2 * main + 1], judgements[main], gaps[main]) if main is not None else {}
     metadata: dict[str, object] = {
         **headline,
         "n_predictions": len(y),
@@ -207,7 +216,20 @@ def _judge(run: PipelineRun, name: str, version: str, realized: dict, estimated:
     return Judgement(version, estimated["roc_auc"], basis, floor, holdout)
 
 
-def _headline(realized: dict, estimated: dict, judgement: Judgement) -> dict[str, object]:
+def estimate_gap(scores: np.ndarray, flagged: np.ndarray, y: np.ndarray, realized_auc: float | None) -> float | None:
+    """How far the estimate misses on rows whose labels are known: CBPE's ROC AUC of the labelled rows minus their realized one.
+
+    Near 0 when the scores behave as probabilities; a steady gap says the estimate for the unlabelled rows is
+    off by about as much (the demo model's is about -0.05: it is not calibrated).
+    """
+    labelled = y >= 0
+    if realized_auc is None:
+        return None
+    estimated = estimated_metrics(scores[labelled], flagged[labelled]).roc_auc
+    return None if estimated is None else estimated - realized_auc
+
+
+def _headline(realized: dict, estimated: dict, judgement: Judgement, gap: float | None) -> dict[str, object]:
     """Floats for the Plots tab; a figure the day cannot define (e.g. no labels yet) is left out, not zero."""
     figures = {
         "roc_auc": realized["roc_auc"],
@@ -220,6 +242,7 @@ def _headline(realized: dict, estimated: dict, judgement: Judgement) -> dict[str
         "estimated_roc_auc": estimated["roc_auc"],
         "estimated_precision": estimated["precision"],
         "estimated_recall": estimated["recall"],
+        "estimate_gap": gap,
         "judged_roc_auc": judgement.auc,
         "floor": judgement.floor,
         "holdout_roc_auc": judgement.holdout,

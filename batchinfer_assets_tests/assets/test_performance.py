@@ -113,6 +113,9 @@ def test_estimate_for_unlabelled_rows_tracks_what_their_labels_later_show(tmp_pa
     first_meta = materializations(first, PERFORMANCE)[DAY]
     second_meta = materializations(second, PERFORMANCE)[DAY]
     assert first_meta.tags["dagster/data_version"] != second_meta.tags["dagster/data_version"], "new labels, new version"
+    # On the labelled rows the estimate can be compared with their labels: calibrated scores, small gap.
+    for meta in (first_meta, second_meta):
+        assert abs(meta.metadata["estimate_gap"].value) < 0.025
     assert first_meta.metadata["latest_labelled_at"].value.startswith("2025-03-15")
     assert second_meta.metadata["latest_labelled_at"].value.startswith("2025-04-01")
     assert second_meta.metadata["label_coverage"].value == 1.0

@@ -14,6 +14,7 @@ from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policie
 from batchinfer_assets.jobs import daily_scoring_job
 from batchinfer_assets.resources.labels import (
     LabelsResource,
+    NoLabelsResource,
     ParquetLabelsResource,
     PerformancePolicyResource,
     SyntheticLabelsResource,
@@ -58,12 +59,15 @@ def build_resources(settings: Settings) -> dict[str, object]:
         if settings.landing_uri
         else SyntheticLandingZoneResource(rows_per_day=settings.rows_per_day)
     )
-    # The synthetic labels are the synthetic landing zone's truth: same rows a day, so the ids match.
-    labels: LabelsResource = (
-        ParquetLabelsResource(uri=settings.labels_uri, s3=s3)
-        if settings.labels_uri
-        else SyntheticLabelsResource(rows_per_day=settings.rows_per_day)
-    )
+    # The synthetic labels are the synthetic landing zone's truth (same rows a day, so the ids match); beside a real
+    # landing zone they would only name ids that were never scored.
+    labels: LabelsResource
+    if settings.labels_uri:
+        labels = ParquetLabelsResource(uri=settings.labels_uri, s3=s3)
+    elif settings.landing_uri:
+        labels = NoLabelsResource()
+    else:
+        labels = SyntheticLabelsResource(rows_per_day=settings.rows_per_day)
     return {
         "io_manager": HiveParquetIOManager(base_uri=settings.storage_uri, s3=s3),
         "landing_zone": landing_zone,

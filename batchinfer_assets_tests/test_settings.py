@@ -1,3 +1,4 @@
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -101,9 +102,12 @@ def test_every_documented_device_is_accepted(tmp_path, device):
 
 def test_labels_uri_picks_the_parquet_labels_zone_and_its_absence_the_synthetic_truth(tmp_path):
     from batchinfer_assets.definitions import build_resources
-    from batchinfer_assets.resources.labels import ParquetLabelsResource, SyntheticLabelsResource
+    from batchinfer_assets.resources.labels import NoLabelsResource, ParquetLabelsResource, SyntheticLabelsResource
 
     synthetic = build_resources(Settings.from_env({"BATCHINFER_DEMO_ROWS_PER_DAY": "700"}, cwd=tmp_path))["labels"]
     assert isinstance(synthetic, SyntheticLabelsResource) and synthetic.rows_per_day == 700, "ids must match the landing zone's"
     zone = build_resources(Settings.from_env({"BATCHINFER_LABELS_URI": str(tmp_path / "labels")}, cwd=tmp_path))["labels"]
     assert isinstance(zone, ParquetLabelsResource) and zone.uri == str(tmp_path / "labels")
+    # A real landing zone without a labels zone: the synthetic truth would name ids that were never scored.
+    own_data = build_resources(Settings.from_env({"BATCHINFER_LANDING_URI": str(tmp_path / "landing")}, cwd=tmp_path))["labels"]
+    assert isinstance(own_data, NoLabelsResource) and own_data.labels_for(dt.date(2025, 3, 1)).labels.empty

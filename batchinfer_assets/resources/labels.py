@@ -106,6 +106,22 @@ class ParquetLabelsResource(LabelsResource):
         return files_fingerprint(label_files(self.uri, day, s3_client=self._client()))
 
 
+class NoLabelsResource(LabelsResource):
+    """No labels zone: a real landing zone without BATCHINFER_LABELS_URI (the synthetic truth would name other ids).
+
+    Every day is then evaluated on the estimate alone, and its metadata says where labels would come from.
+    """
+
+    def location(self, day: dt.date) -> str:
+        return "none: set BATCHINFER_LABELS_URI to a labels zone"
+
+    def labels_for(self, day: dt.date) -> DayLabels:
+        return latest_labels([], [])
+
+    def label_files_fingerprint(self, day: dt.date) -> str:
+        return "none"
+
+
 class PerformancePolicyResource(dg.ConfigurableResource):
     """When a day's performance counts as too low: the floor below the model's own hold-out figure."""
 

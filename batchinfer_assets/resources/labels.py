@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from abc import ABC, abstractmethod
 from typing import Optional
 
 import dagster as dg
 import pandas as pd
 from dagster_aws.s3 import S3Resource
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from batchinfer_assets.lib.labels import (
+    MAX_DELAY_DAYS,
     DayLabels,
     files_fingerprint,
     label_files,
@@ -59,8 +61,6 @@ class SyntheticLabelsResource(LabelsResource):
     def location(self, day: dt.date) -> str:
         return f"synthetic-labels://seed={self.seed}/rows={self.rows_per_day}/dt={day.isoformat()}"
 
-    _schedules: dict[tuple[dt.date, int, int], pd.DataFrame] = PrivateAttr(default_factory=dict)
-
     def as_of(self) -> pd.Timestamp:
         """The instant up to which labels count as released: the last daily drop, at 00:00 UTC.
 
@@ -71,20 +71,15 @@ class SyntheticLabelsResource(LabelsResource):
         stamp = stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
         return stamp.floor("D")
 
-    def _released(self, day: dt.date) -> pd.DataFrame:
-        # The evaluation asks for the fingerprint and then the labels of the same day: generate it once.
-        key = (day, self.rows_per_day, self.seed)
-        if key not in self._schedules:
-            self._schedules.clear()
-            self._schedules[key] = synthetic_label_schedule(day, self.rows_per_day, self.seed)
-        return released_by(self._schedules[key], self.as_of())
-
     def labels_for(self, day: dt.date) -> DayLabels:
-        return latest_labels([self._released(day)], [self.location(day)])
+        released = released_by(synthetic_label_schedule(day, self.rows_per_day, self.seed), self.as_of())
+        return latest_labels([released], [self.location(day)])
 
     def label_files_fingerprint(self, day: dt.date) -> str:
-        # The synthetic source has no files: the number of labels released so far plays their part.
-        return f"released={len(self._released(day))}"
+        # No files: the last daily drop that can have released labels for the day plays their part. It changes
+        # with each drop until the longest delay has passed, and costs nothing (the sensor asks for 60 days a tick).
+        last_release = day + dt.timedelta(days=math.ceil(MAX_DELAY_DAYS) + 1)
+        return f"drop={min(self.as_of().date(), last_release).isoformat()}"
 
 
 class ParquetLabelsResource(LabelsResource):

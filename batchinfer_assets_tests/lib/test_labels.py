@@ -128,6 +128,9 @@ def test_synthetic_release_follows_the_clock():
     n_early, n_later, n_done = (len(r.labels_for(DAY).labels) for r in (early, later, done))
     assert 0 < n_early < n_later < n_done < 2000
     assert n_done == pytest.approx(2000 * (1 - NEVER_LABELLED_SHARE), abs=40)
-    assert early.label_files_fingerprint(DAY) == f"released={n_early}" != later.label_files_fingerprint(DAY)
+    assert early.label_files_fingerprint(DAY) != later.label_files_fingerprint(DAY)
+    # Past the longest delay nothing more is released: the fingerprint stops changing.
+    assert done.label_files_fingerprint(DAY) == resource("2027-06-01").label_files_fingerprint(DAY)
+    assert resource("2025-03-05T23:59").label_files_fingerprint(DAY) == early.label_files_fingerprint(DAY), "one drop a day"
     assert (early.labels_for(DAY).labels["labelled_at"] <= pd.Timestamp("2025-03-05", tz="UTC")).all()
     assert np.isin(early.labels_for(DAY).labels["transaction_id"], done.labels_for(DAY).labels["transaction_id"]).all()

@@ -91,8 +91,8 @@ def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: L
     """Requests `prediction_performance` for each recent scored day whose labels changed, as one backfill.
 
     Watches the most recent LABELS_WINDOW_DAYS days that have predictions. A day's labels count as changed when
-    their fingerprint (file names, sizes and modification times; for the synthetic source, labels released so
-    far) differs from the cursor's, or, for a day the cursor does not know yet, from the fingerprint recorded
+    their fingerprint (file names, sizes and modification times; for the synthetic source, the last daily drop
+    that can have released labels for the day) differs from the cursor's, or, for a day the cursor does not know yet, from the fingerprint recorded
     on the day's latest evaluation. Nothing is read but file listings, and only changed days are requested.
     """
     instance = context.instance

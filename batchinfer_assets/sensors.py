@@ -85,37 +85,60 @@ def publish_predictions_sensor(context: dg.SensorEvaluationContext):
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     asset_selection=[PREDICTION_PERFORMANCE],
-    description="Re-evaluates exactly the scored days whose label files changed since they were last evaluated.",
+    description="Re-evaluates exactly the scored days whose labels changed, or that were scored again, since their last evaluation.",
 )
 def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: LabelsResource):
-    """Requests `prediction_performance` for each recent scored day whose labels changed, as one backfill.
+    """Requests `prediction_performance` for each recent scored day whose labels or predictions changed, as one backfill.
 
-    Watches the most recent LABELS_WINDOW_DAYS days that have predictions. A day's labels count as changed when
-    their fingerprint (file names, sizes and modification times; for the synthetic source, the last daily drop
-    that can have released labels for the day) differs from the cursor's, or, for a day the cursor does not know yet, from the fingerprint recorded
-    on the day's latest evaluation. Nothing is read but file listings, and only changed days are requested.
+    Watches the most recent LABELS_WINDOW_DAYS days that have predictions. A day is requested when
+    - its labels changed: their fingerprint (file names, sizes and modification times; for the synthetic source,
+      the last daily drop that can have released labels for the day) differs from the cursor's, or, for a day the
+      cursor does not know yet, from the one recorded on the day's latest evaluation; or
+    - its predictions are newer than its latest evaluation (re-scored, or never evaluated), once per new
+      predictions materialization, so a day whose evaluation keeps failing is not requested at every tick.
+    A day whose latest predictions come from a run still in progress waits: that run may evaluate it itself.
+    Nothing is read but file listings and the instance's records.
     """
     instance = context.instance
-    previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    previous: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
     scored = sorted(instance.get_materialized_partitions(PREDICTIONS))[-LABELS_WINDOW_DAYS:]
     if not scored:
         return dg.SensorResult(skip_reason="no scored days yet", cursor=json.dumps({}))
-    current = {day: labels.label_files_fingerprint(dt.date.fromisoformat(day)) for day in scored}
-    changed = [day for day in scored if current[day] != (previous.get(day) or _evaluated_fingerprint(instance, day))]
-    # The cursor keeps only the window: older days drop out as new ones are scored.
-    cursor = json.dumps(current, sort_keys=True)
+    materialized = dg.DagsterEventType.ASSET_MATERIALIZATION
+    scored_at = instance.get_latest_storage_id_by_partition(PREDICTIONS, materialized, partitions=set(scored))
+    evaluated_at = instance.get_latest_storage_id_by_partition(PREDICTION_PERFORMANCE, materialized, partitions=set(scored))
+
+    cursor: dict[str, list] = {}
+    changed: dict[str, str] = {}
+    waiting: list[str] = []
+    for day in scored:
+        fingerprint = labels.label_files_fingerprint(dt.date.fromisoformat(day))
+        seen_fingerprint, seen_scored_at = previous.get(day) or (_evaluated_fingerprint(instance, day), None)
+        if fingerprint != seen_fingerprint:
+            changed[day] = "labels changed"
+        elif scored_at[day] > evaluated_at.get(day, -1) and scored_at[day] != seen_scored_at:
+            changed[day] = "scored since its last evaluation" if day in evaluated_at else "never evaluated"
+        if day in changed and not _scoring_run_finished(instance, day):
+            del changed[day]
+            waiting.append(day)
+            continue  # left out of the cursor: judged again at the next tick
+        cursor[day] = [fingerprint, scored_at[day]]
+
+    new_cursor = json.dumps(cursor, sort_keys=True)
     if not changed:
+        waits = f"; {len(waiting)} day(s) wait for the run scoring them" if waiting else ""
         return dg.SensorResult(
-            skip_reason=f"labels unchanged for the {len(scored)} scored day(s) {scored[0]}..{scored[-1]}", cursor=cursor
+            skip_reason=f"labels and predictions unchanged for the {len(scored)} scored day(s) {scored[0]}..{scored[-1]}{waits}",
+            cursor=new_cursor,
         )
-    context.log.info(f"labels changed for {len(changed)} day(s): {', '.join(changed)}")
+    context.log.info("re-evaluating " + ", ".join(f"{day} ({why})" for day, why in changed.items()))
     subset = AssetGraphSubset.from_asset_partition_set(
         {AssetKeyPartitionKey(PREDICTION_PERFORMANCE, day) for day in changed},
         asset_graph=context.repository_def.asset_graph,
     )
     return dg.SensorResult(
         run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "labels"})],
-        cursor=cursor,
+        cursor=new_cursor,
     )
 
 
@@ -128,6 +151,13 @@ def _evaluated_fingerprint(instance: dg.DagsterInstance, day: str) -> str | None
         return None
     value = records[0].asset_materialization.metadata.get(LABELS_FINGERPRINT_KEY)
     return None if value is None else str(value.value)
+
+
+def _scoring_run_finished(instance: dg.DagsterInstance, day: str) -> bool:
+    """Whether the run that wrote the day's latest predictions is over (it may evaluate the day itself)."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=PREDICTIONS, asset_partitions=[day]), limit=1).records
+    run = instance.get_run_by_id(records[0].run_id) if records else None
+    return run is None or run.is_finished
 
 
 freshness_checks_sensor = dg.build_sensor_for_freshness_checks(

@@ -1,4 +1,4 @@
-"""Performance follows labels: exactly the scored days whose label files changed are evaluated again."""
+"""Performance follows labels and predictions: exactly the scored days whose labels or predictions changed are evaluated again."""
 
 import dataclasses
 import json
@@ -49,7 +49,7 @@ def _evaluate(defs, instance, cursor):
     return sorted(k.partition_key for k in keys), result.cursor, result.skip_reason.skip_message if result.skip_reason else None
 
 
-def test_requests_exactly_the_days_whose_labels_changed(settings):
+def test_requests_exactly_the_days_whose_labels_or_predictions_changed(settings):
     defs = build_definitions(settings)
     with dg.instance_for_test() as instance:
         days, cursor, skip = _evaluate(defs, instance, None)
@@ -62,7 +62,7 @@ def test_requests_exactly_the_days_whose_labels_changed(settings):
         assert result.success
         # Every day was evaluated by the scoring run with the labels then known (none): nothing to do.
         days, cursor, skip = _evaluate(defs, instance, cursor)
-        assert days == [] and skip.startswith(f"labels unchanged for the 3 scored day(s) {DAYS[0]}..{DAYS[-1]}")
+        assert days == [] and skip == f"labels and predictions unchanged for the 3 scored day(s) {DAYS[0]}..{DAYS[-1]}"
 
         _land(settings, DAYS[0], "part-1.parquet", [f"{DAYS[0].replace('-', '')}-0000001"])
         _land(settings, DAYS[2], "part-1.parquet", ["x"])
@@ -77,6 +77,16 @@ def test_requests_exactly_the_days_whose_labels_changed(settings):
         days, cursor, _ = _evaluate(defs, instance, cursor)
         assert days == [DAYS[0]]
 
+        # Scored again (say after the model alias moved), without its evaluation: requested once.
+        assert dg.materialize(
+            list(defs.assets), resources=build_resources(settings), instance=instance,
+            selection=dg.AssetSelection.assets("predictions"), partition_key=DAYS[1],
+        ).success
+        days, cursor, _ = _evaluate(defs, instance, cursor)
+        assert days == [DAYS[1]]
+        days, cursor, _ = _evaluate(defs, instance, cursor)
+        assert days == [], "one request per new predictions, even before the requested run has evaluated the day"
+
 
 def test_a_cursor_less_start_compares_with_what_each_evaluation_saw(settings):
     defs = build_definitions(settings)
@@ -85,10 +95,17 @@ def test_a_cursor_less_start_compares_with_what_each_evaluation_saw(settings):
         assert dg.materialize(
             list(defs.assets), resources=build_resources(settings), instance=instance, selection=SCORING, partition_key=DAYS[1]
         ).success
-        # Only predictions for the second day: the first is scored but never evaluated, so it is requested.
-        assert dg.materialize(
+        # Only predictions for the first day: scored but never evaluated, so it is requested, once its run is over.
+        scoring = dg.materialize(
             list(defs.assets), resources=build_resources(settings), instance=instance,
             selection=SCORING - dg.AssetSelection.assets("prediction_performance"), partition_key=DAYS[0],
-        ).success
-        days, _, _ = _evaluate(defs, instance, None)
+        )
+        assert scoring.success
+        run = instance.get_run_by_id(scoring.run_id)
+        # A run still in progress may evaluate the day itself: the sensor waits (CANCELING is a run not yet over).
+        instance.report_run_canceling(run)
+        days, cursor, skip = _evaluate(defs, instance, None)
+        assert days == [] and skip.endswith("; 1 day(s) wait for the run scoring them")
+        instance.report_run_canceled(run)
+        days, _, _ = _evaluate(defs, instance, cursor)
         assert days == [DAYS[0]]

@@ -191,3 +191,15 @@ def test_two_first_runs_started_together_register_the_demo_model_once(tmp_path):
     assert outputs == ["models:/fraud-detector/1", "models:/fraud-detector/1"]
     versions = make_client(tracking_uri).search_model_versions("name = 'fraud-detector'")
     assert [str(v.version) for v in versions] == ["1"]
+
+
+def test_version_metric_reads_the_versions_run_and_names_what_is_missing(tiny_model_store, demo_model_store):
+    demo = MlflowModelRegistryResource(tracking_uri=demo_model_store.tracking_uri)
+    holdout = demo.version_metric("fraud-detector", "1", "holdout_roc_auc")
+    assert holdout is not None and 0.5 < holdout <= 1.0
+    tiny = MlflowModelRegistryResource(tracking_uri=tiny_model_store.tracking_uri)
+    # The tiny model's run logged no hold-out metric; predictions scored from a runs:/ URI name the run as version.
+    assert tiny.version_metric("tiny-pickle", "1", "holdout_roc_auc") is None
+    assert tiny.version_metric("", tiny_model_store.run_id, "holdout_roc_auc") is None
+    with pytest.raises(ModelNotFoundError, match=r"model 'tiny-pickle' version 7 \(named by the predictions\) is not in MLflow"):
+        tiny.version_metric("tiny-pickle", "7", "holdout_roc_auc")

@@ -45,7 +45,7 @@ PERFORMANCE_SCHEMA = pa.schema(
 # The labels the evaluation saw, as the re-evaluation sensor compares them.
 LABELS_FINGERPRINT_KEY = "labels_fingerprint"
 CALIBRATION_NOTE = (
-    f"estimated = CBPE on the unlabelled rows (each score taken as P(fraud)): valid only if the model is calibrated; "
+    "estimated = CBPE on the unlabelled rows (each score taken as P(fraud)): valid only if the model is calibrated; "
     f"ece over {ECE_BINS} equal-width score bins; 95% ROC AUC interval by Hanley-McNeil"
 )
 

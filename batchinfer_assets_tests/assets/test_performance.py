@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import math
 from pathlib import Path
 
@@ -202,6 +201,7 @@ def demo_with_broken_version(tmp_path_factory, demo_training):
     v2 is v1 with its output layer negated: its scores are 1 - v1's, so it ranks legitimate traffic above fraud.
     """
     import mlflow
+    import torch
 
     from batchinfer_assets.lib.demo_model import DEMO_MODEL_NAME, register_demo_model
     from batchinfer_assets.lib.model_loading import ensure_experiment, log_torch_model, make_client, mlflow_uris
@@ -211,7 +211,7 @@ def demo_with_broken_version(tmp_path_factory, demo_training):
     artifacts = str(root / "artifacts")
     register_demo_model(tracking_uri=tracking_uri, artifact_location=artifacts, training=demo_training)
     broken = copy.deepcopy(demo_training.module)
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         broken.net[-1].weight.neg_()
         broken.net[-1].bias.neg_()
     client = make_client(tracking_uri)

@@ -100,7 +100,7 @@ def test_every_documented_device_is_accepted(tmp_path, device):
     assert Settings.from_env({"BATCHINFER_DEVICE": device}, cwd=tmp_path).device == device.lower()
 
 
-def test_labels_uri_picks_the_parquet_labels_zone_and_its_absence_the_synthetic_truth(tmp_path):
+def test_labels_uri_picks_the_parquet_labels_zone_and_its_absence_the_synthetic_truth_or_none(tmp_path):
     from batchinfer_assets.definitions import build_resources
     from batchinfer_assets.resources.labels import NoLabelsResource, ParquetLabelsResource, SyntheticLabelsResource
 

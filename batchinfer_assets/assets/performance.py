@@ -80,6 +80,7 @@ class Judgement:
     basis: str
     floor: float | None
     holdout: float | None
+    estimate_gap: float | None
 
     @property
     def below(self) -> bool:
@@ -92,7 +93,11 @@ class Judgement:
             return f"version {self.model_version}: {self.basis} ROC AUC {self.auc:.3f}, no hold-out metric to compare against"
         against = f"hold-out {self.holdout:.3f}" if self.holdout is not None else "the configured absolute floor"
         relation = "BELOW" if self.below else "at or above"
-        return f"version {self.model_version}: {self.basis} ROC AUC {self.auc:.3f} {relation} floor {self.floor:.3f} ({against})"
+        sentence = f"version {self.model_version}: {self.basis} ROC AUC {self.auc:.3f} {relation} floor {self.floor:.3f} ({against})"
+        if self.basis.startswith(ESTIMATED) and self.estimate_gap is not None:
+            # What the estimate is worth for this model, measured on the few rows already labelled.
+            sentence += f"; on the rows labelled so far the estimate was off by {self.estimate_gap:+.3f}"
+        return sentence
 
 
 def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
@@ -113,15 +118,14 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     versions = sorted(str(v) for v in pc.unique(version_column).to_pylist())
     rows: list[dict] = []
     judgements: list[Judgement] = []
-    gaps: list[float | None] = []
     for version in versions:
         selected = pc.equal(version_column, version)
         mine = selected.to_numpy()
         name = predictions.column("model_name").filter(selected)[0].as_py() or ""
         realized, estimated = performance_rows(version, scores[mine], flagged[mine], y[mine])
         rows += [realized, estimated]
-        judgements.append(_judge(run, name, version, realized, estimated, y[mine]))
-        gaps.append(estimate_gap(scores[mine], flagged[mine], y[mine], realized["roc_auc"]))
+        gap = estimate_gap(scores[mine], flagged[mine], y[mine], realized["roc_auc"])
+        judgements.append(_judge(run, name, version, realized, estimated, y[mine], gap))
     table = pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA)
     uri = run.store.write_partition(PREDICTION_PERFORMANCE, day, table)
 
@@ -138,7 +142,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         run.context.log.warning(f"{day}: {verdict}")
     # The day's headline figures, one number each, for the Plots tab: the version that scored most rows.
     main = max(range(len(judgements)), key=lambda k: rows[2 * k]["n_predictions"], default=None)
-    headline = _headline(rows[2 * main], rows[2 * main + 1], judgements[main], gaps[main]) if main is not None else {}
+    headline = _headline(rows[2 * main], rows[2 * main + 1], judgements[main]) if main is not None else {}
     metadata: dict[str, object] = {
         **headline,
         "n_predictions": len(y),
@@ -204,16 +208,18 @@ def performance_version(code_version: str, predictions_version: str, labels_hash
     return hashlib.sha256("\0".join((code_version, predictions_version, labels_hash)).encode()).hexdigest()[:24]
 
 
-def _judge(run: PipelineRun, name: str, version: str, realized: dict, estimated: dict, y: np.ndarray) -> Judgement:
+def _judge(
+    run: PipelineRun, name: str, version: str, realized: dict, estimated: dict, y: np.ndarray, gap: float | None
+) -> Judgement:
     """Realized ROC AUC when enough frauds and legitimate rows are labelled, else the estimate, against the floor."""
     policy = run.performance_policy
     holdout = run.model_registry.version_metric(name, version, policy.holdout_metric)
     floor = holdout - policy.tolerance if holdout is not None else policy.absolute_floor
     positives, negatives = int((y == 1).sum()), int((y == 0).sum())
     if min(positives, negatives) >= policy.min_labelled_positives and realized["roc_auc"] is not None:
-        return Judgement(version, realized["roc_auc"], REALIZED, floor, holdout)
+        return Judgement(version, realized["roc_auc"], REALIZED, floor, holdout, gap)
     basis = f"{ESTIMATED} (only {positives} labelled frauds, {policy.min_labelled_positives} needed)"
-    return Judgement(version, estimated["roc_auc"], basis, floor, holdout)
+    return Judgement(version, estimated["roc_auc"], basis, floor, holdout, gap)
 
 
 def estimate_gap(scores: np.ndarray, flagged: np.ndarray, y: np.ndarray, realized_auc: float | None) -> float | None:
@@ -229,7 +235,7 @@ def estimate_gap(scores: np.ndarray, flagged: np.ndarray, y: np.ndarray, realize
     return None if estimated is None else estimated - realized_auc
 
 
-def _headline(realized: dict, estimated: dict, judgement: Judgement, gap: float | None) -> dict[str, object]:
+def _headline(realized: dict, estimated: dict, judgement: Judgement) -> dict[str, object]:
     """Floats for the Plots tab; a figure the day cannot define (e.g. no labels yet) is left out, not zero."""
     figures = {
         "roc_auc": realized["roc_auc"],
@@ -242,7 +248,7 @@ def _headline(realized: dict, estimated: dict, judgement: Judgement, gap: float 
         "estimated_roc_auc": estimated["roc_auc"],
         "estimated_precision": estimated["precision"],
         "estimated_recall": estimated["recall"],
-        "estimate_gap": gap,
+        "estimate_gap": judgement.estimate_gap,
         "judged_roc_auc": judgement.auc,
         "floor": judgement.floor,
         "holdout_roc_auc": judgement.holdout,

@@ -269,6 +269,10 @@ def test_planted_fraud_scores_near_the_holdout_auc_and_a_broken_version_warns(tm
     # With a few percent labelled the second day is judged on the estimate, once labelled on the realized AUC.
     judged = {e.partition: e.metadata["judged_on"].value for e in early.get_asset_check_evaluations() if e.check_name == PERFORMANCE_CHECK}
     assert judged[SCORED_DAYS[0]] == {"1": "realized"} and judged[SCORED_DAYS[1]]["1"].startswith("estimated (only ")
+    # A verdict on the estimate says how far off the estimate was on the rows already labelled.
+    early_checks = {e.partition: e for e in early.get_asset_check_evaluations() if e.check_name == PERFORMANCE_CHECK}
+    assert "on the rows labelled so far the estimate was off by " in early_checks[SCORED_DAYS[1]].description
+    assert "estimate was off" not in early_checks[SCORED_DAYS[0]].description
     # (Its verdict then rests on the demo model's estimate, which undershoots: measured 0.861 against a floor of 0.897.)
     assert check_verdicts(early, PERFORMANCE_CHECK)[SCORED_DAYS[0]] is True
 

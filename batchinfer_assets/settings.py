@@ -20,6 +20,8 @@ class Settings:
     home: Path
     storage_uri: str
     landing_uri: str | None
+    # Where delayed labels land; None: the synthetic source's own truth, released with a delay.
+    labels_uri: str | None
     rows_per_day: int
     tracking_uri: str
     model_uri: str
@@ -29,8 +31,6 @@ class Settings:
     predictions_db_url: str
     # botocore reads AWS_ENDPOINT_URL and credentials itself but not AWS_REGION, so the region is passed on.
     aws_region: str | None = None
-    # Where delayed labels land; None: the synthetic source's own truth, released with a delay.
-    labels_uri: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -48,6 +48,7 @@ class Settings:
             home=home,
             storage_uri=get("BATCHINFER_STORAGE_URI") or str(home / "storage"),
             landing_uri=get("BATCHINFER_LANDING_URI"),
+            labels_uri=_zone_uri("BATCHINFER_LABELS_URI", get("BATCHINFER_LABELS_URI")),
             rows_per_day=_positive_int("BATCHINFER_DEMO_ROWS_PER_DAY", get("BATCHINFER_DEMO_ROWS_PER_DAY"))
             or DEFAULT_ROWS_PER_DAY,
             tracking_uri=get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
@@ -57,7 +58,6 @@ class Settings:
             max_invalid_fraction=_fraction(get("BATCHINFER_MAX_INVALID_FRACTION")),
             predictions_db_url=_database_url(get("BATCHINFER_PREDICTIONS_DB_URL")) or f"sqlite:///{home / 'predictions.db'}",
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
-            labels_uri=_zone_uri("BATCHINFER_LABELS_URI", get("BATCHINFER_LABELS_URI")),
         )
 
     @property
@@ -86,19 +86,6 @@ def _scoring_engine(raw: str | None) -> str:
             "this version; unset the variable or set it to 'local'"
         )
     return "local"
-
-
-def _zone_uri(name: str, raw: str | None) -> str | None:
-    # A local path or s3://bucket/prefix; any other scheme would be read as a local folder named "gs:" and
-    # find nothing, which for labels looks like "no labels yet" rather than an error.
-    if raw is None:
-        return None
-    scheme = raw.split("://", 1)[0] if "://" in raw else None
-    if scheme not in (None, "s3", "file"):
-        raise ValueError(f"{name} must be a local path or s3://bucket/prefix, got scheme {scheme!r}")
-    if scheme == "s3" and not raw.removeprefix("s3://").split("/", 1)[0]:
-        raise ValueError(f"{name} names no bucket: expected s3://bucket/prefix, got {raw!r}")
-    return raw
 
 
 def _device(raw: str | None) -> str:
@@ -159,3 +146,16 @@ def _fraction(raw: str | None) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"BATCHINFER_MAX_INVALID_FRACTION must be a number in [0, 1], got {raw!r}")
     return value
+
+
+def _zone_uri(name: str, raw: str | None) -> str | None:
+    # A local path or s3://bucket/prefix; any other scheme would be read as a local folder named "gs:" and
+    # find nothing, which for labels looks like "no labels yet" rather than an error.
+    if raw is None:
+        return None
+    scheme = raw.split("://", 1)[0] if "://" in raw else None
+    if scheme not in (None, "s3", "file"):
+        raise ValueError(f"{name} must be a local path or s3://bucket/prefix, got scheme {scheme!r}")
+    if scheme == "s3" and not raw.removeprefix("s3://").split("/", 1)[0]:
+        raise ValueError(f"{name} names no bucket: expected s3://bucket/prefix, got {raw!r}")
+    return raw

@@ -79,14 +79,14 @@ def test_the_prediction_database_password_never_reaches_resource_config(monkeypa
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
+        ("BATCHINFER_LABELS_URI", "gs://bucket/labels", "BATCHINFER_LABELS_URI must be a local path or s3://bucket/prefix, got scheme 'gs'"),
+        ("BATCHINFER_LABELS_URI", "s3:///labels", "BATCHINFER_LABELS_URI names no bucket"),
         ("BATCHINFER_DEVICE", "gpu", "BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         ("BATCHINFER_DEVICE", "cuda:x", "BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N"),
         ("BATCHINFER_MODEL_URI", "fraud-detector@champion", "BATCHINFER_MODEL_URI must be models:/<name>@<alias>"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "postgres//scorer:s3cret@db/predictions", "BATCHINFER_PREDICTIONS_DB_URL is not a SQLAlchemy URL"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "mysql://u:s3cret@db/p", "BATCHINFER_PREDICTIONS_DB_URL names backend 'mysql'"),
         ("BATCHINFER_SCORING_ENGINE", "ray", "BATCHINFER_SCORING_ENGINE='ray': only the 'local' engine"),
-        ("BATCHINFER_LABELS_URI", "gs://bucket/labels", "BATCHINFER_LABELS_URI must be a local path or s3://bucket/prefix, got scheme 'gs'"),
-        ("BATCHINFER_LABELS_URI", "s3:///labels", "BATCHINFER_LABELS_URI names no bucket"),
     ],
 )
 def test_settings_that_can_never_work_are_refused_at_load_naming_the_variable(tmp_path, variable, value, message):

@@ -11,7 +11,7 @@ from batchinfer_assets.assets.pipeline import daily_pipeline
 from batchinfer_assets.assets.scoring import scoring_model
 from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policies
-from batchinfer_assets.jobs import daily_scoring_job
+from batchinfer_assets.jobs import daily_scoring_job, reproduce_predictions_job
 from batchinfer_assets.resources.labels import (
     LabelsResource,
     NoLabelsResource,
@@ -31,7 +31,13 @@ from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.schedules import daily_scoring_schedule
-from batchinfer_assets.sensors import freshness_checks_sensor, prediction_performance_sensor, publish_predictions_sensor
+from batchinfer_assets.sensors import (
+    freshness_checks_sensor,
+    model_version_sensor,
+    orphaned_runs_sensor,
+    prediction_performance_sensor,
+    publish_predictions_sensor,
+)
 from batchinfer_assets.settings import Settings
 
 S3_MAX_ATTEMPTS = 5
@@ -76,12 +82,15 @@ def build_resources(settings: Settings) -> dict[str, object]:
             tracking_uri=settings.tracking_uri,
             model_uri=settings.model_uri,
             artifact_location=settings.artifact_location,
+            cache_dir=str(settings.model_cache_dir),
         ),
         "torch_scorer": TorchScorerResource(
             device=settings.device, batch_size=settings.batch_size, state_dir=str(settings.state_dir)
         ),
         "prediction_db": PredictionDatabaseResource(url=_secret_or_value(PREDICTIONS_DB_URL_VAR, settings.predictions_db_url)),
-        "table_storage": TableStorageResource(base_uri=settings.storage_uri, s3=s3),
+        "table_storage": TableStorageResource(
+            base_uri=settings.storage_uri, s3=s3, snapshot_retention_days=settings.snapshot_retention_days
+        ),
         "labels": labels,
         "performance_policy": PerformancePolicyResource(),
     }
@@ -92,9 +101,15 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=with_freshness_policies([scoring_model, daily_pipeline]),
         asset_checks=[*ASSET_CHECKS, *FRESHNESS_CHECKS],
-        jobs=[daily_scoring_job],
+        jobs=[daily_scoring_job, reproduce_predictions_job],
         schedules=[daily_scoring_schedule],
-        sensors=[publish_predictions_sensor, prediction_performance_sensor, freshness_checks_sensor],
+        sensors=[
+            publish_predictions_sensor,
+            prediction_performance_sensor,
+            freshness_checks_sensor,
+            model_version_sensor,
+            orphaned_runs_sensor,
+        ],
         resources=build_resources(settings),
         # Each run is one step (the day-by-day pipeline, or an observation): a separate step process would only
         # add its start-up and its exit (about 1.7 s of interpreter shutdown with torch and MLflow loaded).

@@ -1,4 +1,10 @@
-"""Retry transient failures with backoff; never retry a failure caused by the data or the model."""
+"""Retry transient failures with backoff; every other failure fails once, at once.
+
+A step is retried only when its error is known to clear up with time (a dropped connection, a timeout, a
+throttled or briefly unavailable service). Bad data, a bad model, a setting that can never work and a bug in
+code fail the same way on every try, so retrying them only delays the failure (three tries with backoff
+added minutes to each before this classification).
+"""
 
 import functools
 import inspect
@@ -11,7 +17,8 @@ import pandera.errors
 from batchinfer_assets.lib.drift import DriftInputError
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.model_loading import ModelResolutionError
-from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError
+from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError, StorageCredentialsError
+from batchinfer_assets.lib.snapshot_archive import SnapshotNotArchivedError
 from batchinfer_assets.resources.prediction_db import PredictionsRefusedError
 from batchinfer_assets.resources.torch_scorer import MissingInputColumnsError, ModelOutputError
 from batchinfer_assets.schemas import ColumnLevelSchemaError
@@ -32,10 +39,59 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
     ModelResolutionError,
     PartitionNotFoundError,
     BucketNotFoundError,
+    StorageCredentialsError,
     PredictionsRefusedError,
+    SnapshotNotArchivedError,
 )
 
 F = TypeVar("F", bound=Callable)
+
+# Error codes of AWS-style services and of MLflow's REST API that say "try again later".
+_TRANSIENT_CODES = frozenset(
+    {
+        "Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
+        "ServiceUnavailable", "503", "500", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+    }
+)
+# Connection-level database failures that never clear on their own (the others: a restart, a failover).
+_PERMANENT_DATABASE_MESSAGES = ("password authentication failed", "does not exist", "no such table", "permission denied")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is a failure that a later try may not meet."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BAD_DATA_ERRORS):
+            return False  # classified already, whatever it was raised from
+        if _is_transient_one(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_transient_one(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    module = type(error).__module__.split(".")[0]
+    name = type(error).__name__
+    if module in ("botocore", "urllib3", "requests"):
+        if name in ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+                    "ConnectionError", "ProtocolError", "NewConnectionError", "MaxRetryError", "Timeout"):
+            return True
+        code = str(getattr(error, "response", {}).get("Error", {}).get("Code", "")) if name == "ClientError" else ""
+        return code in _TRANSIENT_CODES
+    if module in ("sqlalchemy", "psycopg", "psycopg2", "sqlite3"):
+        if name in ("OperationalError", "DisconnectionError", "InterfaceError", "TimeoutError"):
+            message = str(error).lower()
+            return not any(m in message for m in _PERMANENT_DATABASE_MESSAGES)
+        return False
+    if module == "mlflow":
+        # Not INTERNAL_ERROR: it is MLflow's code for any error raised without one (its HTTP client already
+        # retries 5xx answers itself, a bounded number of times).
+        return str(getattr(error, "error_code", "")) in _TRANSIENT_CODES
+    return False
 
 
 def _final(exc: BaseException) -> dg.Failure:

@@ -8,15 +8,22 @@ import dagster as dg
 # Dagster has no public constructor for the subset behind `RunRequest.for_asset_graph_subset`, the only way
 # a sensor can request a backfill (one single-run backfill for many days instead of one run per day).
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from batchinfer_assets import tables
 from batchinfer_assets.assets.performance import LABELS_FINGERPRINT_KEY
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
+from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.resources.labels import LabelsResource
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
+from batchinfer_assets.run_worker import WORKER_TAG, is_alive
 
+# The tag of `python -m batchinfer_assets.reproduce` runs (value: the run reproduced).
+REPRODUCES_TAG = "batchinfer/reproduces"
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
+SCORING_MODEL = dg.AssetKey(tables.SCORING_MODEL)
 PREDICTION_PERFORMANCE = dg.AssetKey(tables.PREDICTION_PERFORMANCE)
 # Scored days whose labels are watched: the synthetic source releases its last labels 60 days after a transaction.
 LABELS_WINDOW_DAYS = 60
@@ -47,14 +54,18 @@ def publish_predictions_sensor(context: dg.SensorEvaluationContext):
     landed: dict[str, int] = {}
     new_cursor = cursor
     finished_runs: dict[str, bool] = {}
+    reproductions: set[str] = set()
     for record in records:
         if record.run_id not in finished_runs:
             run = instance.get_run_by_id(record.run_id)
             finished_runs[record.run_id] = run is None or run.is_finished
+            if run is not None and REPRODUCES_TAG in run.tags:
+                reproductions.add(record.run_id)
         if not finished_runs[record.run_id]:
             break
         new_cursor = record.storage_id
-        if record.partition_key is not None:
+        # An audit reproduction re-scores a past day as it was; what apps read stays as published.
+        if record.partition_key is not None and record.run_id not in reproductions:
             landed[record.partition_key] = record.storage_id
 
     if not landed:
@@ -165,3 +176,73 @@ freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=300,
 )
+
+
+@dg.sensor(
+    name="model_version_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Observes `scoring_model` when the configured model URI resolves to another version (an alias move), so "
+        "every day scored with the previous version turns stale without anyone pressing Observe."
+    ),
+)
+def model_version_sensor(context: dg.SensorEvaluationContext, model_registry: MlflowModelRegistryResource):
+    """Records an observation of `scoring_model` whenever its resolved version differs from the last one recorded.
+
+    A registry lookup per tick (no download): the observation's data version is the version, which is what each
+    day's predictions recorded as their input, so Dagster marks a day stale exactly when the version that scored
+    it is no longer the one the URI resolves to.
+    """
+    try:
+        pinned_uri, version = model_registry.current_version()
+    except ModelNotFoundError as error:
+        return dg.SkipReason(f"{model_registry.model_uri} does not resolve yet: {error}")
+    latest = context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=SCORING_MODEL), limit=1).records
+    observed = (latest[0].event_log_entry.asset_observation.tags or {}).get(DATA_VERSION_TAG) if latest else None
+    if observed == version:
+        return dg.SkipReason(f"{model_registry.model_uri} still resolves to version {version}")
+    context.log.info(f"{model_registry.model_uri} now resolves to {pinned_uri} (last observed: {observed or 'never'})")
+    return dg.SensorResult(
+        asset_events=[
+            dg.AssetObservation(
+                asset_key=SCORING_MODEL,
+                metadata={"model_uri": model_registry.model_uri, "pinned_uri": pinned_uri, "model_version": version},
+                tags={DATA_VERSION_TAG: version},
+            )
+        ]
+    )
+
+
+@dg.sensor(
+    name="orphaned_runs_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks runs whose worker process died (SIGKILL, OOM killer, a reboot) as failed, so they do not stay STARTED.",
+)
+def orphaned_runs_sensor(context: dg.SensorEvaluationContext):
+    """Fails STARTED pipeline runs whose worker process on this host is gone.
+
+    The local run launcher starts run workers as child processes of the code location server (where this sensor
+    runs too) and cannot tell Dagster's run monitoring whether a worker is alive, so a killed run stayed
+    STARTED forever. Each pipeline run tags itself with `host/pid/start time`; a run whose host is this one and
+    whose process is gone (or whose pid now belongs to a newer process) is reported failed, which also lets the
+    run-retry daemon retry it. Runs on other hosts are left to their launcher's monitoring.
+    """
+    records = context.instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]), limit=200)
+    failed = []
+    for record in records:
+        worker = record.dagster_run.tags.get(WORKER_TAG, "")
+        if is_alive(worker) is not False:
+            continue  # running, or not ours to judge
+        current = context.instance.get_run_by_id(record.dagster_run.run_id)
+        if current is None or current.status != dg.DagsterRunStatus.STARTED:
+            continue
+        context.instance.report_run_failed(
+            current, f"run worker {worker} is gone (killed, or the machine restarted) while the run was STARTED"
+        )
+        failed.append(current.run_id)
+    if not failed:
+        return dg.SkipReason(f"{len(records)} started run(s), none orphaned")
+    context.log.info(f"marked {len(failed)} orphaned run(s) failed: {', '.join(failed)}")
+    return dg.SkipReason(f"marked {len(failed)} orphaned run(s) failed")

@@ -11,6 +11,7 @@ from pathlib import Path
 DEFAULT_MODEL_URI = "models:/fraud-detector@champion"
 DEFAULT_ROWS_PER_DAY = 20_000
 DEFAULT_MAX_INVALID_FRACTION = 0.01
+DEFAULT_SNAPSHOT_RETENTION_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Settings:
     batch_size: int | None
     max_invalid_fraction: float
     predictions_db_url: str
+    snapshot_retention_days: int = DEFAULT_SNAPSHOT_RETENTION_DAYS
     # botocore reads AWS_ENDPOINT_URL and credentials itself but not AWS_REGION, so the region is passed on.
     aws_region: str | None = None
 
@@ -46,9 +48,9 @@ class Settings:
         _scoring_engine(get("BATCHINFER_SCORING_ENGINE"))
         return cls(
             home=home,
-            storage_uri=get("BATCHINFER_STORAGE_URI") or str(home / "storage"),
-            landing_uri=get("BATCHINFER_LANDING_URI"),
-            labels_uri=_zone_uri("BATCHINFER_LABELS_URI", get("BATCHINFER_LABELS_URI")),
+            storage_uri=_location("BATCHINFER_STORAGE_URI", get("BATCHINFER_STORAGE_URI")) or str(home / "storage"),
+            landing_uri=_location("BATCHINFER_LANDING_URI", get("BATCHINFER_LANDING_URI")),
+            labels_uri=_location("BATCHINFER_LABELS_URI", get("BATCHINFER_LABELS_URI")),
             rows_per_day=_positive_int("BATCHINFER_DEMO_ROWS_PER_DAY", get("BATCHINFER_DEMO_ROWS_PER_DAY"))
             or DEFAULT_ROWS_PER_DAY,
             tracking_uri=get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
@@ -58,12 +60,19 @@ class Settings:
             max_invalid_fraction=_fraction(get("BATCHINFER_MAX_INVALID_FRACTION")),
             predictions_db_url=_database_url(get("BATCHINFER_PREDICTIONS_DB_URL")) or f"sqlite:///{home / 'predictions.db'}",
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
+            snapshot_retention_days=_positive_int("BATCHINFER_SNAPSHOT_RETENTION_DAYS", get("BATCHINFER_SNAPSHOT_RETENTION_DAYS"))
+            or DEFAULT_SNAPSHOT_RETENTION_DAYS,
         )
 
     @property
     def state_dir(self) -> Path:
         """Small state the scorer keeps between runs (e.g. the batch size that fit after an out-of-memory)."""
         return self.home / "state"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Each pinned model version's artifacts and checksum, downloaded once per machine."""
+        return self.home / "model_cache"
 
     @property
     def artifact_location(self) -> str:
@@ -86,6 +95,22 @@ def _scoring_engine(raw: str | None) -> str:
             "this version; unset the variable or set it to 'local'"
         )
     return "local"
+
+
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+
+
+def _location(name: str, raw: str | None) -> str | None:
+    """A local path, file:// path or s3://bucket/prefix; anything else (gs://, a typo'd scheme) is refused."""
+    if raw is None:
+        return None
+    if raw.startswith("s3://"):
+        if not _S3_URI.match(raw):
+            raise ValueError(f"{name}={raw!r} is not s3://<bucket>/<prefix> with a valid bucket name")
+        return raw
+    if "://" in raw and not raw.startswith("file://"):
+        raise ValueError(f"{name}={raw!r}: only local paths, file:// and s3://bucket/prefix are supported")
+    return raw
 
 
 def _device(raw: str | None) -> str:
@@ -146,16 +171,3 @@ def _fraction(raw: str | None) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"BATCHINFER_MAX_INVALID_FRACTION must be a number in [0, 1], got {raw!r}")
     return value
-
-
-def _zone_uri(name: str, raw: str | None) -> str | None:
-    # A local path or s3://bucket/prefix; any other scheme would be read as a local folder named "gs:" and
-    # find nothing, which for labels looks like "no labels yet" rather than an error.
-    if raw is None:
-        return None
-    scheme = raw.split("://", 1)[0] if "://" in raw else None
-    if scheme not in (None, "s3", "file"):
-        raise ValueError(f"{name} must be a local path or s3://bucket/prefix, got scheme {scheme!r}")
-    if scheme == "s3" and not raw.removeprefix("s3://").split("/", 1)[0]:
-        raise ValueError(f"{name} names no bucket: expected s3://bucket/prefix, got {raw!r}")
-    return raw

@@ -15,5 +15,8 @@ SIGNATURE_CHECK = "matches_model_signature"
 DRIFT_CHECK = "drift_check"
 PERFORMANCE_CHECK = "performance_within_floor"
 
+# Every scored input snapshot by content hash, for exact reproduction (not an asset table itself).
+INPUT_SNAPSHOT_ARCHIVE = "input_snapshot_archive"
+
 # Per-day side files kept beside the tables (not asset tables themselves).
 DRIFT_REPORTS_FOLDER = "drift_reports"

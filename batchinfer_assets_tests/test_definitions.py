@@ -27,8 +27,10 @@ EXPECTED_DEPS = {
     "quarantined_transactions": {"raw_transactions"},
     "input_snapshot": {"transaction_features"},
     "predictions": {"input_snapshot", "scoring_model"},
-    "drift_metrics": {"input_snapshot", "predictions"},
-    "published_predictions": {"predictions", "raw_transactions"},
+    # The model version behind the day's scores is an input of what is computed from them.
+    "drift_metrics": {"input_snapshot", "predictions", "scoring_model"},
+    "published_predictions": {"predictions", "raw_transactions", "scoring_model"},
+    # The version is a column of the predictions, and each version is judged against its own hold-out metric.
     "prediction_performance": {"predictions"},
 }
 

@@ -4,6 +4,7 @@ import datetime as dt
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import pandas as pd
 from pydantic import Field
 
@@ -75,3 +76,91 @@ def test_bad_landing_data_fails_once_without_retry(tmp_path):
     assert _events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY) == []
     failure = _events(result, dg.DagsterEventType.STEP_FAILURE)[0].step_failure_data
     assert "LandingDataError: no landing data for 2025-05-06" in failure.user_failure_data.description
+
+
+class BuggyLandingZoneResource(LandingZoneResource):
+    """A landing zone with a bug: the same error on every try."""
+
+    def location(self, day: dt.date) -> str:
+        return f"buggy://{day}"
+
+    def _read_day(self, day: dt.date) -> pd.DataFrame:
+        return pd.DataFrame({"transaction_id": ["t1"]})["amount"]  # KeyError, whatever the moment
+
+
+def test_an_error_that_cannot_clear_fails_once_naming_day_and_stage(tmp_path):
+    result = materialize_pipeline(
+        _resources(tmp_path, BuggyLandingZoneResource()), ["raw_transactions"], partition_key=DAY, raise_on_error=False
+    )
+    assert not result.success
+    assert _events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY) == [], "a bug is not retried"
+    failure = _events(result, dg.DagsterEventType.STEP_FAILURE)[0].step_failure_data
+    assert failure.user_failure_data.description == f"{DAY} raw_transactions: KeyError: 'amount'"
+
+
+def _client_error(code: str):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": code}}, "GetObject")
+
+
+def _wrapped(cause: BaseException) -> RuntimeError:
+    try:
+        raise RuntimeError("while reading the day") from cause
+    except RuntimeError as error:
+        return error
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (ConnectionResetError("reset by peer"), True),
+        (TimeoutError("read timed out"), True),
+        (_wrapped(ConnectionRefusedError("refused")), True),
+        ("botocore.exceptions.EndpointConnectionError", True),
+        ("botocore.exceptions.NoCredentialsError", False),
+        (_client_error("SlowDown"), True),
+        (_client_error("AccessDenied"), False),
+        ("sqlalchemy:connection refused", True),
+        ("sqlalchemy:password authentication failed for user", False),
+        ("mlflow:TEMPORARILY_UNAVAILABLE", True),
+        ("mlflow:RESOURCE_DOES_NOT_EXIST", False),
+        (ValueError("invalid literal"), False),
+        (KeyError("amount"), False),
+    ],
+)
+def test_only_failures_that_may_clear_with_time_are_transient(error, transient):
+    from batchinfer_assets.retries import is_transient
+
+    if isinstance(error, str):
+        if error.startswith("botocore."):
+            import botocore.exceptions
+
+            cls = getattr(botocore.exceptions, error.rsplit(".", 1)[1])
+            error = cls(endpoint_url="http://127.0.0.1:1") if "Endpoint" in error else cls()
+        elif error.startswith("sqlalchemy:"):
+            import sqlalchemy.exc
+
+            error = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(error.split(":", 1)[1]))
+        else:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos import databricks_pb2
+
+            error = MlflowException("registry said no", error_code=getattr(databricks_pb2, error.split(":", 1)[1]))
+    assert is_transient(error) is transient
+
+
+def test_an_unreachable_model_registry_fails_once_naming_it(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    registry = MlflowModelRegistryResource(tracking_uri=f"http://127.0.0.1:{port}", model_uri="models:/fraud-detector/1")
+    resources = pipeline_resources(tmp_path / "storage", registry)
+    result = materialize_pipeline(resources, ["input_snapshot"], partition_key=DAY, raise_on_error=False)
+    assert not result.success
+    assert _events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY) == []
+    description = _events(result, dg.DagsterEventType.STEP_FAILURE)[0].step_failure_data.user_failure_data.description
+    assert description.startswith(f"ModelRegistryUnreachableError: MLflow at http://127.0.0.1:{port} (MLFLOW_TRACKING_URI) did not answer")
+    assert not (tmp_path / "storage" / "input_snapshot").exists(), "nothing written"

@@ -79,14 +79,17 @@ def test_the_prediction_database_password_never_reaches_resource_config(monkeypa
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("BATCHINFER_LABELS_URI", "gs://bucket/labels", "BATCHINFER_LABELS_URI must be a local path or s3://bucket/prefix, got scheme 'gs'"),
-        ("BATCHINFER_LABELS_URI", "s3:///labels", "BATCHINFER_LABELS_URI names no bucket"),
+        ("BATCHINFER_LABELS_URI", "gs://bucket/labels", "BATCHINFER_LABELS_URI='gs://bucket/labels': only local paths"),
+        ("BATCHINFER_LABELS_URI", "s3:///labels", "BATCHINFER_LABELS_URI='s3:///labels' is not s3://<bucket>/<prefix>"),
         ("BATCHINFER_DEVICE", "gpu", "BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         ("BATCHINFER_DEVICE", "cuda:x", "BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N"),
         ("BATCHINFER_MODEL_URI", "fraud-detector@champion", "BATCHINFER_MODEL_URI must be models:/<name>@<alias>"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "postgres//scorer:s3cret@db/predictions", "BATCHINFER_PREDICTIONS_DB_URL is not a SQLAlchemy URL"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "mysql://u:s3cret@db/p", "BATCHINFER_PREDICTIONS_DB_URL names backend 'mysql'"),
         ("BATCHINFER_SCORING_ENGINE", "ray", "BATCHINFER_SCORING_ENGINE='ray': only the 'local' engine"),
+        ("BATCHINFER_STORAGE_URI", "gs://bucket/tables", "BATCHINFER_STORAGE_URI='gs://bucket/tables': only local paths"),
+        ("BATCHINFER_LANDING_URI", "s3://Bad_Bucket/landing", "BATCHINFER_LANDING_URI='s3://Bad_Bucket/landing' is not s3://<bucket>/<prefix>"),
+        ("BATCHINFER_SNAPSHOT_RETENTION_DAYS", "forever", "BATCHINFER_SNAPSHOT_RETENTION_DAYS must be a positive integer"),
     ],
 )
 def test_settings_that_can_never_work_are_refused_at_load_naming_the_variable(tmp_path, variable, value, message):

@@ -41,7 +41,13 @@ from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, Mlflow
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
-from batchinfer_assets.tables import SCORING_MODEL
+from batchinfer_assets.tables import PREDICTIONS, SCORING_MODEL
+
+
+# Run tags of an exact reproduction (with `batchinfer/model_version`): the archived input to score, and the
+# batch size the day was first scored with (scores differ in their last bits between batch sizes).
+INPUT_SNAPSHOT_HASH_TAG = "batchinfer/input_snapshot_hash"
+BATCH_SIZE_TAG = "batchinfer/batch_size"
 
 
 class DayBlocked(Exception):
@@ -66,6 +72,8 @@ class DayState:
     features: pd.DataFrame | None = None
     snapshot: pd.DataFrame | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    # The metadata this run recorded for each asset of the day (what later stages of the day read back).
+    recorded: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def date(self) -> dt.date:
@@ -86,7 +94,24 @@ class PipelineRun:
     code_versions: Mapping[str, str]
     labels: LabelsResource
     performance_policy: PerformancePolicyResource
+    snapshot_retention_days: float = 90.0
     cache: dict[str, Any] = field(default_factory=dict)
+    # "<day> <stage>: " while a day's stage runs, so an unexpected failure says where it happened.
+    where: str = ""
+
+    def __post_init__(self) -> None:
+        tags = self.context.run.tags
+        if BATCH_SIZE_TAG in tags:
+            size = tags[BATCH_SIZE_TAG]
+            if not size.isdigit() or int(size) < 1:
+                raise dg.Failure(f"run tag {BATCH_SIZE_TAG} must be a positive integer, got {size!r}", allow_retries=False)
+            self.torch_scorer = self.torch_scorer.model_copy(update={"batch_size": int(size)})
+        if INPUT_SNAPSHOT_HASH_TAG in tags and len(self.days) > 1:
+            raise dg.Failure(
+                f"run tag {INPUT_SNAPSHOT_HASH_TAG} names one day's input, but the run covers {len(self.days)} days "
+                f"({self.days[0]}...{self.days[-1]}): reproduce one day per run",
+                allow_retries=False,
+            )
 
     @cached_property
     def days(self) -> list[str]:
@@ -126,6 +151,16 @@ class PipelineRun:
         return resolved
 
     @cached_property
+    def model_lineage(self) -> str:
+        """How this run chose its model version, as a sentence for each day's metadata."""
+        resolved = self.resolved
+        if MODEL_VERSION_TAG not in self.context.run.tags:
+            return f"version {resolved.version}, what {resolved.requested_uri} resolved to"
+        _, current = self.model_registry.current_version()
+        now = "the URI resolves to it now too" if current == resolved.version else f"the URI resolves to {current} now"
+        return f"pinned to version {resolved.version} by run tag {MODEL_VERSION_TAG} ({now})"
+
+    @cached_property
     def model(self) -> LoadedModel:
         """The run's model loaded on its device, once for every day of the run."""
         started = time.perf_counter()
@@ -133,21 +168,54 @@ class PipelineRun:
         self.context.log.info(f"loaded {self.resolved.pinned_uri} on {loaded.device} in {time.perf_counter() - started:.1f} s")
         return loaded
 
+    def recorded_metadata(self, asset: str, state: DayState) -> dict[str, Any]:
+        """The metadata of the day's `asset` as plain values: what this run recorded, else its latest materialization."""
+        if asset in state.recorded:
+            return {k: getattr(v, "value", v) for k, v in state.recorded[asset].items()}
+        records = self.context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
+        ).records
+        if not records or records[0].asset_materialization is None:
+            return {}
+        return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+    def recorded_run_id(self, asset: str, state: DayState) -> str | None:
+        """The Dagster run that wrote the day's `asset`: this one, else the run of its latest materialization."""
+        if asset in state.recorded:
+            return self.context.run_id
+        records = self.context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
+        ).records
+        return records[0].run_id if records else None
+
+    def scored_with(self, state: DayState) -> ResolvedModel:
+        """The model version that produced the day's predictions: this run's when it scored the day, else the one
+        the day's predictions recorded (a drift- or publish-only run describes the scores that exist, whatever
+        the URI resolves to now)."""
+        recorded = self.recorded_metadata(PREDICTIONS, state).get("model_version")
+        if recorded is None or recorded == self.resolved.version:
+            return self.resolved
+        key = f"model_version:{recorded}"
+        if key not in self.cache:
+            self.cache[key] = self.model_registry.resolve(version=str(recorded))
+        return self.cache[key]
+
     def latest_version(self, asset: str, day: str, state: DayState) -> str | None:
         """The data version of `asset` for `day`: computed by this run, else its latest recorded materialization."""
         if asset in state.versions:
             return state.versions[asset]
         return self.input_event(asset, day)[0]
 
-    def input_event(self, asset: str, day: str) -> tuple[str | None, int | None]:
+    def input_event(self, asset: str, day: str, model_version: str | None = None) -> tuple[str | None, int | None]:
         """(data version, storage id) of the event a stage read for `asset` on `day`.
 
-        For the model: the version this run used (so a day is stale exactly when the URI now resolves to
-        another version), with the latest observation as its event.
+        For the model: the version that scored the day (`model_version`, else this run's), so a day and
+        everything computed from its scores are stale exactly when the URI now resolves to another version,
+        with the latest observation as its event.
         """
         if asset == SCORING_MODEL:
             records = self.context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1).records
-            return self.resolved.version, (records[0].storage_id if records else None)
+            return model_version or self.resolved.version, (records[0].storage_id if records else None)
         records = self.context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[day]), limit=1
         ).records
@@ -162,15 +230,22 @@ class PipelineRun:
         metadata: Mapping[str, Any],
         inputs: tuple[str, ...],
         data_version: str | None = None,
+        model_version: str | None = None,
+        input_versions: Mapping[str, str] | None = None,
     ) -> dg.AssetMaterialization:
-        """The day's materialization of `asset` with its own data version and the versions of what it read."""
+        """The day's materialization of `asset` with its own data version and the versions of what it read
+        (`model_version`: the model version behind the day's scores, when `scoring_model` is an input)."""
         code_version = self.code_versions[asset]
         # The provenance Dagster writes for outputs, per day: what each input was (its data version and the
         # event it came from), so staleness is judged day by day against the inputs this day really read.
-        input_events = {name: self.input_event(name, state.day) for name in inputs}
+        input_events = {name: self.input_event(name, state.day, model_version) for name in inputs}
+        # What the stage read instead of the latest event (a reproduction reads an archived snapshot).
+        for name, version in (input_versions or {}).items():
+            input_events[name] = (version, input_events[name][1])
         input_versions = {name: version for name, (version, _) in input_events.items()}
         version = data_version or derived_version(code_version, input_versions)
         state.versions[asset] = version
+        state.recorded[asset] = metadata
         tags = {
             DATA_VERSION_TAG: version,
             CODE_VERSION_TAG: code_version,

@@ -32,7 +32,8 @@ from batchinfer_assets.lib.drift_report import render_drift_report
 from batchinfer_assets.lib.features import CALENDAR_FEATURES
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.partitions import daily_partitions
-from batchinfer_assets.tables import DRIFT_CHECK, DRIFT_METRICS, DRIFT_REPORTS_FOLDER, INPUT_SNAPSHOT, PREDICTIONS
+from batchinfer_assets.resources.model_registry import ResolvedModel
+from batchinfer_assets.tables import DRIFT_CHECK, DRIFT_METRICS, DRIFT_REPORTS_FOLDER, INPUT_SNAPSHOT, PREDICTIONS, SCORING_MODEL
 
 TRAINING_REFERENCE = "training"
 TRAILING_REFERENCE = "trailing_7d"
@@ -46,7 +47,8 @@ DRIFT_CONFIG = DriftConfig()
 
 DRIFT_METRICS_SPEC = dg.AssetSpec(
     DRIFT_METRICS,
-    deps=[INPUT_SNAPSHOT, PREDICTIONS],
+    # The model too: the day is compared with the training sample of the version that scored it.
+    deps=[INPUT_SNAPSHOT, PREDICTIONS, SCORING_MODEL],
     description="Per-feature and score drift of the day against the model's training sample and the previous seven days.",
     kinds={"scipy", "parquet"},
 )
@@ -63,9 +65,10 @@ DRIFT_CHECK_SPEC = dg.AssetCheckSpec(
 def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Compare the day with the references, store the table and the HTML report, and give the day a verdict."""
     day = state.day
-    columns = [c for c in run.resolved.input_columns if c not in CALENDAR_FEATURES]
+    model = run.scored_with(state)
+    columns = [c for c in model.input_columns if c not in CALENDAR_FEATURES]
     current, versions = _current_day(run, state, columns)
-    training, prepared_training, notes = _training_reference(run, [*columns, SCORE_COLUMN])
+    training, prepared_training, notes = _training_reference(run, model, [*columns, SCORE_COLUMN])
     notes = list(notes)
 
     parts, references = [], {}
@@ -73,7 +76,7 @@ def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializa
         references[TRAINING_REFERENCE] = training
         training_columns = [c for c in [*columns, SCORE_COLUMN] if c in training.columns]
         parts.append(compute_drift(current, prepared_training, training_columns, TRAINING_REFERENCE, DRIFT_CONFIG))
-    week, used_days, week_notes = _trailing(run).reference(day, versions)
+    week, used_days, week_notes = _trailing(run, columns).reference(day, versions)
     notes += week_notes
     if used_days:
         references[TRAILING_REFERENCE] = week
@@ -105,14 +108,16 @@ def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializa
         "n_reference_trailing": len(week),
         "most_drifted": dg.MetadataValue.md(drift_markdown(table)),
         "report": dg.MetadataValue.url(link) if link else dg.MetadataValue.path(report),
-        "model_version": run.resolved.version,
+        "model_version": model.version,
         "uri": dg.MetadataValue.path(uri),
         # One number per feature for the Plots tab: the statistic against the training sample over days.
         **{f"drift_vs_training/{feature}": value for feature, value in feature_values(table, TRAINING_REFERENCE).items()},
     }
     if notes:
         metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in notes))
-    yield run.materialization(DRIFT_METRICS, state, metadata, inputs=(INPUT_SNAPSHOT, PREDICTIONS))
+    yield run.materialization(
+        DRIFT_METRICS, state, metadata, inputs=(INPUT_SNAPSHOT, PREDICTIONS, SCORING_MODEL), model_version=model.version
+    )
     yield run.check(
         DRIFT_METRICS,
         DRIFT_CHECK,
@@ -126,7 +131,7 @@ def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializa
             "report": dg.MetadataValue.url(link) if link else dg.MetadataValue.path(report),
         },
     )
-    _trailing(run).remember(day, current, versions)
+    _trailing(run, columns).remember(day, current, versions)
 
 
 def drifted_feature_counts(table: pd.DataFrame) -> dict[str, tuple[int, int]]:
@@ -171,10 +176,10 @@ def _current_day(run: PipelineRun, state: DayState, columns: Sequence[str]) -> t
     return current, versions
 
 
-def _training_reference(run: PipelineRun, columns: Sequence[str]):
-    """The run model's training sample (as loaded, and prepared for drift once per run), and notes on what it lacks."""
-    if "training_reference" not in run.cache:
-        resolved = run.resolved
+def _training_reference(run: PipelineRun, resolved: ResolvedModel, columns: Sequence[str]):
+    """The model's training sample (as loaded, and prepared for drift once per run and version), and notes on what it lacks."""
+    key = f"training_reference:{resolved.pinned_uri}"
+    if key not in run.cache:
         training = run.model_registry.load_reference(resolved)
         notes: list[str] = []
         if training is None:
@@ -188,15 +193,15 @@ def _training_reference(run: PipelineRun, columns: Sequence[str]):
             if lacking:
                 notes.append(f"training reference lacks {lacking}; those columns are compared with the trailing week only")
         prepared = None if training is None else prepare_reference(training, [c for c in columns if c in training.columns])
-        run.cache["training_reference"] = (training, prepared, tuple(notes))
-    return run.cache["training_reference"]
+        run.cache[key] = (training, prepared, tuple(notes))
+    return run.cache[key]
 
 
-def _trailing(run: PipelineRun) -> _TrailingWeek:
-    if "trailing_week" not in run.cache:
-        columns = [c for c in run.resolved.input_columns if c not in CALENDAR_FEATURES]
-        run.cache["trailing_week"] = _TrailingWeek(run.store, [*columns, SCORE_COLUMN])
-    return run.cache["trailing_week"]
+def _trailing(run: PipelineRun, columns: Sequence[str]) -> _TrailingWeek:
+    key = f"trailing_week:{','.join(columns)}"
+    if key not in run.cache:
+        run.cache[key] = _TrailingWeek(run.store, [*columns, SCORE_COLUMN])
+    return run.cache[key]
 
 
 class _TrailingWeek:

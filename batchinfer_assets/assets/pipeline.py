@@ -23,6 +23,7 @@ from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.lib import drift, features as feature_lib, hashing, labels as labels_lib, parquet_store
 from batchinfer_assets.lib import performance as performance_lib
 from batchinfer_assets.lib.code_version import code_version_of
+from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
 from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
 from batchinfer_assets.resources.landing import LandingZoneResource
@@ -31,7 +32,8 @@ from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
-from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY
+from batchinfer_assets.run_worker import WORKER_TAG, this_worker
+from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, is_transient
 from batchinfer_assets.tables import (
     DRIFT_METRICS,
     INPUT_SNAPSHOT,
@@ -44,6 +46,7 @@ from batchinfer_assets.tables import (
 )
 
 DAYS_TAG = "batchinfer/days"
+
 
 # Stages that read the run's model version (signature check, scoring, drift's training reference).
 MODEL_STAGES = frozenset({INPUT_SNAPSHOT, PREDICTIONS, DRIFT_METRICS})
@@ -132,30 +135,52 @@ def daily_pipeline(
         code_versions=CODE_VERSIONS,
         labels=labels,
         performance_policy=performance_policy,
+        snapshot_retention_days=table_storage.snapshot_retention_days,
     )
     # The Runs list shows tags: a range run names its days there (one-day runs carry dagster/partition).
-    context.instance.add_run_tags(context.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}"})
+    # The worker's host and pid let `orphaned_runs_sensor` tell a killed run from a running one.
+    context.instance.add_run_tags(context.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}", WORKER_TAG: this_worker()})
     stopped: dict[str, str] = {}
     stages = [(assets, stage) for assets, stage in STAGES if any(a in run.selected for a in assets)]
     context.log.info(
         f"{len(run.days)} day(s) {run.days[0]}..{run.days[-1]}: "
         + ", ".join(a for assets, _ in stages for a in assets if a in run.selected)
     )
+    try:
+        yield from _run_days(run, stages, stopped)
+    except Exception as error:
+        # Only a failure that may clear up with time goes back to the retry policy; a bad setting, a bad model
+        # or a bug fails once, now, saying where it happened.
+        if isinstance(error, dg.Failure) or is_transient(error):
+            raise
+        raise dg.Failure(description=f"{run.where}{type(error).__name__}: {error}", allow_retries=False) from error
+    if stopped:
+        raise dg.Failure(
+            description=(
+                f"{len(stopped)} of {len(run.days)} day(s) stopped (the others completed): "
+                + " | ".join(f"{day}: {reason}" for day, reason in sorted(stopped.items()))
+            ),
+            metadata={"stopped_days": dg.MetadataValue.json(dict(sorted(stopped.items())))},
+            allow_retries=False,
+        )
+
+
+def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Each day of the run through the selected stages; a day stopped by its data is noted in `stopped`."""
+    context = run.context
     # The run's model is resolved (and, to score, loaded) before any day: a model that cannot be used fails
     # the run at once, with nothing written.
-    try:
-        if run.selected & MODEL_STAGES:
-            run.resolved
-        if PREDICTIONS in run.selected:
-            run.model
-    except BAD_DATA_ERRORS as error:
-        raise dg.Failure(description=f"{type(error).__name__}: {error}", allow_retries=False) from error
+    if run.selected & MODEL_STAGES:
+        run.resolved
+    if PREDICTIONS in run.selected:
+        run.model
     for day in run.days:
         state = DayState(day)
         for assets, stage in stages:
             if not any(run.wants(a, day) for a in assets):
                 continue
             started = time.perf_counter()
+            run.where = f"{day} {'/'.join(assets)}" + (f" with {run.resolved.pinned_uri}" if PREDICTIONS in assets else "") + ": "
             try:
                 yield from stage(run, state)
             except DayBlocked as blocked:
@@ -167,16 +192,27 @@ def daily_pipeline(
                 context.log.error(f"{day}: {stopped[day]}; the run goes on with the other days")
                 break
             context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
+        run.where = ""
         del state
         release_freed_memory()
-    if stopped:
-        raise dg.Failure(
-            description=(
-                f"{len(stopped)} of {len(run.days)} day(s) stopped (the others completed): "
-                + " | ".join(f"{day}: {reason}" for day, reason in sorted(stopped.items()))
-            ),
-            metadata={"stopped_days": dg.MetadataValue.json(dict(sorted(stopped.items())))},
-            allow_retries=False,
+    if PREDICTIONS in run.selected:
+        prune_snapshot_archive(run)
+
+
+def prune_snapshot_archive(run: PipelineRun) -> None:
+    """Remove archived snapshots past their retention that no published day's rows come from."""
+    try:
+        referenced = run.prediction_db.published_snapshot_hashes()
+    except Exception as error:  # noqa: BLE001 - an unreadable database must never let referenced inputs go
+        run.context.log.warning(f"snapshot archive not pruned: the prediction database could not say what is published ({error})")
+        return
+    finally:
+        run.prediction_db.release_connections()
+    removed = SnapshotArchive(run.store).prune(referenced, run.snapshot_retention_days)
+    if removed:
+        run.context.log.info(
+            f"removed {len(removed)} archived snapshot(s) older than {run.snapshot_retention_days:g} days that no "
+            f"published day uses: {', '.join(h[:12] for h in removed)}"
         )
 
 

@@ -4,20 +4,24 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.assets._run import INPUT_SNAPSHOT_HASH_TAG, DayState, PipelineRun
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.runtime_info import runtime_metadata
+from batchinfer_assets.lib.snapshot_archive import SnapshotArchive, archive_key
 from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, TorchScorerResource
 from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
+from batchinfer_assets.tables import INPUT_SNAPSHOT_ARCHIVE
 from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
 from batchinfer_assets.tables import SCORING_MODEL
 
@@ -54,19 +58,33 @@ PREDICTIONS_SPEC = dg.AssetSpec(
 
 
 def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
-    """Stream the day's snapshot through the run's model into the day's predictions."""
+    """Stream the day's snapshot through the run's model into the day's predictions.
+
+    The snapshot scored is kept in the archive under its content hash; a run tagged
+    `batchinfer/input_snapshot_hash=H` scores that archived input instead of the day's current one.
+    """
     model = run.model
     scorer = run.torch_scorer
     day = state.day
-    progress = ProgressMeter(total_rows=snapshot_row_count(run.store, day), interval_s=scorer.progress_interval_s)
+    archive = SnapshotArchive(run.store)
+    reproduced = run.context.run.tags.get(INPUT_SNAPSHOT_HASH_TAG)
+    if reproduced:
+        archive.require(reproduced)
+        source = SnapshotSource(archive.store, INPUT_SNAPSHOT_ARCHIVE, archive_key(reproduced))
+        snapshot_hash = reproduced
+    else:
+        source = SnapshotSource(run.store, SNAPSHOT_TABLE, day)
+        snapshot_hash = run.latest_version(SNAPSHOT_TABLE, day, state) or snapshot_hash_from_files(run, day)
+    progress = ProgressMeter(total_rows=source.store.row_count(source.table, source.key), interval_s=scorer.progress_interval_s)
 
     def on_rows(rows: int) -> None:
         line = progress.advance(rows)
         if line is not None:
             run.context.log.info(f"{day}: {line}")
 
-    result = score_day(run.store, day, scorer, model, on_rows=on_rows)
-    snapshot_hash = run.latest_version(SNAPSHOT_TABLE, day, state) or snapshot_hash_from_files(run, day)
+    result = score_day(run.store, day, scorer, model, on_rows=on_rows, source=source)
+    if not reproduced and archive.keep(day, snapshot_hash):
+        run.context.log.info(f"{day}: archived the scored input snapshot at {archive.uri(snapshot_hash)}")
     resolved = model.resolved
     rows_per_second = round(result.rows / progress.elapsed_s, 1) if progress.elapsed_s > 0 else float(result.rows)
     run.context.log.info(f"{day}: {progress.line()} with {resolved.pinned_uri} on {model.device}")
@@ -79,22 +97,38 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "model_name": resolved.name or "",
             "model_version": resolved.version,
             "model_run_id": resolved.run_id or "",
+            "model_tracking_uri": safe_uri(resolved.tracking_uri),
             "model_artifact_checksum": resolved.artifact_checksum,
+            "lineage": run.model_lineage,
             "input_snapshot_hash": snapshot_hash,
+            "input_snapshot_archive": dg.MetadataValue.path(archive.uri(snapshot_hash)),
             "row_count": result.rows,
             "rows_per_second": rows_per_second,
+            "engine": "local",
             "device": model.device,
             "precision": scorer.precision,
             "batch_size": result.batch_size,
             "batch_size_backoffs": result.backoffs,
             "threshold": scorer.threshold,
+            "code_version": run.code_versions[PREDICTIONS_TABLE],
+            **runtime_metadata(),
             "positive_rate": result.positives / result.rows if result.rows else 0.0,
             "uri": dg.MetadataValue.path(run.store.partition_uri(PREDICTIONS_TABLE, day)),
         },
         inputs=(SNAPSHOT_TABLE, SCORING_MODEL),
         # The files' bytes are fixed by the model's bytes, the input's content and how it was batched.
         data_version=predictions_version(resolved.artifact_checksum, snapshot_hash, result.batch_size, scorer),
+        input_versions={SNAPSHOT_TABLE: snapshot_hash},
     )
+
+
+def safe_uri(uri: str) -> str:
+    """The URI without any user:password part, for metadata and the lineage table."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def predictions_version(artifact_checksum: str, snapshot_hash: str, batch_size: int, scorer: TorchScorerResource) -> str:
@@ -107,6 +141,15 @@ def snapshot_hash_from_files(run: PipelineRun, day: str) -> str:
     """The snapshot's content hash recomputed from its files (a snapshot written outside this Dagster instance)."""
     run.context.log.warning(f"input_snapshot dt={day} has no recorded content hash; hashing its files")
     return table_content_hash(run.store.read_partition(SNAPSHOT_TABLE, day))
+
+
+@dataclass(frozen=True)
+class SnapshotSource:
+    """Where a day's input is read from: the day's snapshot, or an archived one by content hash."""
+
+    store: PartitionedParquetStore
+    table: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -133,11 +176,6 @@ def predictions_schema() -> pa.Schema:
     return pa.Schema.from_pandas(empty, preserve_index=False)
 
 
-def snapshot_row_count(store: PartitionedParquetStore, day: str) -> int:
-    """Rows of the day's snapshot, from the Parquet footers."""
-    return store.row_count(SNAPSHOT_TABLE, day)
-
-
 def read_rows_for(torch_scorer: TorchScorerResource, model: LoadedModel) -> int:
     """Snapshot rows read per step: one forward batch on CPU, four on CUDA so copies overlap compute."""
     batch = torch_scorer.starting_batch_size(model)
@@ -150,14 +188,18 @@ def score_day(
     torch_scorer: TorchScorerResource,
     model: LoadedModel,
     on_rows: Optional[Callable[[int], None]] = None,
+    source: SnapshotSource | None = None,
 ) -> DayScored:
-    """Stream the day's snapshot through the model and replace the day's predictions, in bounded memory."""
+    """Stream the day's snapshot (or `source`) through the model and replace the day's predictions, in bounded memory."""
+    source = source or SnapshotSource(store, SNAPSHOT_TABLE, day)
     columns = list(model.input_columns)
-    available = set(store.column_names(SNAPSHOT_TABLE, day))
+    available = set(source.store.column_names(source.table, source.key))
     missing = [c for c in columns if c not in available]
     if missing:
         raise MissingInputColumnsError(
-            missing, model.resolved.pinned_uri, where=f"input_snapshot dt={day} ({store.partition_uri(SNAPSHOT_TABLE, day)})"
+            missing,
+            model.resolved.pinned_uri,
+            where=f"input_snapshot dt={day} ({source.store.partition_uri(source.table, source.key)})",
         )
     schema = predictions_schema()
     name = model.resolved.name or ""
@@ -166,7 +208,10 @@ def score_day(
     batch_size = torch_scorer.starting_batch_size(model)
     constant_columns: dict[int, tuple[pa.Array, pa.Array]] = {}
     with store.partition_writer(PREDICTIONS_TABLE, day, schema) as writer:
-        for batch in snapshot_batches(store, day, read_rows_for(torch_scorer, model), ["transaction_id", *columns]):
+        batches = source.store.iter_batches(
+            source.table, source.key, batch_size=read_rows_for(torch_scorer, model), columns=["transaction_id", *columns]
+        )
+        for batch in batches:
             scores, run = torch_scorer.score_matrix(model, record_batch_matrix(batch, columns), on_rows)
             labels = torch_scorer.labels(scores)
             n = batch.num_rows
@@ -194,9 +239,5 @@ def score_day(
             backoffs += run.backoffs
     return DayScored(rows=rows, positives=positives, batch_size=batch_size, backoffs=backoffs)
 
-
-def snapshot_batches(store: PartitionedParquetStore, day: str, rows: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The day's snapshot as record batches of the given columns, one row group in memory at a time."""
-    return store.iter_batches(SNAPSHOT_TABLE, day, batch_size=rows, columns=columns)
 
 

@@ -1,14 +1,15 @@
 """Predictions published to the database downstream apps query."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
-from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE
-from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS
+from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE, SCORING_RUN_FIELDS
+from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL
 
 # What a downstream app needs to act on a score without a join back to the raw data.
 BUSINESS_COLUMNS = ("customer_id", "event_time", "amount", "merchant_category")
@@ -16,7 +17,8 @@ PREDICTION_COLUMNS = ("transaction_id", "score", "label", "model_name", "model_v
 
 PUBLISHED_PREDICTIONS_SPEC = dg.AssetSpec(
     PUBLISHED_PREDICTIONS,
-    deps=[PREDICTIONS, RAW_TRANSACTIONS],
+    # The model too: the served rows carry the scores of one version, stale once the URI resolves to another.
+    deps=[PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL],
     description=(
         "The day's predictions with their business columns in the prediction database, replacing that day's "
         "rows in one transaction."
@@ -27,8 +29,15 @@ PUBLISHED_PREDICTIONS_SPEC = dg.AssetSpec(
 
 def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
     """Replace the day's rows in the prediction database with its predictions and business columns."""
+    scored = run.recorded_metadata(PREDICTIONS, state)
+    lineage = scoring_run(scored, run.recorded_run_id(PREDICTIONS, state))
+    if lineage is None:
+        run.context.log.warning(
+            f"{state.day}: predictions have no recorded scoring lineage (written outside this Dagster instance?); "
+            "rows are published without a scoring_runs link"
+        )
     rows = publishable_rows(run, state)
-    written = run.prediction_db.replace_partition(state.day, rows)
+    written = run.prediction_db.replace_partition(state.day, rows, lineage)
     del rows
     run.prediction_db.release_connections()
     run.context.log.info(f"{state.day}: published {written:,} rows to {run.prediction_db.safe_url()}")
@@ -36,8 +45,33 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
         PUBLISHED_PREDICTIONS,
         state,
         {"table": PREDICTIONS_TABLE, "database": run.prediction_db.safe_url(), "row_count": written},
-        inputs=(PREDICTIONS, RAW_TRANSACTIONS),
+        inputs=(PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL),
+        model_version=scored.get("model_version"),
     )
+
+
+def scoring_run(scored: Mapping[str, Any], dagster_run_id: str | None) -> dict[str, Any] | None:
+    """The `scoring_runs` row of the scoring behind the day's predictions, from their recorded metadata."""
+    if not dagster_run_id or "model_artifact_checksum" not in scored or "input_snapshot_hash" not in scored:
+        return None
+    lineage = {
+        "dagster_run_id": dagster_run_id,
+        "model_uri": scored["model_uri"],
+        "pinned_model_uri": scored["pinned_model_uri"],
+        "model_name": scored.get("model_name") or None,
+        "model_version": scored["model_version"],
+        "model_run_id": scored.get("model_run_id") or None,
+        "tracking_uri": scored.get("model_tracking_uri"),
+        "artifact_checksum": scored["model_artifact_checksum"],
+        "input_snapshot_hash": scored["input_snapshot_hash"],
+        "code_version": scored.get("code_version"),
+        "engine": scored.get("engine", "local"),
+        "device": scored.get("device"),
+        "batch_size": scored.get("batch_size"),
+        "precision": scored.get("precision"),
+        "threshold": scored.get("threshold"),
+    }
+    return lineage
 
 
 def publishable_rows(run: PipelineRun, state: DayState) -> pa.Table:

@@ -91,9 +91,14 @@ def build_features(transactions: pd.DataFrame) -> pd.DataFrame:
     counts = np.bincount(group, minlength=n_groups).astype(np.float64)
 
     day_median = pd.Series(log_amount).groupby(group).transform("median").to_numpy()
-    day_total = np.bincount(group, weights=amount, minlength=n_groups)[group]
+    # Shares of amounts scaled by the customer-day's largest: the sum of up to n values <= 1 cannot overflow, where
+    # two amounts near the float64 maximum (which validation accepts: finite and >= 0) summed to inf and gave 0.
+    day_max = np.zeros(n_groups)
+    np.maximum.at(day_max, group, amount)
+    scaled = np.divide(amount, day_max[group], out=np.zeros_like(amount), where=day_max[group] > 0)
+    day_total = np.bincount(group, weights=scaled, minlength=n_groups)[group]
     # A customer-day of zero amounts splits its (empty) total evenly.
-    share = np.divide(amount, day_total, out=1.0 / counts[group], where=day_total > 0)
+    share = np.divide(scaled, day_total, out=1.0 / counts[group], where=day_total > 0)
 
     country_codes, _ = pd.factorize(country)
     pair, _ = pd.factorize(group.astype(np.int64) * (1 << 32) + country_codes)

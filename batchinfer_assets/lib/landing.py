@@ -54,12 +54,41 @@ def _cast(series: pd.Series, dtype: str) -> pd.Series:
         values = pd.to_datetime(series, utc=True, errors="raise")
         return values.astype(dtype)
     if dtype == "float64":
-        if not (pd.api.types.is_numeric_dtype(series) or series.isna().all()) or pd.api.types.is_bool_dtype(series):
-            raise TypeError("not numeric")
-        return series.astype("float64")
+        if pd.api.types.is_bool_dtype(series):
+            raise TypeError("booleans are not amounts")
+        if pd.api.types.is_numeric_dtype(series) or series.isna().all():
+            return series.astype("float64")
+        if series.dtype == object:
+            # Parquet DECIMAL columns (what Spark, Athena and databases write for money) arrive as Decimal objects.
+            numbers = pd.to_numeric(series, errors="coerce")
+            bad = series[numbers.isna() & series.notna()]
+            if bad.empty:
+                return numbers.astype("float64")
+            raise TypeError(f"{len(bad)} value(s) are not numbers, e.g. {bad.iloc[0]!r} at row {bad.index[0]}")
+        if pd.api.types.is_string_dtype(series):
+            first = series.dropna()
+            example = f" (e.g. {first.iloc[0]!r})" if len(first) else ""
+            raise TypeError(f"the values are text{example}; write a float64 or DECIMAL column")
+        raise TypeError(f"expected numbers, found {series.dtype}")
     if pd.api.types.is_string_dtype(series) or series.dtype == object:
         return series.astype(dtype)
     raise TypeError(f"expected text, found {series.dtype}")
+
+
+def is_bookkeeping(relative_name: str) -> bool:
+    """Whether a file in a landing day is a writer's bookkeeping, not data.
+
+    Writers name their data files differently (Spark `part-00000-<uuid>.c000.snappy.parquet`, Hive `000000_0`,
+    Athena UNLOAD `<query id>_<n>` without an extension, hand uploads `.PARQUET` or `.parq`), so every file is
+    read as Parquet except what some writer marks as its own: a name (or folder) starting with `_` or `.`
+    (`_SUCCESS`, `_committed_*`, `.part-0.crc`, `.hive-staging*`) and UNLOAD/Redshift manifests. A data file that
+    is not Parquet fails the day naming it; nothing is skipped quietly.
+    """
+    parts = relative_name.split("/")
+    if any(part.startswith(("_", ".")) for part in parts):
+        return True
+    name = parts[-1].lower()
+    return name.endswith(("manifest", "manifest.csv", "manifest.json")) or name.endswith(".crc")
 
 
 def read_landing_day(root: str | Path, day: dt.date, s3_client: Any = None) -> pd.DataFrame:
@@ -68,7 +97,7 @@ def read_landing_day(root: str | Path, day: dt.date, s3_client: Any = None) -> p
     if not exists:
         raise LandingDataError(f"no landing data for {day.isoformat()}: folder {folder} does not exist")
     if not files:
-        raise LandingDataError(f"no landing data for {day.isoformat()}: no *.parquet files in {folder}")
+        raise LandingDataError(f"no landing data for {day.isoformat()}: no data files in {folder} (only writers' bookkeeping files)")
     frames = []
     for name, open_file in files:
         # Opening (an S3 download) stays outside the try: a connection failure is transient, not bad data.
@@ -76,7 +105,10 @@ def read_landing_day(root: str | Path, day: dt.date, s3_client: Any = None) -> p
             try:
                 table = pq.read_table(path)
             except (pa.ArrowException, OSError) as exc:
-                raise LandingDataError(f"unreadable landing file {name}: {exc}") from exc
+                raise LandingDataError(
+                    f"landing file {name} is not a readable Parquet file ({exc}); every file of a landing day is read "
+                    "except writers' bookkeeping (names starting with _ or ., manifests): remove or move it"
+                ) from exc
         frames.append(conform_landing_frame(table.to_pandas(), source=name))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
@@ -88,7 +120,8 @@ def _local_day(root: str, day: dt.date, _client: Any) -> LandingFiles:
     folder = Path(root.removeprefix("file://")) / f"dt={day.isoformat()}"
     if not folder.is_dir():
         return str(folder), False, []
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith((".", "_")))
+    # Nested folders too: Spark's partitionBy writes `hour=01/part-...` under the day.
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not is_bookkeeping(p.relative_to(folder).as_posix()))
     return str(folder), True, [(str(p), lambda p=p: contextlib.nullcontext(p)) for p in files]
 
 
@@ -98,8 +131,9 @@ def _s3_day(root: str, day: dt.date, client: Any) -> LandingFiles:
     backend = S3Backend(client, *split_s3_uri(root))
     prefix = backend.key(f"dt={day.isoformat()}") + "/"
     folder = f"s3://{backend.bucket}/{prefix}"
-    if not backend.keys_under(prefix):
+    keys = backend.keys_under(prefix)
+    if not keys:
         return folder, False, []
-    return folder, True, [
-        (f"s3://{backend.bucket}/{key}", lambda key=key: backend.open_part(key)) for key in backend.data_keys(prefix)
-    ]
+    # Keys ending in "/" are console-made folder markers (zero bytes), not files.
+    data = sorted(k for k in keys if not k.endswith("/") and not is_bookkeeping(k[len(prefix):]))
+    return folder, True, [(f"s3://{backend.bucket}/{key}", lambda key=key: backend.open_part(key)) for key in data]

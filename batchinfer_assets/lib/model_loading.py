@@ -38,6 +38,26 @@ class ModelNotFoundError(ModelResolutionError):
     """The registry or tracking server has no such model, version, alias or run."""
 
 
+class ModelRegistryUnreachableError(ModelResolutionError):
+    """The tracking server did not answer within MLflow's own (bounded) retries."""
+
+
+# MLflow's HTTP client retries 7 times with a backoff factor of 2 and a 120 s timeout by default: an unreachable
+# server took minutes to fail, and then the step's own retries multiplied it. Bounded here (about 15 s of
+# retries and 30 s per request) unless the user set these variables; the step does not retry on top.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def bound_mlflow_http_retries() -> None:
+    """Apply MLFLOW_HTTP_DEFAULTS to every variable the user left unset."""
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model URI pinned to one immutable version, with what scoring and lineage need."""
@@ -52,6 +72,8 @@ class ResolvedModel:
     model_format: ModelFormat
     tracking_uri: str
     registry_uri: str | None = None
+    # A complete local copy of the version's artifacts (the model cache), loaded instead of downloading again.
+    local_path: str | None = None
 
 
 def quiet_mlflow() -> None:
@@ -88,6 +110,7 @@ def make_client(tracking_uri: str, registry_uri: str | None = None):
     import mlflow
 
     quiet_mlflow()
+    bound_mlflow_http_retries()
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
 
 
@@ -224,6 +247,11 @@ def pin_model_uri(client, uri: str, tracking_uri: str) -> tuple[str, str | None,
     except MlflowException as error:
         if is_missing_error(error):
             raise ModelNotFoundError(f"Model {uri!r} not found in MLflow at tracking URI {tracking}: {error.message}") from error
+        if "API request to" in error.message and "failed with exception" in error.message:
+            retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+            raise ModelRegistryUnreachableError(
+                f"MLflow at {tracking} (MLFLOW_TRACKING_URI) did not answer for {uri!r} after {retries} retries: {error.message}"
+            ) from error
         raise
     name, version = model_version.name, str(model_version.version)
     return f"models:/{name}/{version}", name, version, model_version.run_id
@@ -256,7 +284,7 @@ def downloaded_model(pinned_uri: str, tracking_uri: str, registry_uri: str | Non
 
 # Written by MLflow at download time (name/version when fetched through models:/, nulls through
 # runs:/), so it describes the fetch, not the model.
-_CHECKSUM_EXCLUDED = frozenset({"registered_model_meta"})
+_CHECKSUM_EXCLUDED = frozenset({"registered_model_meta", "batchinfer-description.json"})
 
 
 def artifact_checksum(directory: Path) -> str:
@@ -309,14 +337,23 @@ def input_columns_of(model_dir: Path, uri: str) -> tuple[str, ...]:
 
 
 def describe_model(
-    client, uri: str, *, tracking_uri: str, registry_uri: str | None = None
+    client, uri: str, *, tracking_uri: str, registry_uri: str | None = None, cache_dir: str | None = None
 ) -> ResolvedModel:
-    """Pin `uri` and read its checksum, input columns and format."""
+    """Pin `uri` and read its checksum, input columns and format.
+
+    With `cache_dir`, the pinned version's artifacts are downloaded and checksummed once per machine and kept
+    there (a registered version and a run's artifacts are immutable); later runs read the description and load
+    the weights from that copy instead of the registry.
+    """
     pinned_uri, name, version, run_id = pin_model_uri(client, uri, tracking_uri)
-    with downloaded_model(pinned_uri, tracking_uri, registry_uri) as model_dir:
-        checksum = artifact_checksum(model_dir)
-        input_columns = input_columns_of(model_dir, uri)
-        model_format = model_format_of(model_dir)
+    if cache_dir is not None:
+        model_dir, description = cached_model(pinned_uri, tracking_uri, registry_uri, Path(cache_dir))
+        checksum, input_columns, model_format = description
+        local_path: str | None = str(model_dir)
+    else:
+        with downloaded_model(pinned_uri, tracking_uri, registry_uri) as model_dir:
+            checksum, input_columns, model_format = _describe_files(model_dir, uri)
+        local_path = None
     return ResolvedModel(
         requested_uri=uri,
         pinned_uri=pinned_uri,
@@ -328,7 +365,50 @@ def describe_model(
         model_format=model_format,
         tracking_uri=tracking_uri,
         registry_uri=registry_uri,
+        local_path=local_path,
     )
+
+
+def _describe_files(model_dir: Path, uri: str) -> tuple[str, tuple[str, ...], ModelFormat]:
+    return artifact_checksum(model_dir), input_columns_of(model_dir, uri), model_format_of(model_dir)
+
+
+_CACHE_DESCRIPTION = "batchinfer-description.json"
+
+
+def cached_model(
+    pinned_uri: str, tracking_uri: str, registry_uri: str | None, cache_dir: Path
+) -> tuple[Path, tuple[str, tuple[str, ...], ModelFormat]]:
+    """(folder, (checksum, input columns, format)) of the pinned model's cached copy, made on first use.
+
+    The entry is keyed by registry and pinned URI, filled in a private folder and renamed into place whole,
+    so concurrent first uses never see a partial copy (the loser of the race drops its own).
+    """
+    import json
+    import shutil
+
+    key = hashlib.sha256("\0".join((tracking_uri, registry_uri or "", pinned_uri)).encode()).hexdigest()[:24]
+    entry = cache_dir / key
+    description_file = entry / _CACHE_DESCRIPTION
+    if not description_file.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+        try:
+            with downloaded_model(pinned_uri, tracking_uri, registry_uri) as model_dir:
+                checksum, columns, model_format = _describe_files(model_dir, pinned_uri)
+                shutil.copytree(model_dir, staging / "model")
+            (staging / "model" / _CACHE_DESCRIPTION).write_text(
+                json.dumps({"pinned_uri": pinned_uri, "artifact_checksum": checksum, "input_columns": list(columns), "model_format": model_format})
+            )
+            try:
+                os.rename(staging / "model", entry)
+            except OSError:
+                if not description_file.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    described = json.loads(description_file.read_text())
+    return entry, (described["artifact_checksum"], tuple(described["input_columns"]), described["model_format"])
 
 
 def load_reference_frame(client, run_id: str | None) -> pd.DataFrame | None:
@@ -369,17 +449,19 @@ def load_torch_module(resolved: ResolvedModel, device: str, *, allow_pickle: boo
             f"{resolved.pinned_uri} is a pickle-format model and pickle loading is disabled; "
             "re-log it with serialization_format='pt2' or allow pickle models"
         )
-    # A private download folder, removed once the weights are in memory: without one a local
-    # store hands back its own folder and a models:/ fetch writes registered_model_meta into it.
+    # From the model cache when the version is there; else a private download folder, removed once the weights
+    # are in memory (without one a local store hands back its own folder and a models:/ fetch writes
+    # registered_model_meta into it).
+    source = resolved.local_path if resolved.local_path and Path(resolved.local_path).is_dir() else resolved.pinned_uri
     with tempfile.TemporaryDirectory(prefix="batchinfer-load-") as tmp, mlflow_uris(
         resolved.tracking_uri, resolved.registry_uri
     ), _pickle_allowed(resolved.model_format == "pickle" and allow_pickle):
         if resolved.model_format == "pt2":
             # Exported programs keep their weights where they were exported (CPU for MLflow's
             # export); they are loaded there and moved afterwards.
-            loaded = mlflow.pytorch.load_model(resolved.pinned_uri, dst_path=tmp)
+            loaded = mlflow.pytorch.load_model(source, dst_path=tmp)
         else:
-            loaded = mlflow.pytorch.load_model(resolved.pinned_uri, dst_path=tmp, map_location=torch.device(device))
+            loaded = mlflow.pytorch.load_model(source, dst_path=tmp, map_location=torch.device(device))
     if not isinstance(loaded, torch.nn.Module) and hasattr(loaded, "module"):
         loaded = loaded.module()
     if not callable(loaded):

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import shutil
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -41,12 +44,19 @@ class StorageUnavailableError(ConnectionError):
     """The object store cannot be reached (possibly for a moment: retried)."""
 
 
+class StorageCredentialsError(PermissionError):
+    """No credentials for an S3 endpoint: a setting to fix, never cleared by retrying."""
+
+
 class BucketNotFoundError(LookupError):
     """The configured bucket does not exist (the same on every try: not retried)."""
 
 
 class PartitionBackend(ABC):
     """Where day folders live, and how a complete spool folder replaces one."""
+
+    # The Hive-style name of each partition folder: `dt` for the daily tables.
+    key_column: str = PARTITION_COLUMN
 
     @abstractmethod
     def location(self, *parts: str) -> str:
@@ -77,6 +87,10 @@ class PartitionBackend(ABC):
         """Remove the day if present."""
 
     @abstractmethod
+    def list_partitions(self, table: str) -> dict[str, float]:
+        """Each partition of the table: its key (the folder's value) and when it was last written (epoch s)."""
+
+    @abstractmethod
     def write_text(self, parts: tuple[str, ...], text: str) -> str:
         """Replace one small text file (readers see the old or the new one) and return its location."""
 
@@ -98,7 +112,7 @@ class LocalBackend(PartitionBackend):
         return ROWS_PER_FILE
 
     def partition_dir(self, table: str, dt: str) -> Path:
-        return self.base / table / f"{PARTITION_COLUMN}={dt}"
+        return self.base / table / f"{self.key_column}={dt}"
 
     def has_partition(self, table: str, dt: str) -> bool:
         self._restore_interrupted_swap(table, dt)
@@ -108,7 +122,7 @@ class LocalBackend(PartitionBackend):
         self._restore_interrupted_swap(table, dt)
         folder = self.partition_dir(table, dt)
         if not folder.is_dir():
-            raise PartitionNotFoundError(f"no partition dt={dt} of table {table!r}: {folder} does not exist")
+            raise PartitionNotFoundError(f"no partition {self.key_column}={dt} of table {table!r}: {folder} does not exist")
         return sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith((".", "_")))
 
     @contextlib.contextmanager
@@ -120,10 +134,12 @@ class LocalBackend(PartitionBackend):
         self._restore_interrupted_swap(table, dt)
         table_dir = self.base / table
         staging_root = table_dir / STAGING_DIR
-        token = uuid.uuid4().hex
-        staging = staging_root / f"{PARTITION_COLUMN}={dt}.{token}"
+        self._remove_orphaned_staging(staging_root, dt)
+        # Whose staging it is: a later writer of the day removes it once that process is gone (killed runs).
+        token = f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex}"
+        staging = staging_root / f"{self.key_column}={dt}.{token}"
         staging.mkdir(parents=True, exist_ok=False)
-        previous = staging_root / f"{PARTITION_COLUMN}={dt}.{token}.previous"
+        previous = staging_root / f"{self.key_column}={dt}.{token}.previous"
         try:
             yield staging
             _fsync_dir(staging)
@@ -140,8 +156,25 @@ class LocalBackend(PartitionBackend):
     def delete_partition(self, table: str, dt: str) -> None:
         shutil.rmtree(self.partition_dir(table, dt), ignore_errors=True)
 
+    def list_partitions(self, table: str) -> dict[str, float]:
+        folder = self.base / table
+        prefix = f"{self.key_column}="
+        if not folder.is_dir():
+            return {}
+        return {p.name[len(prefix):]: p.stat().st_mtime for p in folder.iterdir() if p.is_dir() and p.name.startswith(prefix)}
+
     def write_text(self, parts: tuple[str, ...], text: str) -> str:
         return str(replace_local_text(self.base.joinpath(*parts), text))
+
+    def _remove_orphaned_staging(self, staging_root: Path, dt: str) -> None:
+        """Remove the day's staging folders left by writers that died (SIGKILL, OOM) before their swap."""
+        if not staging_root.is_dir():
+            return
+        for folder in staging_root.glob(f"{self.key_column}={dt}.*"):
+            if folder.name.endswith(".previous"):
+                continue  # the last good day of an interrupted swap: _restore_interrupted_swap's business
+            if _is_orphaned(folder.name[len(f"{self.key_column}={dt}.") :], folder):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _restore_interrupted_swap(self, table: str, dt: str) -> None:
         # A process killed between the two renames of a swap leaves the day only in `.previous`.
@@ -151,7 +184,7 @@ class LocalBackend(PartitionBackend):
         staging_root = self.base / table / STAGING_DIR
         if not staging_root.is_dir():
             return
-        leftovers = sorted(staging_root.glob(f"{PARTITION_COLUMN}={dt}.*.previous"), key=lambda p: p.stat().st_mtime)
+        leftovers = sorted(staging_root.glob(f"{self.key_column}={dt}.*.previous"), key=lambda p: p.stat().st_mtime)
         if leftovers:
             os.rename(leftovers[-1], final)
 
@@ -184,7 +217,7 @@ class S3Backend(PartitionBackend):
         return 2**62
 
     def day_prefix(self, table: str, dt: str) -> str:
-        return self.key(table, f"{PARTITION_COLUMN}={dt}") + "/"
+        return self.key(table, f"{self.key_column}={dt}") + "/"
 
     def has_partition(self, table: str, dt: str) -> bool:
         return bool(self.data_keys(self.day_prefix(table, dt)))
@@ -193,7 +226,7 @@ class S3Backend(PartitionBackend):
         keys = self.data_keys(self.day_prefix(table, dt))
         if not keys:
             raise PartitionNotFoundError(
-                f"no partition dt={dt} of table {table!r}: no *.parquet objects under {self.location(table, f'{PARTITION_COLUMN}={dt}')}/"
+                f"no partition {self.key_column}={dt} of table {table!r}: no *.parquet objects under {self.location(table, f'{self.key_column}={dt}')}/"
             )
         return keys
 
@@ -268,14 +301,28 @@ class S3Backend(PartitionBackend):
 
     def keys_under(self, prefix: str) -> list[str]:
         """Every key starting with the prefix."""
-        keys: list[str] = []
+        return [item["Key"] for item in self.objects_under(prefix)]
+
+    def objects_under(self, prefix: str) -> list[dict[str, Any]]:
+        """Every object (Key, LastModified, ...) whose key starts with the prefix."""
+        objects: list[dict[str, Any]] = []
         kwargs = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
             page = self._call(f"list s3://{self.bucket}/{prefix}", self.client.list_objects_v2, **kwargs)
-            keys.extend(item["Key"] for item in page.get("Contents", []))
+            objects.extend(page.get("Contents", []))
             if not page.get("IsTruncated"):
-                return keys
+                return objects
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def list_partitions(self, table: str) -> dict[str, float]:
+        table_prefix = self.key(table) + "/"
+        found: dict[str, float] = {}
+        for item in self.objects_under(table_prefix + f"{self.key_column}="):
+            folder, _, name = item["Key"][len(table_prefix):].partition("/")
+            if _is_data_file(name):
+                key = folder.removeprefix(f"{self.key_column}=")
+                found[key] = max(found.get(key, 0.0), item["LastModified"].timestamp())
+        return found
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import boto3.exceptions
@@ -283,6 +330,11 @@ class S3Backend(PartitionBackend):
 
         try:
             return fn(*args, **kwargs)
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise StorageCredentialsError(
+                f"no AWS credentials to {what} at the S3 endpoint {self.endpoint} (bucket {self.bucket!r}): set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or an instance/pod role"
+            ) from exc
         except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
             raise StorageUnavailableError(
                 f"cannot reach the S3 endpoint {self.endpoint} (bucket {self.bucket!r}) to {what}: {exc}"
@@ -294,6 +346,28 @@ class S3Backend(PartitionBackend):
                     "create it or fix the s3:// URI"
                 ) from exc
             raise
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+# A staging folder whose owner cannot be told alive or dead (another host, an older naming) is removed this old.
+_ORPHAN_AGE_S = 24 * 3600
+
+
+def _is_orphaned(token: str, folder: Path) -> bool:
+    """Whether the process that owns a staging folder (token `host.pid.uuid`) is gone."""
+    parts = token.split(".")
+    if len(parts) == 3 and parts[0] == _HOST and parts[1].isdigit():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
+    try:
+        return time.time() - folder.stat().st_mtime > _ORPHAN_AGE_S
+    except FileNotFoundError:
+        return False
 
 
 def _error_code(exc: BaseException) -> str:
@@ -322,9 +396,17 @@ def is_s3_uri(uri: str | os.PathLike[str]) -> bool:
 class PartitionedParquetStore:
     """Reads and atomically replaces daily partitions of Parquet tables under one base, local or S3."""
 
-    def __init__(self, base_uri: str | os.PathLike[str], s3_client: Any = None, spool_dir: str | None = None):
+    def __init__(
+        self,
+        base_uri: str | os.PathLike[str],
+        s3_client: Any = None,
+        spool_dir: str | None = None,
+        key_column: str = PARTITION_COLUMN,
+    ):
         base = str(base_uri)
         self.uri = base
+        self._s3_client = s3_client
+        self._spool_dir = spool_dir
         if is_s3_uri(base):
             if s3_client is None:
                 raise ValueError(f"storage URI {base!r} is on S3 but no S3 client was given")
@@ -334,6 +416,11 @@ class PartitionedParquetStore:
             raise ValueError(f"storage URI {base!r} is neither a local path nor s3://bucket/prefix")
         else:
             self.backend = LocalBackend(Path(base.removeprefix("file://")).absolute())
+        self.backend.key_column = key_column
+
+    def keyed_by(self, key_column: str) -> PartitionedParquetStore:
+        """The same base and client, with partition folders named `{key_column}=...` (e.g. a content hash)."""
+        return PartitionedParquetStore(self.uri, self._s3_client, self._spool_dir, key_column=key_column)
 
     @property
     def base(self) -> Path:
@@ -348,7 +435,7 @@ class PartitionedParquetStore:
 
     def partition_dir(self, table: str, dt: str) -> Path:
         """The folder of one day of one table (local stores only)."""
-        return self.table_dir(table) / f"{PARTITION_COLUMN}={dt}"
+        return self.table_dir(table) / f"{self.backend.key_column}={dt}"
 
     def table_uri(self, table: str) -> str:
         """Where one table lives: a path or an s3:// URI."""
@@ -356,7 +443,7 @@ class PartitionedParquetStore:
 
     def partition_uri(self, table: str, dt: str) -> str:
         """Where one day of one table lives: a path or an s3:// URI."""
-        return self.backend.location(table, f"{PARTITION_COLUMN}={dt}")
+        return self.backend.location(table, f"{self.backend.key_column}={dt}")
 
     def has_partition(self, table: str, dt: str) -> bool:
         """Whether the day has been written."""
@@ -399,11 +486,15 @@ class PartitionedParquetStore:
 
     def column_names(self, table: str, dt: str) -> list[str]:
         """The day's column names, from its first file."""
+        return list(self.schema(table, dt).names)
+
+    def schema(self, table: str, dt: str) -> pa.Schema:
+        """The day's Arrow schema (with its pandas metadata), from its first file."""
         refs = self.partition_files(table, dt)
         if not refs:
-            return []
+            return pa.schema([])
         with self.backend.open_part(refs[0]) as path:
-            return list(pq.read_schema(path).names)
+            return pq.read_schema(path)
 
     def write_partition(self, table: str, dt: str, data: pa.Table) -> str:
         """Replace the day's files with `data`, atomically for readers."""
@@ -425,13 +516,17 @@ class PartitionedParquetStore:
         """Remove the day if present."""
         self.backend.delete_partition(table, dt)
 
+    def list_partitions(self, table: str) -> dict[str, float]:
+        """The table's partition keys and when each was last written (epoch seconds)."""
+        return self.backend.list_partitions(table)
+
     def write_side_file(self, folder: str, dt: str, filename: str, text: str) -> str:
         """Replace `{base}/{folder}/dt={dt}/{filename}` (a per-day file beside the tables); its location."""
-        return self.backend.write_text((folder, f"{PARTITION_COLUMN}={dt}", filename), text)
+        return self.backend.write_text((folder, f"{self.backend.key_column}={dt}", filename), text)
 
     def side_file_url(self, folder: str, dt: str, filename: str, expires_s: int = SIDE_FILE_LINK_EXPIRY_S) -> str | None:
         """A browser link to a side file: a presigned URL on S3 (valid `expires_s`), None for local files."""
-        return self.backend.url_of((folder, f"{PARTITION_COLUMN}={dt}", filename), expires_s)
+        return self.backend.url_of((folder, f"{self.backend.key_column}={dt}", filename), expires_s)
 
 
 class PartitionWriter:

@@ -56,6 +56,13 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
             "folder beside a local sqlite database, else the server's default."
         ),
     )
+    cache_dir: Optional[str] = Field(
+        default=None,
+        description=(
+            "Folder keeping each pinned version's artifacts and checksum once per machine (versions are immutable); "
+            "unset: downloaded and checksummed again by every process."
+        ),
+    )
     demo_when_missing: bool = Field(
         default=True,
         description=(
@@ -91,10 +98,15 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
         cached = self._described.get(pinned_uri)
         if cached is None:
             cached = describe_model(
-                client, pinned_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
+                client, pinned_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri, cache_dir=self.cache_dir
             )
             self._described[pinned_uri] = cached
         return _with_requested(cached, requested)
+
+    def current_version(self) -> tuple[str, str]:
+        """(pinned URI, version) that model_uri resolves to now: a registry lookup, nothing downloaded or trained."""
+        pinned_uri, _, version, _ = pin_model_uri(self._client(), self.model_uri, self.tracking_uri)
+        return pinned_uri, version
 
     def resolve_for_run(self, run_tags: Mapping[str, str]) -> ResolvedModel:
         """The run's model: the version its `batchinfer/model_version` tag pins, else what model_uri resolves to now."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt_
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -26,6 +27,7 @@ from pydantic import Field, PrivateAttr
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
 PREDICTIONS_TABLE = "predictions"
+SCORING_RUNS_TABLE = "scoring_runs"
 
 # SQLite has no timestamp type: event_time is ISO-8601 text in UTC with an explicit offset,
 # e.g. '2025-01-01 13:22:25.290561+00:00', which sorts chronologically, is what SQLite's date
@@ -76,6 +78,8 @@ predictions_table = sa.Table(
     sa.Column("event_time", UtcDateTime()),
     sa.Column("amount", sa.Float),
     sa.Column("merchant_category", sa.String(64)),
+    # Which scoring produced the row: scoring_runs.id (model, version, artifact checksum, input snapshot, code).
+    sa.Column("scoring_run_id", sa.Integer),
     # One transaction_id, day unknown.
     sa.Index("ix_predictions_transaction_id", "transaction_id"),
     # A day's highest scores: WHERE dt = ? ORDER BY score DESC LIMIT n walks this index backwards.
@@ -84,6 +88,32 @@ predictions_table = sa.Table(
     # no separate rowid tree to maintain. Ignored by PostgreSQL.
     sqlite_with_rowid=False,
 )
+# One row per scoring of a day that was published: what "model name + version" cannot say alone (three registries
+# can each hold a "fraud-detector v1"), so a score traces back to exact bytes of model and input with one join.
+scoring_runs_table = sa.Table(
+    SCORING_RUNS_TABLE,
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dt", sa.String(10), nullable=False),
+    sa.Column("dagster_run_id", sa.String(64), nullable=False),
+    sa.Column("model_uri", sa.String(1024), nullable=False),
+    sa.Column("pinned_model_uri", sa.String(1024), nullable=False),
+    sa.Column("model_name", sa.String(256)),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("model_run_id", sa.String(64)),
+    sa.Column("tracking_uri", sa.String(1024)),
+    sa.Column("artifact_checksum", sa.String(64), nullable=False),
+    sa.Column("input_snapshot_hash", sa.String(64), nullable=False),
+    sa.Column("code_version", sa.String(64)),
+    sa.Column("engine", sa.String(32)),
+    sa.Column("device", sa.String(32)),
+    sa.Column("batch_size", sa.Integer),
+    sa.Column("precision", sa.String(8)),
+    sa.Column("threshold", sa.Float),
+    sa.Column("published_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("dagster_run_id", "dt", name="uq_scoring_runs_run_dt"),
+)
+SCORING_RUN_FIELDS = tuple(c.name for c in scoring_runs_table.columns if c.name not in ("id", "dt", "published_at"))
 _COLUMNS = tuple(c.name for c in predictions_table.columns)
 # The columns the caller's Arrow table must hold (dt comes from the partition key) and their types here.
 _INPUT_TYPES: dict[str, pa.DataType] = {
@@ -183,23 +213,30 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
             with conn.begin():
                 yield conn
 
-    def replace_partition(self, dt: str, rows: pa.Table) -> int:
+    def replace_partition(self, dt: str, rows: pa.Table, scoring_run: Mapping[str, Any] | None = None) -> int:
         """Delete the day's rows and insert `rows` atomically; returns rows written.
 
         `rows` holds transaction_id, score, label, model_name, model_version, customer_id, event_time,
-        amount and merchant_category (more columns are ignored). Nothing is written, and the day's
-        previous rows are kept, when a column is missing or a transaction_id is null or repeated.
+        amount and merchant_category (more columns are ignored). `scoring_run` (the SCORING_RUN_FIELDS of the
+        scoring that produced them) is recorded in `scoring_runs` in the same transaction and each row links
+        to it. Nothing is written, and the day's previous rows are kept, when a column is missing or a
+        transaction_id is null or repeated.
         """
         table = _prepare(dt, rows)
+        if scoring_run is not None:
+            missing = [name for name in SCORING_RUN_FIELDS if name not in scoring_run]
+            if missing:
+                raise PredictionsRefusedError(f"scoring run of {dt} lacks {missing}: nothing was published")
         with self._begin(self.engine, sqlite_begin="BEGIN IMMEDIATE") as conn:
             if self._is_postgres():
                 # Two runs replacing the same day would interleave their deletes and inserts and collide.
                 day_lock = zlib.crc32(f"batchinfer:predictions:{dt}".encode())
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(day_lock)))
             conn.execute(sa.delete(predictions_table).where(predictions_table.c.dt == dt))
+            run_id = None if scoring_run is None else _record_scoring_run(conn, dt, scoring_run)
             load = _copy_csv if self._is_postgres() else _insert_sqlite
             try:
-                load(conn, dt, table)
+                load(conn, dt, table, run_id)
             except conn.dialect.loaded_dbapi.Error as exc:
                 # The load runs on the driver's own cursor; raise what SQLAlchemy would have raised.
                 raise sa.exc.DBAPIError.instance(
@@ -215,6 +252,15 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
         """
         if self._engine is not None:
             self._engine.dispose()
+
+    def published_snapshot_hashes(self) -> set[str]:
+        """The input snapshot hashes behind the rows published now (one scoring run per published day)."""
+        runs, rows = scoring_runs_table, predictions_table
+        days = sa.select(runs.c.dt).distinct().subquery()
+        current = sa.select(rows.c.scoring_run_id).where(rows.c.dt == days.c.dt).limit(1).scalar_subquery()
+        query = sa.select(runs.c.input_snapshot_hash).where(runs.c.id.in_(sa.select(current).select_from(days))).distinct()
+        with self._begin(self.engine) as conn:
+            return set(conn.execute(query).scalars())
 
     def count_partition(self, dt: str) -> int:
         """Rows currently published for the day."""
@@ -251,11 +297,25 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         conn.exec_driver_sql(conn.get_execution_options().get("batchinfer_sqlite_begin", "BEGIN"))
 
 
+def _record_scoring_run(conn: sa.Connection, dt: str, scoring_run: Mapping[str, Any]) -> int:
+    """The id of the day's scoring run in `scoring_runs`, inserted on its first publication."""
+    runs = scoring_runs_table
+    key = (runs.c.dagster_run_id == str(scoring_run["dagster_run_id"])) & (runs.c.dt == dt)
+    existing = conn.execute(sa.select(runs.c.id).where(key)).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    values = {name: scoring_run[name] for name in SCORING_RUN_FIELDS}
+    return conn.execute(
+        sa.insert(runs).values(dt=dt, published_at=dt_.datetime.now(dt_.UTC), **values).returning(runs.c.id)
+    ).scalar_one()
+
+
 def _ensure_schema(conn: sa.Connection) -> None:
-    """Create the table, or bring a table an earlier version created up to date: add columns and indexes."""
+    """Create the tables, or bring tables an earlier version created up to date: add columns and indexes."""
     inspector = sa.inspect(conn)
+    scoring_runs_table.create(conn, checkfirst=True)
     if not inspector.has_table(PREDICTIONS_TABLE):
-        _metadata.create_all(conn)
+        predictions_table.create(conn)
         return
     present = {column["name"] for column in inspector.get_columns(PREDICTIONS_TABLE)}
     preparer = conn.dialect.identifier_preparer
@@ -326,10 +386,13 @@ def _prepare(dt: str, rows: pa.Table) -> pa.Table:
     return table
 
 
-def _insert_sqlite(conn: sa.Connection, dt: str, table: pa.Table) -> None:
+def _insert_sqlite(conn: sa.Connection, dt: str, table: pa.Table, scoring_run_id: int | None) -> None:
     """INSERT the rows with sqlite3's executemany over zipped column lists, in the open transaction."""
     values = [repeat(dt, table.num_rows)]
     for name in _COLUMNS[1:]:
+        if name == "scoring_run_id":
+            values.append(repeat(scoring_run_id, table.num_rows))
+            continue
         column = table.column(name)
         if name == "event_time":
             # Arrow formats naive (UTC wall clock) timestamps fast; zoned ones go through tz lookups.
@@ -357,13 +420,14 @@ def _repeated_strings(column: pa.ChunkedArray) -> list[str | None]:
     return distinct[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()].tolist()
 
 
-def _copy_csv(conn: sa.Connection, dt: str, table: pa.Table) -> None:
+def _copy_csv(conn: sa.Connection, dt: str, table: pa.Table, scoring_run_id: int | None) -> None:
     """Stream the rows into PostgreSQL's COPY as CSV, in the connection's open transaction.
 
     pyarrow's CSV writer quotes every string (an empty string is "") and leaves nulls as empty
     unquoted fields, which COPY's CSV format reads as NULL; timestamps are written as UTC with a Z
     suffix, doubles in their shortest round-tripping form.
     """
+    table = table.append_column("scoring_run_id", pa.repeat(pa.scalar(scoring_run_id, pa.int64()), table.num_rows))
     table = pa.table({"dt": pa.repeat(pa.scalar(dt, pa.string()), table.num_rows), **{
         name: table.column(name) for name in _COLUMNS[1:]
     }})

@@ -17,6 +17,13 @@ class TableStorageResource(dg.ConfigurableResource):
         description="Folder or s3://bucket/prefix that holds one sub-folder per asset table (the IO manager's base)."
     )
     s3: Optional[S3Resource] = Field(default=None, description=S3_FIELD_DESCRIPTION)
+    snapshot_retention_days: float = Field(
+        default=90.0,
+        description=(
+            "Days an archived input snapshot (input_snapshot_archive/sha256=...) is kept after it was archived; "
+            "one that a published day's rows still come from is never removed."
+        ),
+    )
 
     @property
     def store(self) -> PartitionedParquetStore:

@@ -123,7 +123,10 @@ def test_rerun_of_a_day_is_byte_identical_and_never_duplicates(settings):
     assert {p.name: p.read_bytes() for p in folder.glob("*.parquet")} == first
     rows_after = _db_rows(settings)
     assert len(rows_after) == len(rows_before) == rows_after["transaction_id"].nunique()
-    pd.testing.assert_frame_equal(rows_before, rows_after)
+    # The same rows, now linked to the scoring run that wrote them last (the lineage log keeps both runs).
+    assert rows_before["scoring_run_id"].nunique() == rows_after["scoring_run_id"].nunique() == 1
+    assert rows_after["scoring_run_id"].iloc[0] != rows_before["scoring_run_id"].iloc[0]
+    pd.testing.assert_frame_equal(rows_before.drop(columns="scoring_run_id"), rows_after.drop(columns="scoring_run_id"))
 
 
 def _assert_each_day_carries_its_own_figures(result, store: PartitionedParquetStore, days: list[str]) -> None:

@@ -58,7 +58,7 @@ def _empty_day(landing: Path) -> None:
 
 STRUCTURAL_BREAKAGES = {
     "no landing data": (_missing_day, rf"no landing data for {DAY}: folder {{landing}}/dt={DAY} does not exist"),
-    "unreadable file": (_unreadable_file, rf"unreadable landing file {{landing}}/dt={DAY}/part-1.parquet"),
+    "unreadable file": (_unreadable_file, rf"landing file {{landing}}/dt={DAY}/part-1.parquet is not a readable Parquet file"),
     "missing column": (_missing_column, r"required column\(s\) missing: channel"),
     "uncastable column": (_uncastable_column, r"column 'amount' of type \S+ cannot be cast to float64"),
     "empty day": (_empty_day, rf"landing data for {DAY} at {{landing}}/dt={DAY}/ has no rows"),

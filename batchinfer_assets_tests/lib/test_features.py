@@ -158,7 +158,8 @@ _rows = st.lists(
         st.integers(0, 5),  # customer
         st.integers(0, 3 * 86_400 - 1),  # second since 2025-03-09
         st.sampled_from(["grocery", "jewelry", "travel", "cash_withdrawal", "unknown_thing", ""]),
-        st.one_of(st.just(0.0), st.floats(0, 1e9, allow_nan=False)),
+        # The whole domain validation accepts: any finite amount >= 0, subnormals and the float64 maximum included.
+        st.one_of(st.just(0.0), st.floats(0, 1e9, allow_nan=False), st.floats(0, allow_nan=False, allow_infinity=False)),
         st.sampled_from(["USD", "EUR", "JPY", "XXX"]),
         st.sampled_from(["pos", "online", "atm"]),
         st.sampled_from(["US", "DE", "JP", "QQ"]),
@@ -186,6 +187,10 @@ def test_any_valid_transactions_give_finite_float32_features_in_input_order(rows
     assert np.isfinite(values).all()
     share = features["amount_share_of_customer_day"].to_numpy()
     assert ((share >= 0) & (share <= 1 + 1e-6)).all()
+    # Each customer-day's shares add up to one, whatever the magnitudes.
+    day = frame["event_time"].dt.floor("D").astype("int64").to_numpy()
+    totals = pd.Series(share.astype(np.float64)).groupby([frame["customer_id"].to_numpy(), day]).sum()
+    np.testing.assert_allclose(totals.to_numpy(), 1.0, rtol=1e-5)
 
 
 def _roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -228,3 +233,9 @@ def test_features_for_a_day_take_well_under_half_a_second(rows):
         build_features(transactions)
         timings.append(time.perf_counter() - start)
     assert min(timings) < 0.5
+
+
+def test_amounts_near_the_float64_maximum_keep_their_shares():
+    base = pd.Timestamp("2025-03-09 10:00", tz="UTC").isoformat()
+    frame = _tx([("t0", base, "c1", "grocery", 1e308, "USD", "pos", "US"), ("t1", base, "c1", "grocery", 1e308, "USD", "pos", "US")])
+    assert build_features(frame)["amount_share_of_customer_day"].tolist() == [0.5, 0.5]

@@ -106,3 +106,44 @@ def test_killed_writer_leaves_previous_day_intact(tmp_path):
     assert store.read_partition("t", "2025-01-01").equals(_table(3))
     visible = ds.dataset(tmp_path / "t", format="parquet", partitioning="hive").to_table()
     assert visible.num_rows == 3
+
+
+def test_the_next_writer_of_a_day_removes_staging_left_by_a_killed_writer(tmp_path):
+    import os
+    import subprocess
+
+    from batchinfer_assets.lib import parquet_store
+
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("predictions", "2025-01-02", pa.table({"transaction_id": ["a"]}))
+    staging = tmp_path / "predictions" / parquet_store.STAGING_DIR
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    killed = staging / f"dt=2025-01-02.{parquet_store._HOST}.{dead_pid.pid}.{'0' * 32}"
+    alive = staging / f"dt=2025-01-02.{parquet_store._HOST}.{os.getpid()}.{'1' * 32}"
+    other_day = staging / f"dt=2025-01-03.{parquet_store._HOST}.{dead_pid.pid}.{'2' * 32}"
+    for folder in (killed, alive, other_day):
+        folder.mkdir(parents=True)
+        (folder / "part-00000.parquet").write_bytes(b"half written")
+
+    store.write_partition("predictions", "2025-01-02", pa.table({"transaction_id": ["b"]}))
+    assert not killed.exists(), "the dead writer's staging is gone"
+    assert alive.exists(), "a live writer's staging is left alone"
+    assert other_day.exists(), "another day's staging waits for that day's next writer"
+    assert store.read_partition("predictions", "2025-01-02").column("transaction_id").to_pylist() == ["b"]
+
+
+def test_missing_s3_credentials_name_endpoint_and_bucket(tmp_path, monkeypatch):
+    import boto3
+
+    from batchinfer_assets.lib.parquet_store import StorageCredentialsError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    client = boto3.session.Session().client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1")
+    store = PartitionedParquetStore("s3://warehouse-bucket/tables", s3_client=client)
+    with pytest.raises(StorageCredentialsError, match=r"no AWS credentials .* endpoint http://127.0.0.1:9 \(bucket 'warehouse-bucket'\)"):
+        store.has_partition("predictions", "2025-01-02")

@@ -74,7 +74,7 @@ def test_uncastable_column_is_named(tmp_path):
 def test_corrupt_file_is_named(tmp_path):
     folder = _land(tmp_path, _landing_frame())
     (folder / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(LandingDataError, match=r"unreadable landing file .*broken\.parquet"):
+    with pytest.raises(LandingDataError, match=r"landing file .*broken\.parquet is not a readable Parquet file"):
         ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
 
 
@@ -103,4 +103,52 @@ def test_event_times_in_any_zone_are_conformed_to_utc(tmp_path, event_time, expe
 def test_timestamps_as_numbers_are_named(tmp_path):
     _land(tmp_path, _landing_frame().assign(event_time=[1, 2, 3, 4]))
     with pytest.raises(LandingDataError, match="column 'event_time'.*cannot be cast to datetime64"):
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+
+
+def test_every_writers_file_names_are_read_and_their_bookkeeping_is_not(tmp_path):
+    """Spark, Hive, Athena UNLOAD and hand uploads name data files differently; all of them are data."""
+    names = {
+        "part-00000-3f1c9a2e-1b7d-4c55-9d1e-8f4b2a6c0e11.c000.snappy.parquet": "s",  # Spark
+        "000000_0": "h",  # Hive, no extension
+        "20250304_101112_00042_abcde_6a7b8c9d-0000-0000-0000-000000000000": "a",  # Athena UNLOAD
+        "Upload.PARQUET": "u",  # by hand
+        "hour=07/part-00001.parquet": "n",  # Spark partitionBy below the day
+    }
+    for name, prefix in names.items():
+        folder = tmp_path / f"dt={DAY.isoformat()}" / name
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        frame = _landing_frame(2).assign(transaction_id=[f"{prefix}0", f"{prefix}1"])
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder)
+    day = tmp_path / f"dt={DAY.isoformat()}"
+    for bookkeeping in ("_SUCCESS", "_committed_123", ".part-00000.crc", "query-manifest.csv"):
+        (day / bookkeeping).write_text("not data")
+    (day / ".hive-staging_hive_2025").mkdir()
+    (day / ".hive-staging_hive_2025" / "000000_0").write_text("in flight")
+
+    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+    assert sorted(frame["transaction_id"]) == sorted(f"{p}{i}" for p in names.values() for i in (0, 1))
+
+
+def test_a_file_that_is_neither_data_nor_bookkeeping_fails_the_day_naming_it(tmp_path):
+    folder = _land(tmp_path, _landing_frame(3))
+    (folder / "notes.csv").write_text("transaction_id,amount\nt9,1.0\n")
+    with pytest.raises(LandingDataError, match=r"landing file .*notes\.csv is not a readable Parquet file.*remove or move it"):
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+
+
+def test_a_decimal_amount_is_read_as_a_number_and_text_amounts_are_named(tmp_path):
+    import decimal
+
+    frame = _landing_frame(3)
+    table = pa.Table.from_pandas(frame.drop(columns=["amount"]), preserve_index=False).append_column(
+        "amount", pa.array([decimal.Decimal("12.50"), decimal.Decimal("0.01"), decimal.Decimal("1999.99")], pa.decimal128(12, 2))
+    )
+    folder = tmp_path / f"dt={DAY.isoformat()}"
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "part-0.parquet")
+    assert ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)["amount"].tolist() == [12.5, 0.01, 1999.99]
+
+    pq.write_table(pa.Table.from_pandas(frame.assign(amount=["1.5", "n/a", "2"]), preserve_index=False), folder / "part-0.parquet")
+    with pytest.raises(LandingDataError, match=r"column 'amount'.*the values are text \(e.g. '1.5'\); write a float64 or DECIMAL column"):
         ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 
+from batchinfer_assets_tests.conftest import TINY_COLUMNS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError, ModelResolutionError
 from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MODEL_VERSION_TAG, MlflowModelRegistryResource
 
@@ -191,6 +197,46 @@ def test_two_first_runs_started_together_register_the_demo_model_once(tmp_path):
     assert outputs == ["models:/fraud-detector/1", "models:/fraud-detector/1"]
     versions = make_client(tracking_uri).search_model_versions("name = 'fraud-detector'")
     assert [str(v.version) for v in versions] == ["1"]
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "pickle"])
+def test_model_cache_downloads_and_checksums_a_version_once_per_machine(tiny_model_store, tmp_path, monkeypatch, fmt):
+    import mlflow.artifacts
+
+    from batchinfer_assets.resources.torch_scorer import TorchScorerResource
+
+    name = tiny_model_store.names[fmt]
+    uncached = MlflowModelRegistryResource(tracking_uri=tiny_model_store.tracking_uri, model_uri=f"models:/{name}@champion")
+    reference = uncached.resolve()
+    downloads: list[str] = []
+    real_download = mlflow.artifacts.download_artifacts
+
+    def counting_download(*args, **kwargs):
+        downloads.append(kwargs.get("artifact_uri") or args[0])
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", counting_download)
+
+    def fresh_resource() -> MlflowModelRegistryResource:
+        # A new resource per "process": nothing is shared but the cache folder.
+        return MlflowModelRegistryResource(
+            tracking_uri=tiny_model_store.tracking_uri, model_uri=f"models:/{name}@champion", cache_dir=str(tmp_path / "cache")
+        )
+
+    first = fresh_resource().resolve()
+    second = fresh_resource().resolve()
+    assert downloads == [f"models:/{name}/1"], "downloaded once, by the first resolution"
+    assert first.artifact_checksum == second.artifact_checksum == reference.artifact_checksum
+    assert (first.input_columns, first.model_format) == (reference.input_columns, reference.model_format)
+    assert second.local_path is not None and Path(second.local_path).is_dir()
+
+    features = pd.DataFrame(np.random.default_rng(3).normal(size=(50, 3)).astype(np.float32), columns=list(TINY_COLUMNS))
+    # The weights load from the cached copy: a registry that cannot be reached is never asked.
+    unreachable = dataclasses.replace(second, tracking_uri=f"sqlite:///{tmp_path}/no-such-folder/mlflow.db")
+    scorer = TorchScorerResource(device="cpu")
+    from_cache = scorer.score(scorer.load(unreachable), features)
+    from_registry = TorchScorerResource(device="cpu").score(TorchScorerResource(device="cpu").load(reference), features)
+    np.testing.assert_array_equal(from_cache, from_registry)
 
 
 def test_version_metric_reads_the_versions_run_and_names_what_is_missing(tiny_model_store, demo_model_store):

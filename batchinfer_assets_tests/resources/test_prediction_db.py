@@ -291,3 +291,49 @@ def test_wrong_password_on_a_real_server_is_a_clear_error(postgres_server):
         PredictionDatabaseResource(url=url).count_partition("2025-01-01")
     assert f"{name!r} at 127.0.0.1:{postgres_server.port}" in str(failure.value)
     assert "not-the-password" not in str(failure.value)
+
+
+def _scoring_run(run_id: str, version: str) -> dict:
+    from batchinfer_assets.resources.prediction_db import SCORING_RUN_FIELDS
+
+    run = {name: None for name in SCORING_RUN_FIELDS}
+    run.update(
+        dagster_run_id=run_id,
+        model_uri="models:/fraud-detector@champion",
+        pinned_model_uri=f"models:/fraud-detector/{version}",
+        model_version=version,
+        artifact_checksum=f"checksum-of-v{version}",
+        input_snapshot_hash="snapshot-hash",
+        engine="local",
+        batch_size=65536,
+    )
+    return run
+
+
+def test_each_published_row_links_to_the_scoring_run_that_produced_it(db_url):
+    db = PredictionDatabaseResource(url=db_url)
+    db.replace_partition("2025-01-01", _predictions(["a", "b"]), _scoring_run("run-1", "1"))
+    db.replace_partition("2025-01-02", _predictions(["c"]), _scoring_run("run-1", "1"))
+    # The day re-scored by another run with version 2 and published twice: one scoring run row for it.
+    db.replace_partition("2025-01-01", _predictions(["a", "d"], version="2"), _scoring_run("run-2", "2"))
+    db.replace_partition("2025-01-01", _predictions(["a", "d"], version="2"), _scoring_run("run-2", "2"))
+
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            joined = conn.execute(
+                sa.text(
+                    "SELECT p.dt, p.transaction_id, s.dagster_run_id, s.pinned_model_uri, s.artifact_checksum "
+                    "FROM predictions p JOIN scoring_runs s ON s.id = p.scoring_run_id ORDER BY 1, 2"
+                )
+            ).all()
+            runs = conn.execute(sa.text("SELECT dagster_run_id, dt FROM scoring_runs ORDER BY 1, 2")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in joined] == [
+        ("2025-01-01", "a", "run-2", "models:/fraud-detector/2", "checksum-of-v2"),
+        ("2025-01-01", "d", "run-2", "models:/fraud-detector/2", "checksum-of-v2"),
+        ("2025-01-02", "c", "run-1", "models:/fraud-detector/1", "checksum-of-v1"),
+    ]
+    # The history of scorings stays (a lineage log); each (run, day) once.
+    assert [tuple(r) for r in runs] == [("run-1", "2025-01-01"), ("run-1", "2025-01-02"), ("run-2", "2025-01-01")]

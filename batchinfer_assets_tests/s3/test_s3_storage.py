@@ -54,8 +54,10 @@ def _store(s3_env) -> PartitionedParquetStore:
     return PartitionedParquetStore(f"s3://{s3_env.bucket}/warehouse", s3_client=s3_env.client)
 
 
-def _expected_keys(day: str) -> set[str]:
-    return {f"warehouse/{t}/dt={day}/part-00000.parquet" for t in TABLES} | {f"warehouse/drift_reports/dt={day}/report.html"}
+def _expected_keys(day: str, *scored_snapshots: str) -> set[str]:
+    """The day's objects, with the archived copy of each input snapshot scored so far (by content hash)."""
+    archived = {f"warehouse/input_snapshot_archive/sha256={h.removeprefix('sha256:')}/part-00000.parquet" for h in scored_snapshots}
+    return {f"warehouse/{t}/dt={day}/part-00000.parquet" for t in TABLES} | {f"warehouse/drift_reports/dt={day}/report.html"} | archived
 
 
 def test_a_day_with_storage_and_landing_on_s3_then_a_rerun_replaces_each_days_object(s3_env, pipeline_settings):
@@ -72,7 +74,8 @@ def test_a_day_with_storage_and_landing_on_s3_then_a_rerun_replaces_each_days_ob
     result = _materialize_day(settings, DAY)
     assert result.success
     before = _keys(s3_env, "warehouse/")
-    assert set(before) == _expected_keys(DAY)
+    first_input = materializations(result, "predictions")[DAY].metadata["input_snapshot_hash"].value
+    assert set(before) == _expected_keys(DAY, first_input)
     store = _store(s3_env)
     predictions = store.read_partition("predictions", DAY).to_pandas()
     assert len(predictions) == 900 and set(predictions["transaction_id"]) == set(first["transaction_id"])
@@ -91,11 +94,14 @@ def test_a_day_with_storage_and_landing_on_s3_then_a_rerun_replaces_each_days_ob
     s3_env.client.delete_object(Bucket=s3_env.bucket, Key=f"landing/dt={DAY}/part-1.parquet")
     stale = f"warehouse/predictions/dt={DAY}/part-00001.parquet"
     s3_env.client.put_object(Bucket=s3_env.bucket, Key=stale, Body=b"left by an older layout")
-    assert _materialize_day(settings, DAY).success
+    second = _materialize_day(settings, DAY)
+    assert second.success
 
     after = _keys(s3_env, "warehouse/")
-    assert set(after) == _expected_keys(DAY), "one object per day, same key, stale parts gone"
-    changed = [k for k in after if k.endswith(".parquet") and after[k] != before[k]]
+    second_input = materializations(second, "predictions")[DAY].metadata["input_snapshot_hash"].value
+    assert second_input != first_input
+    assert set(after) == _expected_keys(DAY, first_input, second_input), "one object per day, same key, stale parts gone"
+    changed = [k for k in after if k.endswith(".parquet") and k in before and after[k] != before[k]]
     # The quarantine is empty both times, so its bytes (and ETag) are the same; every other table changed.
     assert sorted(changed) == sorted(f"warehouse/{t}/dt={DAY}/part-00000.parquet" for t in TABLES if t != "quarantined_transactions")
     rescored = store.read_partition("predictions", DAY).to_pandas()
@@ -145,7 +151,7 @@ def test_landing_on_s3_fails_like_a_local_landing_zone(s3_env):
 
     bad_key = f"landing/dt={DAY}/part-0.parquet"
     s3_env.client.put_object(Bucket=s3_env.bucket, Key=bad_key, Body=b"this is not parquet")
-    with pytest.raises(LandingDataError, match=f"unreadable landing file s3://{s3_env.bucket}/{bad_key}"):
+    with pytest.raises(LandingDataError, match=f"landing file s3://{s3_env.bucket}/{bad_key} is not a readable Parquet file"):
         landing.load_day(day)
 
     missing = ParquetLandingZoneResource(uri="s3://no-such-landing-bucket/x", s3=S3Resource(region_name=REGION))

@@ -196,3 +196,28 @@ def check_statuses_by_day(system: Dagster, asset: str, days: list[str]) -> dict[
             day: next((r["status"] for r in ranges if r["startKey"] <= day <= r["endKey"]), "MISSING") for day in days
         }
     return statuses
+
+
+STALENESS = """
+query ($key: [String!]!, $partitions: [String!]) {
+  assetNodeOrError(assetKey: {path: $key}) { ... on AssetNode { staleStatusByPartition(partitions: $partitions) } }
+}"""
+
+OBSERVATIONS = """
+query ($key: [String!]!) {
+  assetOrError(assetKey: {path: $key}) {
+    ... on Asset { assetObservations(limit: 5) { runId tags { key value } } }
+  }
+}"""
+
+
+def stale_status_by_day(system: Dagster, asset: str, days: list[str]) -> dict[str, str]:
+    """Dagster's own stale status of each day of `asset`, as the UI reads it."""
+    data = system.graphql(STALENESS, key=[asset], partitions=days)["assetNodeOrError"]
+    return dict(zip(days, data["staleStatusByPartition"]))
+
+
+def observed_versions(system: Dagster, asset: str) -> list[str]:
+    """Data versions of the latest observations of an observable asset, newest first."""
+    observations = system.graphql(OBSERVATIONS, key=[asset])["assetOrError"]["assetObservations"]
+    return [next((t["value"] for t in o["tags"] if t["key"] == "dagster/data_version"), "") for o in observations]

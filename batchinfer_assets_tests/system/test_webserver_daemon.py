@@ -17,7 +17,9 @@ from batchinfer_assets_tests.system.dagster_processes import (
     REPO,
     backfill_scoring_then_wait_for_publishing,
     check_statuses_by_day,
+    observed_versions,
     running_dagster,
+    stale_status_by_day,
 )
 
 DAYS = ["2025-04-07", "2025-04-08", "2025-04-09"]
@@ -39,6 +41,12 @@ def test_backfill_through_graphql_then_the_sensor_publishes_every_day(dagster_sy
     }
     assert check_statuses_by_day(system, "input_snapshot", DAYS) == {"matches_model_signature": dict.fromkeys(DAYS, "SUCCEEDED")}
     assert set(check_statuses_by_day(system, "drift_metrics", DAYS)["drift_check"].values()) <= {"SUCCEEDED", "FAILED"}
+
+    # The daemon's model-version sensor observed the registry's version without anyone pressing Observe, and
+    # every scored day reads fresh against it, down to the published rows.
+    system.wait_for("model_version_sensor's observation", lambda: observed_versions(system, "scoring_model")[:1] == ["1"], timeout=120)
+    for asset in ("predictions", "drift_metrics", "published_predictions", "prediction_performance"):
+        assert stale_status_by_day(system, asset, DAYS) == dict.fromkeys(DAYS, "FRESH"), asset
 
     graph = tmp_path / "asset-graph.png"
     _screenshot(f"{system.url}/asset-groups", graph, tmp_path / "chromium")

@@ -12,6 +12,13 @@ from batchinfer_assets.assets.scoring import scoring_model
 from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policies
 from batchinfer_assets.jobs import daily_scoring_job, reproduce_predictions_job
+from batchinfer_assets.resources.labels import (
+    LabelsResource,
+    NoLabelsResource,
+    ParquetLabelsResource,
+    PerformancePolicyResource,
+    SyntheticLabelsResource,
+)
 from batchinfer_assets.resources.landing import (
     LandingZoneResource,
     ParquetLandingZoneResource,
@@ -24,7 +31,13 @@ from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.schedules import daily_scoring_schedule
-from batchinfer_assets.sensors import freshness_checks_sensor, model_version_sensor, orphaned_runs_sensor, publish_predictions_sensor
+from batchinfer_assets.sensors import (
+    freshness_checks_sensor,
+    model_version_sensor,
+    orphaned_runs_sensor,
+    prediction_performance_sensor,
+    publish_predictions_sensor,
+)
 from batchinfer_assets.settings import Settings
 
 S3_MAX_ATTEMPTS = 5
@@ -52,6 +65,15 @@ def build_resources(settings: Settings) -> dict[str, object]:
         if settings.landing_uri
         else SyntheticLandingZoneResource(rows_per_day=settings.rows_per_day)
     )
+    # The synthetic labels are the synthetic landing zone's truth (same rows a day, so the ids match); beside a real
+    # landing zone they would only name ids that were never scored.
+    labels: LabelsResource
+    if settings.labels_uri:
+        labels = ParquetLabelsResource(uri=settings.labels_uri, s3=s3)
+    elif settings.landing_uri:
+        labels = NoLabelsResource()
+    else:
+        labels = SyntheticLabelsResource(rows_per_day=settings.rows_per_day)
     return {
         "io_manager": HiveParquetIOManager(base_uri=settings.storage_uri, s3=s3),
         "landing_zone": landing_zone,
@@ -69,6 +91,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "table_storage": TableStorageResource(
             base_uri=settings.storage_uri, s3=s3, snapshot_retention_days=settings.snapshot_retention_days
         ),
+        "labels": labels,
+        "performance_policy": PerformancePolicyResource(),
     }
 
 
@@ -79,7 +103,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=[*ASSET_CHECKS, *FRESHNESS_CHECKS],
         jobs=[daily_scoring_job, reproduce_predictions_job],
         schedules=[daily_scoring_schedule],
-        sensors=[publish_predictions_sensor, freshness_checks_sensor, model_version_sensor, orphaned_runs_sensor],
+        sensors=[
+            publish_predictions_sensor,
+            prediction_performance_sensor,
+            freshness_checks_sensor,
+            model_version_sensor,
+            orphaned_runs_sensor,
+        ],
         resources=build_resources(settings),
         # Each run is one step (the day-by-day pipeline, or an observation): a separate step process would only
         # add its start-up and its exit (about 1.7 s of interpreter shutdown with torch and MLflow loaded).

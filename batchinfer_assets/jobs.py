@@ -10,7 +10,7 @@ daily_scoring_job = dg.define_asset_job(
     # Freshness checks are left to their sensor: inside a scoring run they would judge yesterday's partition
     # while the run is writing other days, and record "late" in a run that succeeded.
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets(SCORING_MODEL) - dg.AssetSelection.checks(*FRESHNESS_CHECKS),
-    description="Ingest, validate, featurize, snapshot, score, measure drift and publish one or more days.",
+    description="Ingest, validate, featurize, snapshot, score, measure drift, publish and evaluate one or more days.",
 )
 
 reproduce_predictions_job = dg.define_asset_job(

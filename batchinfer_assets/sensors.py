@@ -1,4 +1,7 @@
-"""Sensors: publishing follows predictions, and freshness checks are evaluated as days close."""
+"""Sensors: publishing follows predictions, performance follows labels, and freshness checks are evaluated as days close."""
+
+import datetime as dt
+import json
 
 import dagster as dg
 
@@ -9,8 +12,10 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from batchinfer_assets import tables
+from batchinfer_assets.assets.performance import LABELS_FINGERPRINT_KEY
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
+from batchinfer_assets.resources.labels import LabelsResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.run_worker import WORKER_TAG, is_alive
 
@@ -19,6 +24,9 @@ REPRODUCES_TAG = "batchinfer/reproduces"
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
 SCORING_MODEL = dg.AssetKey(tables.SCORING_MODEL)
+PREDICTION_PERFORMANCE = dg.AssetKey(tables.PREDICTION_PERFORMANCE)
+# Scored days whose labels are watched: the synthetic source releases its last labels 60 days after a transaction.
+LABELS_WINDOW_DAYS = 60
 _BATCH = 1000
 
 
@@ -81,6 +89,86 @@ def publish_predictions_sensor(context: dg.SensorEvaluationContext):
         run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "predictions"})],
         cursor=str(new_cursor),
     )
+
+
+@dg.sensor(
+    name="prediction_performance_sensor",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    asset_selection=[PREDICTION_PERFORMANCE],
+    description="Re-evaluates exactly the scored days whose labels changed, or that were scored again, since their last evaluation.",
+)
+def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: LabelsResource):
+    """Requests `prediction_performance` for each recent scored day whose labels or predictions changed, as one backfill.
+
+    Watches the most recent LABELS_WINDOW_DAYS days that have predictions. A day is requested when
+    - its labels changed: their fingerprint (file names, sizes and modification times; for the synthetic source,
+      the last daily drop that can have released labels for the day) differs from the cursor's, or, for a day the
+      cursor does not know yet, from the one recorded on the day's latest evaluation; or
+    - its predictions are newer than its latest evaluation (re-scored, or never evaluated), once per new
+      predictions materialization, so a day whose evaluation keeps failing is not requested at every tick.
+    A day whose latest predictions come from a run still in progress waits: that run may evaluate it itself.
+    Nothing is read but file listings and the instance's records.
+    """
+    instance = context.instance
+    previous: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
+    scored = sorted(instance.get_materialized_partitions(PREDICTIONS))[-LABELS_WINDOW_DAYS:]
+    if not scored:
+        return dg.SensorResult(skip_reason="no scored days yet", cursor=json.dumps({}))
+    materialized = dg.DagsterEventType.ASSET_MATERIALIZATION
+    scored_at = instance.get_latest_storage_id_by_partition(PREDICTIONS, materialized, partitions=set(scored))
+    evaluated_at = instance.get_latest_storage_id_by_partition(PREDICTION_PERFORMANCE, materialized, partitions=set(scored))
+
+    cursor: dict[str, list] = {}
+    changed: dict[str, str] = {}
+    waiting: list[str] = []
+    for day in scored:
+        fingerprint = labels.label_files_fingerprint(dt.date.fromisoformat(day))
+        seen_fingerprint, seen_scored_at = previous.get(day) or (_evaluated_fingerprint(instance, day), None)
+        if fingerprint != seen_fingerprint:
+            changed[day] = "labels changed"
+        elif scored_at[day] > evaluated_at.get(day, -1) and scored_at[day] != seen_scored_at:
+            changed[day] = "scored since its last evaluation" if day in evaluated_at else "never evaluated"
+        if day in changed and not _scoring_run_finished(instance, day):
+            del changed[day]
+            waiting.append(day)
+            continue  # left out of the cursor: judged again at the next tick
+        cursor[day] = [fingerprint, scored_at[day]]
+
+    new_cursor = json.dumps(cursor, sort_keys=True)
+    if not changed:
+        waits = f"; {len(waiting)} day(s) wait for the run scoring them" if waiting else ""
+        return dg.SensorResult(
+            skip_reason=f"labels and predictions unchanged for the {len(scored)} scored day(s) {scored[0]}..{scored[-1]}{waits}",
+            cursor=new_cursor,
+        )
+    context.log.info("re-evaluating " + ", ".join(f"{day} ({why})" for day, why in changed.items()))
+    subset = AssetGraphSubset.from_asset_partition_set(
+        {AssetKeyPartitionKey(PREDICTION_PERFORMANCE, day) for day in changed},
+        asset_graph=context.repository_def.asset_graph,
+    )
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "labels"})],
+        cursor=new_cursor,
+    )
+
+
+def _evaluated_fingerprint(instance: dg.DagsterInstance, day: str) -> str | None:
+    """The labels fingerprint the day's latest evaluation recorded; None when it was never evaluated."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=PREDICTION_PERFORMANCE, asset_partitions=[day]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get(LABELS_FINGERPRINT_KEY)
+    return None if value is None else str(value.value)
+
+
+def _scoring_run_finished(instance: dg.DagsterInstance, day: str) -> bool:
+    """Whether the run that wrote the day's latest predictions is over (it may evaluate the day itself)."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=PREDICTIONS, asset_partitions=[day]), limit=1).records
+    run = instance.get_run_by_id(records[0].run_id) if records else None
+    return run is None or run.is_finished
 
 
 freshness_checks_sensor = dg.build_sensor_for_freshness_checks(

@@ -21,6 +21,8 @@ class Settings:
     home: Path
     storage_uri: str
     landing_uri: str | None
+    # Where delayed labels land; None: the synthetic source's own truth, released with a delay.
+    labels_uri: str | None
     rows_per_day: int
     tracking_uri: str
     model_uri: str
@@ -48,6 +50,7 @@ class Settings:
             home=home,
             storage_uri=_location("BATCHINFER_STORAGE_URI", get("BATCHINFER_STORAGE_URI")) or str(home / "storage"),
             landing_uri=_location("BATCHINFER_LANDING_URI", get("BATCHINFER_LANDING_URI")),
+            labels_uri=_location("BATCHINFER_LABELS_URI", get("BATCHINFER_LABELS_URI")),
             rows_per_day=_positive_int("BATCHINFER_DEMO_ROWS_PER_DAY", get("BATCHINFER_DEMO_ROWS_PER_DAY"))
             or DEFAULT_ROWS_PER_DAY,
             tracking_uri=get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",

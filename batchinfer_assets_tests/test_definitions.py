@@ -19,6 +19,7 @@ CONTRACT_DAILY = {
     "predictions",
     "drift_metrics",
     "published_predictions",
+    "prediction_performance",
 }
 EXPECTED_DEPS = {
     "raw_transactions": set(),
@@ -29,6 +30,8 @@ EXPECTED_DEPS = {
     # The model version behind the day's scores is an input of what is computed from them.
     "drift_metrics": {"input_snapshot", "predictions", "scoring_model"},
     "published_predictions": {"predictions", "raw_transactions", "scoring_model"},
+    # The version is a column of the predictions, and each version is judged against its own hold-out metric.
+    "prediction_performance": {"predictions"},
 }
 
 
@@ -100,7 +103,7 @@ def test_the_scoring_job_leaves_freshness_to_its_sensor(defs):
     """Freshness checks judge yesterday's partition at the deadline; inside a run they would judge the run's days."""
     job = defs.resolve_job_def("daily_scoring_job")
     checks = {key.name for key in job.asset_layer.asset_graph.asset_check_keys}
-    assert checks == {"invalid_share_within_limit", "matches_model_signature", "drift_check"}
+    assert checks == {"invalid_share_within_limit", "matches_model_signature", "drift_check", "performance_within_floor"}
 
 
 def test_any_selection_of_the_pipeline_can_run(defs):

@@ -1,3 +1,4 @@
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ def test_embedded_defaults_live_under_the_working_directory(tmp_path):
     assert settings.home == home
     assert settings.storage_uri == str(home / "storage")
     assert settings.landing_uri is None
+    assert settings.labels_uri is None
     assert settings.rows_per_day == 20_000
     assert settings.tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
     assert settings.model_uri == DEFAULT_MODEL_URI
@@ -36,11 +38,13 @@ def test_every_contract_variable_is_honoured(tmp_path):
         "BATCHINFER_BATCH_SIZE": "4096",
         "BATCHINFER_MAX_INVALID_FRACTION": "0.05",
         "BATCHINFER_PREDICTIONS_DB_URL": "postgresql+psycopg://u:p@db/preds",
+        "BATCHINFER_LABELS_URI": "s3://labels-bucket/fraud",
     }
     s = Settings.from_env(env)
     assert (s.home, s.storage_uri, s.landing_uri, s.rows_per_day) == (Path(tmp_path / "h"), "s3://bucket/prefix", "/data/landing", 500)
     assert (s.tracking_uri, s.model_uri, s.device, s.batch_size) == ("http://mlflow:5000", "models:/mine/3", "cuda:1", 4096)
     assert (s.max_invalid_fraction, s.predictions_db_url) == (0.05, "postgresql+psycopg://u:p@db/preds")
+    assert s.labels_uri == "s3://labels-bucket/fraud"
 
 
 @pytest.mark.parametrize(
@@ -75,6 +79,8 @@ def test_the_prediction_database_password_never_reaches_resource_config(monkeypa
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
+        ("BATCHINFER_LABELS_URI", "gs://bucket/labels", "BATCHINFER_LABELS_URI='gs://bucket/labels': only local paths"),
+        ("BATCHINFER_LABELS_URI", "s3:///labels", "BATCHINFER_LABELS_URI='s3:///labels' is not s3://<bucket>/<prefix>"),
         ("BATCHINFER_DEVICE", "gpu", "BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"),
         ("BATCHINFER_DEVICE", "cuda:x", "BATCHINFER_DEVICE must be auto, cpu, cuda or cuda:N"),
         ("BATCHINFER_MODEL_URI", "fraud-detector@champion", "BATCHINFER_MODEL_URI must be models:/<name>@<alias>"),
@@ -95,3 +101,16 @@ def test_settings_that_can_never_work_are_refused_at_load_naming_the_variable(tm
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "CUDA:0"])
 def test_every_documented_device_is_accepted(tmp_path, device):
     assert Settings.from_env({"BATCHINFER_DEVICE": device}, cwd=tmp_path).device == device.lower()
+
+
+def test_labels_uri_picks_the_parquet_labels_zone_and_its_absence_the_synthetic_truth_or_none(tmp_path):
+    from batchinfer_assets.definitions import build_resources
+    from batchinfer_assets.resources.labels import NoLabelsResource, ParquetLabelsResource, SyntheticLabelsResource
+
+    synthetic = build_resources(Settings.from_env({"BATCHINFER_DEMO_ROWS_PER_DAY": "700"}, cwd=tmp_path))["labels"]
+    assert isinstance(synthetic, SyntheticLabelsResource) and synthetic.rows_per_day == 700, "ids must match the landing zone's"
+    zone = build_resources(Settings.from_env({"BATCHINFER_LABELS_URI": str(tmp_path / "labels")}, cwd=tmp_path))["labels"]
+    assert isinstance(zone, ParquetLabelsResource) and zone.uri == str(tmp_path / "labels")
+    # A real landing zone without a labels zone: the synthetic truth would name ids that were never scored.
+    own_data = build_resources(Settings.from_env({"BATCHINFER_LANDING_URI": str(tmp_path / "landing")}, cwd=tmp_path))["labels"]
+    assert isinstance(own_data, NoLabelsResource) and own_data.labels_for(dt.date(2025, 3, 1)).labels.empty

@@ -35,6 +35,7 @@ from dagster._core.definitions.data_version import (
 )
 
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource, ResolvedModel
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
@@ -91,6 +92,8 @@ class PipelineRun:
     torch_scorer: TorchScorerResource
     prediction_db: PredictionDatabaseResource
     code_versions: Mapping[str, str]
+    labels: LabelsResource
+    performance_policy: PerformancePolicyResource
     snapshot_retention_days: float = 90.0
     cache: dict[str, Any] = field(default_factory=dict)
     # "<day> <stage>: " while a day's stage runs, so an unexpected failure says where it happened.

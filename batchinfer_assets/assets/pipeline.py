@@ -1,11 +1,11 @@
 """The daily pipeline: every stage of one day before the next day, in one step that loads the model once.
 
-Seven assets, one step. Each run covers one day or a single-run range of days; for each day the selected
+Eight assets, one step. Each run covers one day or a single-run range of days; for each day the selected
 stages run in lineage order and hand the day to each other in memory, then the day is let go, so a run
 holds one day whatever the range. Every day gets its own materializations (with its own data version),
 its own check verdicts and its own failure: a day blocked by a check, or whose data is unusable, stops
 there and is named when the step fails at the end, after the other days were done. Any selection of the
-seven assets runs (`can_subset`): a stage whose upstream is not selected reads it from storage.
+eight assets runs (`can_subset`): a stage whose upstream is not selected reads it from storage.
 """
 
 
@@ -18,12 +18,14 @@ import dagster as dg
 import pyarrow as pa
 
 from batchinfer_assets import schemas
-from batchinfer_assets.assets import _run, features, ingest, monitoring, scoring, serving, snapshot
+from batchinfer_assets.assets import _run, features, ingest, monitoring, performance, scoring, serving, snapshot
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
-from batchinfer_assets.lib import drift, features as feature_lib, hashing, parquet_store
+from batchinfer_assets.lib import drift, features as feature_lib, hashing, labels as labels_lib, parquet_store
+from batchinfer_assets.lib import performance as performance_lib
 from batchinfer_assets.lib.code_version import code_version_of
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
+from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
@@ -35,6 +37,7 @@ from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, is_trans
 from batchinfer_assets.tables import (
     DRIFT_METRICS,
     INPUT_SNAPSHOT,
+    PREDICTION_PERFORMANCE,
     PREDICTIONS,
     PUBLISHED_PREDICTIONS,
     QUARANTINED_TRANSACTIONS,
@@ -58,6 +61,8 @@ STAGES: tuple[tuple[tuple[str, ...], Stage], ...] = (
     ((PREDICTIONS,), scoring.predictions_day),
     ((DRIFT_METRICS,), monitoring.drift_day),
     ((PUBLISHED_PREDICTIONS,), serving.publish_day),
+    # Last: a bad labels file stops only the day's evaluation, after the day was scored and published.
+    ((PREDICTION_PERFORMANCE,), performance.performance_day),
 )
 
 
@@ -71,6 +76,7 @@ def _code_versions() -> dict[str, str]:
         PREDICTIONS: code_version_of(*shared, scoring),
         DRIFT_METRICS: code_version_of(*shared, monitoring, drift),
         PUBLISHED_PREDICTIONS: code_version_of(*shared, serving),
+        PREDICTION_PERFORMANCE: code_version_of(*shared, performance, performance_lib, labels_lib),
     }
 
 
@@ -85,6 +91,7 @@ SPECS = [
         scoring.PREDICTIONS_SPEC,
         monitoring.DRIFT_METRICS_SPEC,
         serving.PUBLISHED_PREDICTIONS_SPEC,
+        performance.PREDICTION_PERFORMANCE_SPEC,
     )
 ]
 
@@ -92,7 +99,12 @@ SPECS = [
 @dg.multi_asset(
     name="daily_pipeline",
     specs=SPECS,
-    check_specs=[features.INVALID_SHARE_CHECK_SPEC, snapshot.SIGNATURE_CHECK_SPEC, monitoring.DRIFT_CHECK_SPEC],
+    check_specs=[
+        features.INVALID_SHARE_CHECK_SPEC,
+        snapshot.SIGNATURE_CHECK_SPEC,
+        monitoring.DRIFT_CHECK_SPEC,
+        performance.PERFORMANCE_CHECK_SPEC,
+    ],
     can_subset=True,
     partitions_def=daily_partitions,
     # One run per backfill range: the model is loaded once, and days go through one at a time.
@@ -108,8 +120,10 @@ def daily_pipeline(
     torch_scorer: TorchScorerResource,
     table_storage: TableStorageResource,
     prediction_db: PredictionDatabaseResource,
+    labels: LabelsResource,
+    performance_policy: PerformancePolicyResource,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """Ingest, validate, featurize, snapshot, score, measure drift and publish each day of the run."""
+    """Ingest, validate, featurize, snapshot, score, measure drift, publish and evaluate each day of the run."""
     run = PipelineRun(
         context=context,
         store=table_storage.store,
@@ -119,6 +133,8 @@ def daily_pipeline(
         torch_scorer=torch_scorer,
         prediction_db=prediction_db,
         code_versions=CODE_VERSIONS,
+        labels=labels,
+        performance_policy=performance_policy,
         snapshot_retention_days=table_storage.snapshot_retention_days,
     )
     # The Runs list shows tags: a range run names its days there (one-day runs carry dagster/partition).

@@ -19,6 +19,7 @@ from batchinfer_assets.lib.model_loading import (
     ResolvedModel,
     default_artifact_location,
     describe_model,
+    is_missing_error,
     load_reference_frame,
     make_client,
     pin_model_uri,
@@ -71,6 +72,7 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
     )
 
     _described: dict[str, ResolvedModel] = PrivateAttr(default_factory=dict)
+    _run_metrics: dict[tuple[str, str, str], Optional[float]] = PrivateAttr(default_factory=dict)
 
     def _client(self):
         return make_client(self.tracking_uri, self.registry_uri)
@@ -122,6 +124,28 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
             model_name=DEMO_MODEL_NAME,
             alias=DEMO_ALIAS,
         )
+
+    def version_metric(self, name: str, version: str, metric: str) -> Optional[float]:
+        """A metric (e.g. `holdout_roc_auc`) logged by the run that produced a model version; None when it has none.
+
+        `name` and `version` as the predictions record them: a registered name and version, or, for a model
+        scored from a `runs:/` URI, no name and the run id as the version. Cached per version: what a
+        version's run logged does not change, and a range run asks once per day.
+        """
+        key = (name, version, metric)
+        if key not in self._run_metrics:
+            from mlflow.exceptions import MlflowException
+
+            client = self._client()
+            try:
+                run_id = client.get_model_version(name, version).run_id if name else version
+                self._run_metrics[key] = client.get_run(run_id).data.metrics.get(metric) if run_id else None
+            except MlflowException as error:
+                if is_missing_error(error):
+                    what = f"model {name!r} version {version}" if name else f"run {version}"
+                    raise ModelNotFoundError(f"{what} (named by the predictions) is not in MLflow at {self.tracking_uri}") from error
+                raise
+        return self._run_metrics[key]
 
     def load_reference(self, resolved: ResolvedModel) -> pd.DataFrame | None:
         """The model run's `reference/training_sample.parquet` artifact, or None when it has none."""

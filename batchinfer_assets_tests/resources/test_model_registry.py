@@ -237,3 +237,15 @@ def test_model_cache_downloads_and_checksums_a_version_once_per_machine(tiny_mod
     from_cache = scorer.score(scorer.load(unreachable), features)
     from_registry = TorchScorerResource(device="cpu").score(TorchScorerResource(device="cpu").load(reference), features)
     np.testing.assert_array_equal(from_cache, from_registry)
+
+
+def test_version_metric_reads_the_versions_run_and_names_what_is_missing(tiny_model_store, demo_model_store):
+    demo = MlflowModelRegistryResource(tracking_uri=demo_model_store.tracking_uri)
+    holdout = demo.version_metric("fraud-detector", "1", "holdout_roc_auc")
+    assert holdout is not None and 0.5 < holdout <= 1.0
+    tiny = MlflowModelRegistryResource(tracking_uri=tiny_model_store.tracking_uri)
+    # The tiny model's run logged no hold-out metric; predictions scored from a runs:/ URI name the run as version.
+    assert tiny.version_metric("tiny-pickle", "1", "holdout_roc_auc") is None
+    assert tiny.version_metric("", tiny_model_store.run_id, "holdout_roc_auc") is None
+    with pytest.raises(ModelNotFoundError, match=r"model 'tiny-pickle' version 7 \(named by the predictions\) is not in MLflow"):
+        tiny.version_metric("tiny-pickle", "7", "holdout_roc_auc")

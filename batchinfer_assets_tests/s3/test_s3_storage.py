@@ -27,7 +27,7 @@ from batchinfer_assets_tests.s3.conftest import REGION
 from batchinfer_assets_tests.support import materializations
 
 DAY = "2025-02-11"
-TABLES = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics"]
+TABLES = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions", "drift_metrics", "prediction_performance"]
 
 
 def _keys(s3_env, prefix: str) -> dict[str, str]:

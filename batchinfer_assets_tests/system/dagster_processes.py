@@ -17,7 +17,9 @@ from batchinfer_assets_tests.processes import default_signals, free_port, stop_p
 
 REPO = Path(__file__).resolve().parents[2]
 # A subset of the pipeline (no quarantine, no publishing), as a user picks it in the lineage view.
-SCORING_ASSETS = ["raw_transactions", "transaction_features", "input_snapshot", "predictions", "drift_metrics"]
+# With the evaluation in the backfill, the labels sensor finds nothing to re-evaluate (it would otherwise request
+# the scored days after its 5-minute interval, a third backfill run on a slow machine).
+SCORING_ASSETS = ["raw_transactions", "transaction_features", "input_snapshot", "predictions", "drift_metrics", "prediction_performance"]
 STARTUP_TIMEOUT = 180
 BACKFILL_TIMEOUT = 420
 PUBLISH_TIMEOUT = 240

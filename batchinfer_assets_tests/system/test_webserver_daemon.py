@@ -45,7 +45,7 @@ def test_backfill_through_graphql_then_the_sensor_publishes_every_day(dagster_sy
     # The daemon's model-version sensor observed the registry's version without anyone pressing Observe, and
     # every scored day reads fresh against it, down to the published rows.
     system.wait_for("model_version_sensor's observation", lambda: observed_versions(system, "scoring_model")[:1] == ["1"], timeout=120)
-    for asset in ("predictions", "drift_metrics", "published_predictions"):
+    for asset in ("predictions", "drift_metrics", "published_predictions", "prediction_performance"):
         assert stale_status_by_day(system, asset, DAYS) == dict.fromkeys(DAYS, "FRESH"), asset
 
     graph = tmp_path / "asset-graph.png"

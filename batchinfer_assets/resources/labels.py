@@ -1,0 +1,146 @@
+"""Labels zones: where the delayed truth about each transaction day comes from, and how performance is judged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from abc import ABC, abstractmethod
+from typing import Optional
+
+import dagster as dg
+import pandas as pd
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from batchinfer_assets.lib.labels import (
+    MAX_DELAY_DAYS,
+    DayLabels,
+    files_fingerprint,
+    label_files,
+    latest_labels,
+    read_label_files,
+    released_by,
+    synthetic_label_schedule,
+)
+from batchinfer_assets.lib.parquet_store import is_s3_uri
+from batchinfer_assets.lib.synthetic import DEFAULT_SEED
+from batchinfer_assets.resources.storage import S3_FIELD_DESCRIPTION
+
+
+class LabelsResource(dg.ConfigurableResource, ABC):
+    """A source of the labels known so far for one transaction day."""
+
+    @abstractmethod
+    def location(self, day: dt.date) -> str:
+        """Where the day's labels are read from, for messages and metadata."""
+
+    @abstractmethod
+    def labels_for(self, day: dt.date) -> DayLabels:
+        """The labels known now for the day's transactions, the latest per id; none yet is not an error."""
+
+    @abstractmethod
+    def label_files_fingerprint(self, day: dt.date) -> str:
+        """A short string that changes whenever the day's known labels may have changed (cheap: no data read)."""
+
+
+class SyntheticLabelsResource(LabelsResource):
+    """The synthetic source's own truth, each label released a deterministic delay after its transaction."""
+
+    rows_per_day: int = Field(
+        default=20_000, gt=0, description="Transactions a day of the synthetic landing zone (must match it, so ids match)."
+    )
+    seed: int = Field(default=DEFAULT_SEED, description="Seed of the synthetic landing zone (must match it).")
+    now: Optional[str] = Field(
+        default=None,
+        description=(
+            "Evaluate as of this instant (ISO 8601, UTC if no zone), e.g. to replay a past morning; unset: the wall "
+            "clock. Labels are released in one drop a day at 00:00 UTC."
+        ),
+    )
+
+    def location(self, day: dt.date) -> str:
+        return f"synthetic-labels://seed={self.seed}/rows={self.rows_per_day}/dt={day.isoformat()}"
+
+    def as_of(self) -> pd.Timestamp:
+        """The instant up to which labels count as released: the last daily drop, at 00:00 UTC.
+
+        Labels arrive as one drop a day, as a daily labels feed would land them, so a day's known labels (and
+        the sensor's fingerprint of them) change once a day rather than at every tick.
+        """
+        stamp = pd.Timestamp.now(tz="UTC") if self.now is None else pd.Timestamp(self.now)
+        stamp = stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
+        return stamp.floor("D")
+
+    def labels_for(self, day: dt.date) -> DayLabels:
+        released = released_by(synthetic_label_schedule(day, self.rows_per_day, self.seed), self.as_of())
+        return latest_labels([released], [self.location(day)])
+
+    def label_files_fingerprint(self, day: dt.date) -> str:
+        # No files: the last daily drop that can have released labels for the day plays their part. It changes
+        # with each drop until the longest delay has passed, and costs nothing (the sensor asks for 60 days a tick).
+        last_release = day + dt.timedelta(days=math.ceil(MAX_DELAY_DAYS) + 1)
+        return f"drop={min(self.as_of().date(), last_release).isoformat()}"
+
+
+class ParquetLabelsResource(LabelsResource):
+    """Parquet files under `{uri}/dt={YYYY-MM-DD}/` (the transaction's day), as the labelling system lands them."""
+
+    uri: str = Field(description="Root of the labels zone: a local folder or s3://bucket/prefix.")
+    s3: Optional[S3Resource] = Field(default=None, description=S3_FIELD_DESCRIPTION)
+
+    def location(self, day: dt.date) -> str:
+        return f"{self.uri.rstrip('/')}/dt={day.isoformat()}/"
+
+    def _client(self):
+        return (self.s3 or S3Resource()).get_client() if is_s3_uri(self.uri) else None
+
+    def labels_for(self, day: dt.date) -> DayLabels:
+        return read_label_files(label_files(self.uri, day, s3_client=self._client()))
+
+    def label_files_fingerprint(self, day: dt.date) -> str:
+        return files_fingerprint(label_files(self.uri, day, s3_client=self._client()))
+
+
+class NoLabelsResource(LabelsResource):
+    """No labels zone: a real landing zone without BATCHINFER_LABELS_URI (the synthetic truth would name other ids).
+
+    Every day is then evaluated on the estimate alone, and its metadata says where labels would come from.
+    """
+
+    def location(self, day: dt.date) -> str:
+        return "none: set BATCHINFER_LABELS_URI to a labels zone"
+
+    def labels_for(self, day: dt.date) -> DayLabels:
+        return latest_labels([], [])
+
+    def label_files_fingerprint(self, day: dt.date) -> str:
+        return "none"
+
+
+class PerformancePolicyResource(dg.ConfigurableResource):
+    """When a day's performance counts as too low: the floor below the model's own hold-out figure."""
+
+    holdout_metric: str = Field(
+        default="holdout_roc_auc",
+        description="The metric of the model's MLflow run that states its hold-out ROC AUC.",
+    )
+    tolerance: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="How far below the hold-out ROC AUC a day may fall before the check warns: floor = holdout - tolerance.",
+    )
+    absolute_floor: Optional[float] = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Floor for models whose run logged no hold-out metric; unset: such models are not judged.",
+    )
+    min_labelled_positives: int = Field(
+        default=30,
+        ge=1,
+        description=(
+            "Labelled frauds a day needs before its realized ROC AUC is judged; with fewer, the estimate for the "
+            "unlabelled rows is judged instead (its interval would be too wide to mean anything)."
+        ),
+    )

@@ -13,6 +13,7 @@ from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError
 from batchinfer_assets.resources.prediction_db import PredictionsRefusedError
+from batchinfer_assets.resources.scoring_engine import RayClusterUnreachableError
 from batchinfer_assets.resources.torch_scorer import MissingInputColumnsError, ModelOutputError
 from batchinfer_assets.schemas import ColumnLevelSchemaError
 
@@ -33,6 +34,8 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
     PartitionNotFoundError,
     BucketNotFoundError,
     PredictionsRefusedError,
+    # Not the data, but as permanent: a wrong address or a missing token fails the same way on every try.
+    RayClusterUnreachableError,
 )
 
 F = TypeVar("F", bound=Callable)

@@ -38,6 +38,7 @@ from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource, ResolvedModel
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.scoring_engine import ScoringEngineResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.tables import SCORING_MODEL
@@ -81,6 +82,7 @@ class PipelineRun:
     validation_policy: ValidationPolicyResource
     model_registry: MlflowModelRegistryResource
     torch_scorer: TorchScorerResource
+    scoring_engine: ScoringEngineResource
     prediction_db: PredictionDatabaseResource
     code_versions: Mapping[str, str]
     cache: dict[str, Any] = field(default_factory=dict)

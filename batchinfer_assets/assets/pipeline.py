@@ -26,6 +26,7 @@ from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine, ScoringEngineResource
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
@@ -103,6 +104,7 @@ def daily_pipeline(
     validation_policy: ValidationPolicyResource,
     model_registry: MlflowModelRegistryResource,
     torch_scorer: TorchScorerResource,
+    scoring_engine: ScoringEngineResource,
     table_storage: TableStorageResource,
     prediction_db: PredictionDatabaseResource,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
@@ -114,6 +116,7 @@ def daily_pipeline(
         validation_policy=validation_policy,
         model_registry=model_registry,
         torch_scorer=torch_scorer,
+        scoring_engine=scoring_engine,
         prediction_db=prediction_db,
         code_versions=CODE_VERSIONS,
     )
@@ -131,7 +134,10 @@ def daily_pipeline(
         if run.selected & MODEL_STAGES:
             run.resolved
         if PREDICTIONS in run.selected:
-            run.model
+            # A remote engine's actors load the model; this process only needs to reach the cluster.
+            scoring_engine.prepare(context)
+            if not isinstance(scoring_engine, RemoteScoringEngine):
+                run.model
     except BAD_DATA_ERRORS as error:
         raise dg.Failure(description=f"{type(error).__name__}: {error}", allow_retries=False) from error
     for day in run.days:

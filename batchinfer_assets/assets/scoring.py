@@ -16,7 +16,8 @@ from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
-from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, TorchScorerResource
+from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine
+from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
 from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
 from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
 from batchinfer_assets.tables import SCORING_MODEL
@@ -54,8 +55,7 @@ PREDICTIONS_SPEC = dg.AssetSpec(
 
 
 def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
-    """Stream the day's snapshot through the run's model into the day's predictions."""
-    model = run.model
+    """Stream the day's snapshot through the run's model into the day's predictions, here or on the engine's cluster."""
     scorer = run.torch_scorer
     day = state.day
     progress = ProgressMeter(total_rows=snapshot_row_count(run.store, day), interval_s=scorer.progress_interval_s)
@@ -65,11 +65,17 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         if line is not None:
             run.context.log.info(f"{day}: {line}")
 
-    result = score_day(run.store, day, scorer, model, on_rows=on_rows)
+    engine = run.scoring_engine
+    if isinstance(engine, RemoteScoringEngine):
+        result = engine.score_day(run.context, run.store, day, scorer, run.resolved, predictions_schema(), on_rows)
+        device, actors, per_actor = result.device, result.actors, result.rows_per_second_per_actor
+    else:
+        result = score_day(run.store, day, scorer, run.model, on_rows=on_rows)
+        device, actors, per_actor = run.model.device, 1, None
     snapshot_hash = run.latest_version(SNAPSHOT_TABLE, day, state) or snapshot_hash_from_files(run, day)
-    resolved = model.resolved
+    resolved = run.resolved
     rows_per_second = round(result.rows / progress.elapsed_s, 1) if progress.elapsed_s > 0 else float(result.rows)
-    run.context.log.info(f"{day}: {progress.line()} with {resolved.pinned_uri} on {model.device}")
+    run.context.log.info(f"{day}: {progress.line()} with {resolved.pinned_uri} on {device} ({engine.engine} engine)")
     yield run.materialization(
         PREDICTIONS_TABLE,
         state,
@@ -83,7 +89,11 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "input_snapshot_hash": snapshot_hash,
             "row_count": result.rows,
             "rows_per_second": rows_per_second,
-            "device": model.device,
+            "device": device,
+            "engine": engine.engine,
+            "actors": actors,
+            # The local engine is one "actor": the step's process.
+            "rows_per_second_per_actor": rows_per_second if per_actor is None else per_actor,
             "precision": scorer.precision,
             "batch_size": result.batch_size,
             "batch_size_backoffs": result.backoffs,
@@ -167,7 +177,10 @@ def score_day(
     constant_columns: dict[int, tuple[pa.Array, pa.Array]] = {}
     with store.partition_writer(PREDICTIONS_TABLE, day, schema) as writer:
         for batch in snapshot_batches(store, day, read_rows_for(torch_scorer, model), ["transaction_id", *columns]):
-            scores, run = torch_scorer.score_matrix(model, record_batch_matrix(batch, columns), on_rows)
+            try:
+                scores, run = torch_scorer.score_matrix(model, record_batch_matrix(batch, columns), on_rows)
+            except ModelOutputError as error:
+                raise error.naming(f"input_snapshot dt={day}", batch.column("transaction_id").to_pylist()) from None
             labels = torch_scorer.labels(scores)
             n = batch.num_rows
             if n not in constant_columns:

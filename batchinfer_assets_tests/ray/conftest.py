@@ -1,0 +1,29 @@
+"""One real two-node Ray cluster on loopback for the whole session (it takes seconds to start), always stopped."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from batchinfer_assets_tests.ray.cluster import LOOPBACK_ENV, LoopbackRayCluster, start_cluster, stop_cluster
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> LoopbackRayCluster:
+    """Head and worker node on 127.0.0.1 with 2 logical CPUs each (with 1, Ray Data holds a CPU for listing and one for reading, leaving the actors none: it hangs); this process joins as a driver with auth off."""
+    saved = {name: os.environ.get(name) for name in LOOPBACK_ENV}
+    os.environ.update(LOOPBACK_ENV)
+    cluster = start_cluster(head_cpus=2, worker_cpus=2)
+    try:
+        yield cluster
+    finally:
+        import ray
+
+        ray.shutdown()
+        stop_cluster(cluster)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

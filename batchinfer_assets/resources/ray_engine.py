@@ -88,7 +88,7 @@ class ExistingRayCluster(RayResource):
         return True
 
 
-def ray_cluster_for(address: Optional[str], local_num_cpus: Optional[int] = None) -> RayResource:
+def ray_cluster_for(address: Optional[str]) -> RayResource:
     """The cluster resource for an address: `ExistingRayCluster`, or `LocalRay` when there is none.
 
     Both connect only when a day is scored (`Lifecycle(connect=False)`): a run that only publishes never starts
@@ -97,10 +97,7 @@ def ray_cluster_for(address: Optional[str], local_num_cpus: Optional[int] = None
     lazy = Lifecycle(connect=False)
     if address:
         return ExistingRayCluster(address=address, lifecycle=lazy)
-    options: dict[str, Any] = {"include_dashboard": False}
-    if local_num_cpus is not None:
-        options["num_cpus"] = local_num_cpus
-    return LocalRay(lifecycle=lazy, ray_init_options=options)
+    return LocalRay(lifecycle=lazy, ray_init_options={"include_dashboard": False})
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ class RayScoringEngine(RemoteScoringEngine):
         gt=0,
         description=(
             "CPUs Ray reserves per actor. Fractional by default: on a small machine, actors that take every CPU "
-            "leave none for the read tasks and the pipeline hangs. The forward pass uses the threads torch chooses."
+            "leave none for the read tasks and the pipeline hangs. torch's threads follow (torch_threads_per_actor)."
         ),
     )
     num_gpus_per_actor: Optional[float] = Field(
@@ -139,7 +136,7 @@ class RayScoringEngine(RemoteScoringEngine):
     rows_per_batch: int = Field(
         default=65_536,
         ge=1,
-        description="Rows per actor call (the local engine reads the same number per step on CPU, so batches match).",
+        description="Rows per actor call, and per block handed to the pool (the local engine reads as many per step on CPU).",
     )
     torch_threads_per_actor: Optional[int] = Field(
         default=None,
@@ -207,10 +204,17 @@ class RayScoringEngine(RemoteScoringEngine):
         data_context = ray.data.DataContext.get_current()
         # Blocks come back in snapshot order, so the day's files hold the rows in the order the local engine writes.
         data_context.execution_options.preserve_order = True
+        # Ray 2.60's default Parquet reader (datasource V2) bin-packs row groups into read tasks by size, across
+        # files, whatever preserve_order says: on a 5M-row day (files of 2M, 2M and 1M rows) the first block came
+        # from another file than the first. The V1 reader makes its read tasks in file and row-group order.
+        data_context.use_datasource_v2 = False
         data_context.enable_progress_bars = False
         dataset = (
             ray.data.read_parquet(paths, filesystem=filesystem, partitioning=None)
             .select_columns(["transaction_id", *columns])
+            # Blocks of one call each (streaming, order kept): a file's rows then spread over the whole pool instead
+            # of one actor taking the block its read task produced.
+            .repartition(target_num_rows_per_block=self.rows_per_batch)
             .map_batches(
             DayScorer,
             fn_constructor_kwargs={

@@ -111,15 +111,22 @@ def _write_snapshot(storage: Path, frame: pd.DataFrame) -> None:
     PartitionedParquetStore(storage).write_partition("input_snapshot", DAY, pa.Table.from_pandas(frame, preserve_index=False))
 
 
-def _tiny_on_ray(cluster: LoopbackRayCluster, tracking_uri: str, storage: Path, model_uri: str) -> dict:
+def _tiny_resources(tracking_uri: str, storage: Path, model_uri: str, cluster: LoopbackRayCluster | None = None) -> dict:
+    """The pipeline's resources on the tiny store: the Ray engine on `cluster`, or the local engine without one."""
     registry = MlflowModelRegistryResource(tracking_uri=tracking_uri, model_uri=model_uri)
-    return pipeline_resources(storage, registry, scoring_engine=ray_engine(cluster.address, rows_per_batch=300))
+    engine = {"scoring_engine": ray_engine(cluster.address, rows_per_batch=300)} if cluster else {}
+    return pipeline_resources(storage, registry, **engine)
 
 
-def test_the_run_tag_pin_is_what_the_actors_load(ray_cluster, tiny_versions, tmp_path):
+def test_the_run_tag_pin_is_what_the_actors_load_on_a_day_of_several_files(ray_cluster, tiny_versions, tmp_path, monkeypatch):
+    from batchinfer_assets.lib import parquet_store
+
+    # Three files (500, 500 and 200 rows): the predictions must still come back in the snapshot's order.
+    monkeypatch.setattr(parquet_store, "ROWS_PER_FILE", 500)
     frame = _snapshot()
     _write_snapshot(tmp_path, frame)
-    resources = _tiny_on_ray(ray_cluster, tiny_versions, tmp_path, "models:/tiny@champion")
+    assert len(PartitionedParquetStore(tmp_path).partition_files("input_snapshot", DAY)) == 3
+    resources = _tiny_resources(tiny_versions, tmp_path, "models:/tiny@champion", ray_cluster)
 
     result = materialize_pipeline(resources, ["predictions"], partition_key=DAY, tags={MODEL_VERSION_TAG: "1"})
 
@@ -136,12 +143,13 @@ def test_the_run_tag_pin_is_what_the_actors_load(ray_cluster, tiny_versions, tmp
 def test_non_finite_scores_fail_the_day_naming_model_day_and_a_row_and_keep_the_old_predictions(ray_cluster, tiny_versions, tmp_path):
     frame = _snapshot()
     _write_snapshot(tmp_path, frame)
-    materialize_pipeline(_tiny_on_ray(ray_cluster, tiny_versions, tmp_path, "models:/tiny/1"), ["predictions"], partition_key=DAY)
+    # The previous predictions come from the local engine: what matters is that the failed Ray job leaves them as they were.
+    materialize_pipeline(_tiny_resources(tiny_versions, tmp_path, "models:/tiny/1"), ["predictions"], partition_key=DAY)
     before = day_files(tmp_path)
     first_bad = frame["transaction_id"][frame[TINY_COLUMNS[0]] > 1.0].iloc[0]
 
     with pytest.raises(dg.Failure) as failed:
-        materialize_pipeline(_tiny_on_ray(ray_cluster, tiny_versions, tmp_path, "models:/tiny-nan/1"), ["predictions"], partition_key=DAY)
+        materialize_pipeline(_tiny_resources(tiny_versions, tmp_path, "models:/tiny-nan/1", ray_cluster), ["predictions"], partition_key=DAY)
 
     message = str(failed.value)
     assert "ModelOutputError: Model models:/tiny-nan/1 returned" in message and f"non-finite score(s) of 300 in input_snapshot dt={DAY}" in message
@@ -152,13 +160,12 @@ def test_non_finite_scores_fail_the_day_naming_model_day_and_a_row_and_keep_the_
 
 def test_a_missing_model_column_is_named_before_the_cluster_does_any_work(ray_cluster, tiny_versions, tmp_path):
     _write_snapshot(tmp_path, _snapshot())
-    resources = _tiny_on_ray(ray_cluster, tiny_versions, tmp_path, "models:/tiny/1")
-    materialize_pipeline(resources, ["predictions"], partition_key=DAY)
+    materialize_pipeline(_tiny_resources(tiny_versions, tmp_path, "models:/tiny/1"), ["predictions"], partition_key=DAY)
     before = day_files(tmp_path)
 
     _write_snapshot(tmp_path, _snapshot().drop(columns=["velocity"]))
     with pytest.raises(dg.Failure, match=f"MissingInputColumnsError: missing column\\(s\\) velocity required by the model models:/tiny/1: not in input_snapshot dt={DAY}"):
-        materialize_pipeline(resources, ["predictions"], partition_key=DAY)
+        materialize_pipeline(_tiny_resources(tiny_versions, tmp_path, "models:/tiny/1", ray_cluster), ["predictions"], partition_key=DAY)
     assert day_files(tmp_path) == before
 
 

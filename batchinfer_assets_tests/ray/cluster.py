@@ -56,14 +56,21 @@ def _node_ports() -> list[str]:
     return [item for flag, port in ports.items() for item in (flag, str(port))]
 
 
-def start_cluster(head_cpus: int = 1, worker_cpus: int = 1, object_store_mb: int = 256) -> LoopbackRayCluster:
-    """Head plus one worker node on 127.0.0.1, both joined before returning; stopped by `stop_cluster`."""
+def start_cluster(
+    head_cpus: int = 1, worker_cpus: int = 1, object_store_mb: int = 256, node_env: dict[str, str] | None = None
+) -> LoopbackRayCluster:
+    """Head plus one worker node on 127.0.0.1 (with `node_env` set on both), joined before returning; stopped by `stop_cluster`."""
     # Unix socket paths under the temp dir must stay short (about 100 characters).
     temp_dir = Path(tempfile.mkdtemp(prefix="bi-ray-", dir="/tmp"))
     logs = temp_dir / "node-logs"
     logs.mkdir()
     port = free_port()
-    env = {**os.environ, **LOOPBACK_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        **LOOPBACK_ENV,
+        **(node_env or {}),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     env.pop("RAY_ADDRESS", None)
     cluster = LoopbackRayCluster(address=f"127.0.0.1:{port}", temp_dir=temp_dir, logs=logs, env=env)
     common = ["--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir), "--disable-usage-stats"]

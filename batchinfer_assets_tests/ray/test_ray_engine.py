@@ -15,6 +15,8 @@ from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
 from batchinfer_assets.resources.ray_engine import RayScoringEngine, ray_cluster_for
+from batchinfer_assets.resources.storage import HiveParquetIOManager
+from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets_tests.conftest import TINY_COLUMNS, tiny_module
 from batchinfer_assets_tests.processes import free_port
@@ -192,3 +194,22 @@ def test_an_unreachable_cluster_fails_once_naming_its_address(tiny_versions, tmp
     error = result.failure_data_for_node("daily_pipeline").error
     assert f"RayClusterUnreachableError: cannot reach the Ray cluster at {address} (RAY_ADDRESS)" in error.message
     assert not (tmp_path / "predictions").exists()
+
+
+def test_a_day_on_s3_is_read_by_the_nodes_and_committed_as_one_object(ray_cluster, tiny_versions, s3_env, tmp_path):
+    uri = f"s3://{s3_env.bucket}/warehouse"
+    store = PartitionedParquetStore(uri, s3_client=s3_env.client)
+    store.write_partition("input_snapshot", DAY, pa.Table.from_pandas(_snapshot(), preserve_index=False))
+    on_s3 = {"io_manager": HiveParquetIOManager(base_uri=uri), "table_storage": TableStorageResource(base_uri=uri)}
+    registry = MlflowModelRegistryResource(tracking_uri=tiny_versions, model_uri="models:/tiny/1")
+    local_resources = pipeline_resources(tmp_path, registry, **on_s3)
+    materialize_pipeline(local_resources, ["predictions"], partition_key=DAY)
+    local = store.read_partition("predictions", DAY)
+
+    materialize_pipeline({**local_resources, "scoring_engine": ray_engine(ray_cluster.address)}, ["predictions"], partition_key=DAY)
+
+    listed = s3_env.client.list_objects_v2(Bucket=s3_env.bucket, Prefix=f"warehouse/predictions/dt={DAY}/")
+    assert [item["Key"] for item in listed["Contents"]] == [f"warehouse/predictions/dt={DAY}/part-00000.parquet"]
+    stored = store.read_partition("predictions", DAY)
+    for column in local.column_names:
+        assert stored.column(column).equals(local.column(column)), column

@@ -216,23 +216,23 @@ class RayScoringEngine(RemoteScoringEngine):
             # of one actor taking the block its read task produced.
             .repartition(target_num_rows_per_block=self.rows_per_batch)
             .map_batches(
-            DayScorer,
-            fn_constructor_kwargs={
-                "scorer_config": actor_scorer_config(torch_scorer, gpus),
-                "resolved": resolved,
-                "day": day,
-                "schema": schema,
-                "torch_threads": self.torch_threads_per_actor,
-            },
-            batch_size=self.rows_per_batch,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_cpus=self.num_cpus_per_actor,
-            num_gpus=gpus,
-            # Deprecated in Ray 2.60 with no named replacement yet (removed in 2.64); without them a model that
-            # kills its actor on every batch would be restarted forever.
-            max_restarts=self.max_restarts,
-            max_task_retries=self.max_restarts,
+                DayScorer,
+                fn_constructor_kwargs={
+                    "scorer_config": actor_scorer_config(torch_scorer, gpus),
+                    "resolved": resolved,
+                    "day": day,
+                    "schema": schema,
+                    "torch_threads": self.torch_threads_per_actor,
+                },
+                batch_size=self.rows_per_batch,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=self.actors),
+                num_cpus=self.num_cpus_per_actor,
+                num_gpus=gpus,
+                # Deprecated in Ray 2.60 with no named replacement yet (removed in 2.64); without them a model that
+                # kills its actor on every batch would be restarted forever.
+                max_restarts=self.max_restarts,
+                max_task_retries=self.max_restarts,
             )
         )
         rows = positives = backoffs = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -79,6 +80,21 @@ class _NaNAboveOne(torch.nn.Module):
         return torch.where(x[:, :1] > 1.0, torch.full_like(scores, float("nan")), scores)
 
 
+class _DiesOnce(torch.nn.Module):
+    """The tiny model, except that the first forward pass anywhere kills its process (and leaves a marker file)."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.inner = tiny_module()
+        self.marker = marker
+
+    def forward(self, x):
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os._exit(1)
+        return self.inner(x)
+
+
 @pytest.fixture(scope="module")
 def tiny_versions(tmp_path_factory):
     """A private MLflow store: `tiny` v1 and v2 (champion, shifted) and `tiny-nan` v1, all pt2 (no test code to unpickle)."""
@@ -97,6 +113,12 @@ def tiny_versions(tmp_path_factory):
     with mlflow_uris(tracking_uri), mlflow.start_run(experiment_id=experiment_id):
         for name, module in (("tiny", tiny_module()), ("tiny", shifted), ("tiny-nan", _NaNAboveOne().eval())):
             log_torch_model(module, input_columns=TINY_COLUMNS, example=example, serialization_format="pt2", registered_model_name=name)
+        # Pickled (a class the actors import from this module); logging runs it once, so the marker exists meanwhile.
+        marker = root / "died-once"
+        marker.touch()
+        dies_once = _DiesOnce(str(marker)).eval()
+        log_torch_model(dies_once, input_columns=TINY_COLUMNS, example=example, serialization_format="pickle", registered_model_name="tiny-dies-once")
+        marker.unlink()
     client.set_registered_model_alias("tiny", "champion", "2")
     return tracking_uri
 
@@ -213,3 +235,19 @@ def test_a_day_on_s3_is_read_by_the_nodes_and_committed_as_one_object(ray_cluste
     stored = store.read_partition("predictions", DAY)
     for column in local.column_names:
         assert stored.column(column).equals(local.column(column)), column
+
+
+def test_an_actor_that_dies_is_restarted_and_its_batch_retried(ray_cluster, tiny_versions, tmp_path):
+    frame = _snapshot()
+    _write_snapshot(tmp_path, frame)
+    marker = Path(tiny_versions.removeprefix("sqlite:///")).parent / "died-once"
+    assert not marker.exists()
+
+    materialize_pipeline(_tiny_resources(tiny_versions, tmp_path, "models:/tiny-dies-once/1", ray_cluster), ["predictions"], partition_key=DAY)
+
+    assert marker.exists(), "an actor died in its first batch"
+    stored = PartitionedParquetStore(tmp_path).read_partition("predictions", DAY)
+    assert stored.column("transaction_id").to_pylist() == frame["transaction_id"].tolist()
+    with torch.inference_mode():
+        expected = tiny_module()(torch.from_numpy(frame[list(TINY_COLUMNS)].to_numpy(np.float32))).numpy().reshape(-1)
+    np.testing.assert_allclose(stored.column("score").to_numpy(), expected, rtol=0, atol=1e-6)

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # User-code image for batchinfer_assets: serves the code location over gRPC and is the image of
-# every run pod and step pod the K8sRunLauncher and k8s_job_executor start.
+# every run pod and step pod the K8sRunLauncher and k8s_job_executor start, and of the Ray nodes of
+# deploy/kuberay/raycluster.yaml (PROJECT_EXTRAS carries the ray extra: driver and cluster run one Ray version).
 #   docker build -t batchinfer-assets:cpu .                                   # CPU torch (default)
 #   docker build --build-arg TORCH_VARIANT=cu128 -t batchinfer-assets:cu128 .  # CUDA 12.8 torch
 #   add --build-arg GIT_COMMIT=$(git rev-parse HEAD) so each scored day records the image's commit
@@ -19,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_ROOT_USER_ACTION=ignore \
     TORCH_VERSION=${TORCH_VERSION} \
     TORCH_INDEX_URL=${TORCH_INDEX_URL} \
-    PROJECT_EXTRAS=deploy \
+    PROJECT_EXTRAS=deploy,ray \
     BATCHINFER_HOME=/var/lib/batchinfer \
     DAGSTER_HOME=/opt/dagster/home
 

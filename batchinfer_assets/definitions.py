@@ -26,6 +26,7 @@ from batchinfer_assets.resources.landing import (
 )
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.scoring_engine import LocalScoringEngine, ScoringEngineResource
 from batchinfer_assets.resources.storage import HiveParquetIOManager
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
@@ -87,6 +88,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "torch_scorer": TorchScorerResource(
             device=settings.device, batch_size=settings.batch_size, state_dir=str(settings.state_dir)
         ),
+        "scoring_engine": build_scoring_engine(settings),
         "prediction_db": PredictionDatabaseResource(url=_secret_or_value(PREDICTIONS_DB_URL_VAR, settings.predictions_db_url)),
         "table_storage": TableStorageResource(
             base_uri=settings.storage_uri, s3=s3, snapshot_retention_days=settings.snapshot_retention_days
@@ -94,6 +96,15 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "labels": labels,
         "performance_policy": PerformancePolicyResource(),
     }
+
+
+def build_scoring_engine(settings: Settings) -> ScoringEngineResource:
+    """The engine `BATCHINFER_SCORING_ENGINE` names; Ray (an optional extra) is imported only when it is chosen."""
+    if settings.scoring_engine == "ray":
+        from batchinfer_assets.resources.ray_engine import RayScoringEngine, ray_cluster_for
+
+        return RayScoringEngine(cluster=ray_cluster_for(settings.ray_address))
+    return LocalScoringEngine()
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

@@ -1,5 +1,8 @@
 """The Kubernetes code location: the same definitions, each step a pod, the pipeline step on a GPU node.
 
+With `BATCHINFER_SCORING_ENGINE=ray` (the Helm values' choice) the pipeline step is a CPU pod that drives the
+RayCluster of `deploy/kuberay/raycluster.yaml` (`RAY_ADDRESS`), whose GPU workers score.
+
 The Helm values point the user-code deployment at this module (`-m batchinfer_assets.k8s_definitions`);
 `dagster dev` and the plain image keep loading `batchinfer_assets.definitions`. The choice of executor is
 deployment configuration, not an environment check inside the package.
@@ -54,8 +57,8 @@ def gpu_step_k8s_config(gpus: int = 1) -> dict[str, Any]:
 
 
 def k8s_executor(gpus_per_scoring_step: int = 1) -> dg.ExecutorDefinition:
-    """`k8s_job_executor` with CPU defaults for every step and a GPU for the scoring step."""
-    per_step: Mapping[str, Any] = {SCORING_STEP: gpu_step_k8s_config(gpus_per_scoring_step)}
+    """`k8s_job_executor` with CPU defaults for every step and `gpus_per_scoring_step` GPUs (0: none) for the scoring step."""
+    per_step: Mapping[str, Any] = {SCORING_STEP: gpu_step_k8s_config(gpus_per_scoring_step)} if gpus_per_scoring_step else {}
     return k8s_job_executor.configured(
         {"step_k8s_config": CPU_STEP_K8S_CONFIG, "per_step_k8s_config": dict(per_step)},
         name="k8s_gpu_scoring_executor",
@@ -65,9 +68,15 @@ def k8s_executor(gpus_per_scoring_step: int = 1) -> dg.ExecutorDefinition:
 def build_k8s_definitions(
     settings: Settings, gpus_per_scoring_step: int = 1, days_per_run: int = 1
 ) -> dg.Definitions:
-    """The project's definitions with the k8s executor, and asset backfills fanned out as one run per `days_per_run`."""
+    """The project's definitions with the k8s executor, and asset backfills fanned out as one run per `days_per_run`.
+
+    With the Ray engine the scoring step is only the cluster's driver (the GPUs are the RayCluster's workers), so it
+    runs on a CPU pod like every other step.
+    """
     if days_per_run < 1:
         raise ValueError(f"days_per_run must be at least 1, got {days_per_run}")
+    if settings.scoring_engine == "ray":
+        gpus_per_scoring_step = 0
     base = build_definitions(settings)
     fanned_out = [
         asset.with_attributes(backfill_policy=dg.BackfillPolicy.multi_run(days_per_run))

@@ -20,6 +20,7 @@ from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError, StorageCredentialsError
 from batchinfer_assets.lib.snapshot_archive import SnapshotNotArchivedError
 from batchinfer_assets.resources.prediction_db import PredictionsRefusedError
+from batchinfer_assets.resources.scoring_engine import RayClusterUnreachableError
 from batchinfer_assets.resources.torch_scorer import MissingInputColumnsError, ModelOutputError
 from batchinfer_assets.schemas import ColumnLevelSchemaError
 
@@ -42,6 +43,8 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
     StorageCredentialsError,
     PredictionsRefusedError,
     SnapshotNotArchivedError,
+    # Not the data, but as permanent: a wrong address or a missing token fails the same way on every try.
+    RayClusterUnreachableError,
 )
 
 F = TypeVar("F", bound=Callable)

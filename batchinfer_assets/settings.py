@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ DEFAULT_MODEL_URI = "models:/fraud-detector@champion"
 DEFAULT_ROWS_PER_DAY = 20_000
 DEFAULT_MAX_INVALID_FRACTION = 0.01
 DEFAULT_SNAPSHOT_RETENTION_DAYS = 90
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class Settings:
     snapshot_retention_days: int = DEFAULT_SNAPSHOT_RETENTION_DAYS
     # botocore reads AWS_ENDPOINT_URL and credentials itself but not AWS_REGION, so the region is passed on.
     aws_region: str | None = None
+    # `local` (the step's process) or `ray` (Ray Data on the cluster `ray_address` names; unset: a Ray for the run).
+    scoring_engine: str = "local"
+    ray_address: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -45,7 +50,6 @@ class Settings:
 
         home = Path(get("BATCHINFER_HOME") or (cwd or Path.cwd()) / ".batchinfer").absolute()
         batch_size = get("BATCHINFER_BATCH_SIZE")
-        _scoring_engine(get("BATCHINFER_SCORING_ENGINE"))
         return cls(
             home=home,
             storage_uri=_location("BATCHINFER_STORAGE_URI", get("BATCHINFER_STORAGE_URI")) or str(home / "storage"),
@@ -62,6 +66,8 @@ class Settings:
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
             snapshot_retention_days=_positive_int("BATCHINFER_SNAPSHOT_RETENTION_DAYS", get("BATCHINFER_SNAPSHOT_RETENTION_DAYS"))
             or DEFAULT_SNAPSHOT_RETENTION_DAYS,
+            scoring_engine=_scoring_engine(get("BATCHINFER_SCORING_ENGINE")),
+            ray_address=get("RAY_ADDRESS"),
         )
 
     @property
@@ -88,13 +94,16 @@ _DATABASE_BACKENDS = ("sqlite", "postgresql")
 
 
 def _scoring_engine(raw: str | None) -> str:
-    # The contract names a `ray` engine; until it exists, asking for it must not silently score locally.
-    if raw is not None and raw.lower() != "local":
+    if raw is None:
+        return "local"
+    if raw.lower() not in ENGINES:
         raise ValueError(
-            f"BATCHINFER_SCORING_ENGINE={raw!r}: only the 'local' engine (one process, one device) is available in "
-            "this version; unset the variable or set it to 'local'"
+            f"BATCHINFER_SCORING_ENGINE must be one of {', '.join(ENGINES)} (local: one process, one device; ray: Ray Data "
+            f"on the cluster RAY_ADDRESS names), got {raw!r}"
         )
-    return "local"
+    if raw.lower() == "ray" and not all(importlib.util.find_spec(m) for m in ("ray", "dagster_ray")):
+        raise ValueError("BATCHINFER_SCORING_ENGINE=ray needs the ray extra: pip install 'batchinfer_assets[ray]'")
+    return raw.lower()
 
 
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")

@@ -13,6 +13,7 @@ from batchinfer_assets.assets.scoring import scoring_model
 from batchinfer_assets.resources.labels import PerformancePolicyResource, SyntheticLabelsResource
 from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.scoring_engine import LocalScoringEngine
 from batchinfer_assets.resources.storage import HiveParquetIOManager
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
@@ -30,6 +31,7 @@ def pipeline_resources(storage: Path, model_registry: Any, **overrides: Any) -> 
         "validation_policy": ValidationPolicyResource(),
         "model_registry": model_registry,
         "torch_scorer": TorchScorerResource(device="cpu"),
+        "scoring_engine": LocalScoringEngine(),
         "prediction_db": PredictionDatabaseResource(url=f"sqlite:///{Path(storage) / 'predictions.db'}"),
         "labels": SyntheticLabelsResource(rows_per_day=1000),
         "performance_policy": PerformancePolicyResource(),

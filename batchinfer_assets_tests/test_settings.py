@@ -86,7 +86,7 @@ def test_the_prediction_database_password_never_reaches_resource_config(monkeypa
         ("BATCHINFER_MODEL_URI", "fraud-detector@champion", "BATCHINFER_MODEL_URI must be models:/<name>@<alias>"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "postgres//scorer:s3cret@db/predictions", "BATCHINFER_PREDICTIONS_DB_URL is not a SQLAlchemy URL"),
         ("BATCHINFER_PREDICTIONS_DB_URL", "mysql://u:s3cret@db/p", "BATCHINFER_PREDICTIONS_DB_URL names backend 'mysql'"),
-        ("BATCHINFER_SCORING_ENGINE", "ray", "BATCHINFER_SCORING_ENGINE='ray': only the 'local' engine"),
+        ("BATCHINFER_SCORING_ENGINE", "spark", "BATCHINFER_SCORING_ENGINE must be one of local, ray"),
         ("BATCHINFER_STORAGE_URI", "gs://bucket/tables", "BATCHINFER_STORAGE_URI='gs://bucket/tables': only local paths"),
         ("BATCHINFER_LANDING_URI", "s3://Bad_Bucket/landing", "BATCHINFER_LANDING_URI='s3://Bad_Bucket/landing' is not s3://<bucket>/<prefix>"),
         ("BATCHINFER_SNAPSHOT_RETENTION_DAYS", "forever", "BATCHINFER_SNAPSHOT_RETENTION_DAYS must be a positive integer"),
@@ -96,6 +96,33 @@ def test_settings_that_can_never_work_are_refused_at_load_naming_the_variable(tm
     with pytest.raises(ValueError, match=re.escape(message)) as refused:
         Settings.from_env({variable: value}, cwd=tmp_path)
     assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "engine", "address"),
+    [
+        ({}, "local", None),
+        ({"BATCHINFER_SCORING_ENGINE": "LOCAL"}, "local", None),
+        ({"BATCHINFER_SCORING_ENGINE": "ray"}, "ray", None),
+        ({"BATCHINFER_SCORING_ENGINE": "ray", "RAY_ADDRESS": "raycluster-head-svc:6379"}, "ray", "raycluster-head-svc:6379"),
+    ],
+)
+def test_the_scoring_engine_and_ray_address_are_read_from_the_contract_variables(tmp_path, environ, engine, address):
+    settings = Settings.from_env(environ, cwd=tmp_path)
+    assert (settings.scoring_engine, settings.ray_address) == (engine, address)
+
+
+def test_the_ray_engine_is_built_on_the_cluster_ray_address_names(tmp_path):
+    from dagster_ray import LocalRay
+
+    from batchinfer_assets.definitions import build_scoring_engine
+    from batchinfer_assets.resources.ray_engine import ExistingRayCluster, RayScoringEngine
+
+    remote = build_scoring_engine(Settings.from_env({"BATCHINFER_SCORING_ENGINE": "ray", "RAY_ADDRESS": "head:6379"}, cwd=tmp_path))
+    assert isinstance(remote, RayScoringEngine) and isinstance(remote.cluster, ExistingRayCluster)
+    assert remote.cluster.ray_address == "head:6379"
+    local = build_scoring_engine(Settings.from_env({"BATCHINFER_SCORING_ENGINE": "ray"}, cwd=tmp_path))
+    assert isinstance(local.cluster, LocalRay) and local.cluster.ray_address is None
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "CUDA:0"])

@@ -39,6 +39,7 @@ from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicy
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource, ResolvedModel
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.scoring_engine import ScoringEngineResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.tables import PREDICTIONS, SCORING_MODEL
@@ -90,6 +91,7 @@ class PipelineRun:
     validation_policy: ValidationPolicyResource
     model_registry: MlflowModelRegistryResource
     torch_scorer: TorchScorerResource
+    scoring_engine: ScoringEngineResource
     prediction_db: PredictionDatabaseResource
     code_versions: Mapping[str, str]
     labels: LabelsResource

@@ -29,6 +29,7 @@ from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicy
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine, ScoringEngineResource
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
@@ -118,6 +119,7 @@ def daily_pipeline(
     validation_policy: ValidationPolicyResource,
     model_registry: MlflowModelRegistryResource,
     torch_scorer: TorchScorerResource,
+    scoring_engine: ScoringEngineResource,
     table_storage: TableStorageResource,
     prediction_db: PredictionDatabaseResource,
     labels: LabelsResource,
@@ -131,6 +133,7 @@ def daily_pipeline(
         validation_policy=validation_policy,
         model_registry=model_registry,
         torch_scorer=torch_scorer,
+        scoring_engine=scoring_engine,
         prediction_db=prediction_db,
         code_versions=CODE_VERSIONS,
         labels=labels,
@@ -173,7 +176,10 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
     if run.selected & MODEL_STAGES:
         run.resolved
     if PREDICTIONS in run.selected:
-        run.model
+        # A remote engine's actors load the model; this process only needs to reach the cluster.
+        run.scoring_engine.prepare(context)
+        if not isinstance(run.scoring_engine, RemoteScoringEngine):
+            run.model
     for day in run.days:
         state = DayState(day)
         for assets, stage in stages:

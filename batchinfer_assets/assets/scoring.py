@@ -19,7 +19,8 @@ from batchinfer_assets.lib.runtime_info import runtime_metadata
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive, archive_key
 from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
-from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, TorchScorerResource
+from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine
+from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
 from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
 from batchinfer_assets.tables import INPUT_SNAPSHOT_ARCHIVE
 from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
@@ -58,12 +59,12 @@ PREDICTIONS_SPEC = dg.AssetSpec(
 
 
 def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
-    """Stream the day's snapshot through the run's model into the day's predictions.
+    """Stream the day's snapshot through the run's model into the day's predictions, here or on the engine's cluster.
 
     The snapshot scored is kept in the archive under its content hash; a run tagged
-    `batchinfer/input_snapshot_hash=H` scores that archived input instead of the day's current one.
+    `batchinfer/input_snapshot_hash=H` scores that archived input instead of the day's current one (on the local
+    engine: the archive is read by this process).
     """
-    model = run.model
     scorer = run.torch_scorer
     day = state.day
     archive = SnapshotArchive(run.store)
@@ -82,12 +83,19 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         if line is not None:
             run.context.log.info(f"{day}: {line}")
 
-    result = score_day(run.store, day, scorer, model, on_rows=on_rows, source=source)
+    engine = run.scoring_engine
+    if isinstance(engine, RemoteScoringEngine) and not reproduced:
+        result = engine.score_day(run.context, run.store, day, scorer, run.resolved, predictions_schema(), on_rows)
+        device, actors, per_actor = result.device, result.actors, result.rows_per_second_per_actor
+        engine_name = engine.engine
+    else:
+        result = score_day(run.store, day, scorer, run.model, on_rows=on_rows, source=source)
+        device, actors, per_actor, engine_name = run.model.device, 1, None, "local"
     if not reproduced and archive.keep(day, snapshot_hash):
         run.context.log.info(f"{day}: archived the scored input snapshot at {archive.uri(snapshot_hash)}")
-    resolved = model.resolved
+    resolved = run.resolved
     rows_per_second = round(result.rows / progress.elapsed_s, 1) if progress.elapsed_s > 0 else float(result.rows)
-    run.context.log.info(f"{day}: {progress.line()} with {resolved.pinned_uri} on {model.device}")
+    run.context.log.info(f"{day}: {progress.line()} with {resolved.pinned_uri} on {device} ({engine_name} engine)")
     yield run.materialization(
         PREDICTIONS_TABLE,
         state,
@@ -104,8 +112,11 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "input_snapshot_archive": dg.MetadataValue.path(archive.uri(snapshot_hash)),
             "row_count": result.rows,
             "rows_per_second": rows_per_second,
-            "engine": "local",
-            "device": model.device,
+            "device": device,
+            "engine": engine_name,
+            "actors": actors,
+            # The local engine is one "actor": the step's process.
+            "rows_per_second_per_actor": rows_per_second if per_actor is None else per_actor,
             "precision": scorer.precision,
             "batch_size": result.batch_size,
             "batch_size_backoffs": result.backoffs,
@@ -212,7 +223,10 @@ def score_day(
             source.table, source.key, batch_size=read_rows_for(torch_scorer, model), columns=["transaction_id", *columns]
         )
         for batch in batches:
-            scores, run = torch_scorer.score_matrix(model, record_batch_matrix(batch, columns), on_rows)
+            try:
+                scores, run = torch_scorer.score_matrix(model, record_batch_matrix(batch, columns), on_rows)
+            except ModelOutputError as error:
+                raise error.naming(f"input_snapshot dt={day}", batch.column("transaction_id").to_pylist()) from None
             labels = torch_scorer.labels(scores)
             n = batch.num_rows
             if n not in constant_columns:

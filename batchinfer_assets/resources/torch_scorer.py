@@ -31,7 +31,20 @@ class MissingInputColumnsError(ValueError):
 
 
 class ModelOutputError(RuntimeError):
-    """The model returned something other than N finite probabilities."""
+    """The model returned something other than N finite probabilities.
+
+    `row` is the first offending row of the scored matrix when there is one, so the caller, which knows the
+    rows' ids and day, can name an example.
+    """
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
+    def naming(self, where: str, ids: Sequence[str]) -> ModelOutputError:
+        """The same error naming where the rows came from and, when known, the first offending row's id."""
+        example = f", e.g. transaction_id {ids[self.row]!r}" if self.row is not None and self.row < len(ids) else ""
+        return ModelOutputError(f"{self.args[0]} in {where}{example}", row=self.row)
 
 
 @dataclass(frozen=True)
@@ -211,15 +224,18 @@ class TorchScorerResource(dg.ConfigurableResource):
             self._batch_memory().remember(loaded.version_id, loaded.device, run.batch_size)
         uri = loaded.resolved.pinned_uri
         if not np.isfinite(scores).all():
-            bad = int((~np.isfinite(scores)).sum())
-            raise ModelOutputError(f"Model {uri} returned {bad} non-finite score(s) of {rows}")
+            bad = ~np.isfinite(scores)
+            raise ModelOutputError(
+                f"Model {uri} returned {int(bad.sum())} non-finite score(s) of {rows}", row=int(np.flatnonzero(bad)[0])
+            )
         outside = (scores < 0.0) | (scores > 1.0)
         if outside.any():
             # Logits or raw margins would be labelled and published as if they were probabilities.
             first = int(np.flatnonzero(outside)[0])
             raise ModelOutputError(
                 f"Model {uri} returned {int(outside.sum())} score(s) of {rows} outside [0, 1] (e.g. {float(scores[first]):.6g} "
-                f"at row {first}): the contract asks for a probability per row; add a sigmoid/softmax to the model"
+                f"at row {first}): the contract asks for a probability per row; add a sigmoid/softmax to the model",
+                row=first,
             )
         return scores, run
 

@@ -275,25 +275,38 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
             if upstream:
                 run_ok(env, versions[target], upstream, day)
             report = base / "calibration.json"
-            run_ok(env, versions[target], [asset], day, report)
-            window = json.loads(report.read_text())
+            run_ok(env, versions[target], [asset], day, report if args.kills else None)
+            window = json.loads(report.read_text()) if args.kills else {"step_start": 0.0, "step_end": 0.0}
             current = target
             trials = []
-            at_write = args.at_write if stage != "publish" else 0
+            at_write = args.at_write
             for i in range(args.kills + at_write):
                 target = "A" if current == "B" else "B"
                 if upstream:
                     run_ok(env, versions[target], upstream, day)
                 mode = "random" if i < args.kills else "at-write"
                 delay = rng.uniform(window["step_start"], window["step_end"])
+                wal = db.with_name(db.name + "-wal")
+                wal_before = wal.stat().st_size if wal.exists() else 0
                 pid = fork_materialize(env, versions[target], [asset], day)
                 forked = time.monotonic()
                 code = None
+
+                def writing() -> bool:
+                    # Files: the stage's writer created its staging folder. The database: the day's transaction
+                    # has begun writing to SQLite's write-ahead log (opening the database creates it empty).
+                    if stage != "publish":
+                        return bool(staging_leftovers(storage, day))
+                    try:
+                        return wal.stat().st_size > wal_before
+                    except FileNotFoundError:
+                        return False
+
                 if mode == "random":
                     time.sleep(delay)
                 else:
-                    # The moment the stage's writer creates its staging folder, plus up to 20 ms: inside the write.
-                    while not staging_leftovers(storage, day) and time.monotonic() - forked < 120:
+                    # The moment the stage starts writing, plus up to 20 ms: inside the write.
+                    while not writing() and time.monotonic() - forked < 120:
                         done, status = os.waitpid(pid, os.WNOHANG)
                         if done:
                             code = os.waitstatus_to_exitcode(status)
@@ -315,6 +328,11 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
                 if digest not in (known["A"]["published_predictions"], known["B"]["published_predictions"]):
                     problems.append(f"database: {count} rows ({distinct} distinct) for {day} match neither complete version")
                 leftovers_after_kill = staging_leftovers(storage, day)
+                # Which complete version the killed stage's own output shows: the one before (old) or its (new).
+                own = "published_predictions" if stage == "publish" else asset
+                shown = snapshot_versions(storage, db, day)[own]
+                old_version = "A" if target == "B" else "B"
+                visible = "new" if shown == known[target][own] else "old" if shown == known[old_version][own] else "neither"
                 # A normal rerun succeeds, writes the new version and removes the killed run's staging.
                 rerun_error = None
                 try:
@@ -340,10 +358,11 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
                         "killed": killed,
                         "exit": code,
                         "staging_after_kill": len(leftovers_after_kill),
+                        "visible_after_kill": visible,
                         "problems": problems,
                     }
                 )
-                print(f"{stage} #{i + 1} ({mode}): kill at {delay:.2f}s ({'killed' if killed else f'exited {code} first'}), "
+                print(f"{stage} #{i + 1} ({mode}): kill at {delay:.2f}s ({'killed' if killed else f'exited {code} first'}), {visible} version visible, "
                       f"staging after kill {len(leftovers_after_kill)}, problems: {problems or 'none'}", flush=True)
             results["stages"][stage] = {"window_s": window, "trials": trials}
     finally:
@@ -359,15 +378,16 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
             rows.append([
                 stage,
                 mode,
-                f"{data['window_s']['step_start']:.1f}-{data['window_s']['step_end']:.1f}" if mode == "random" else "staging seen",
+                f"{data['window_s']['step_start']:.1f}-{data['window_s']['step_end']:.1f}" if mode == "random" else "write begun",
                 len(trials),
                 sum(t["killed"] for t in trials),
                 sum(t["staging_after_kill"] > 0 for t in trials),
+                f"{sum(t['visible_after_kill'] == 'old' for t in trials)}/{sum(t['visible_after_kill'] == 'new' for t in trials)}",
                 sum(bool(t["problems"]) for t in trials),
             ])
     print_table(
         f"SIGKILL during each stage ({versions['A']:,}/{versions['B']:,} rows, local storage, SQLite)",
-        ["stage", "kill moment", "window (s)", "kills", "died by SIGKILL", "staging left by kill", "invariant violations"],
+        ["stage", "kill moment", "window (s)", "kills", "died by SIGKILL", "staging left by kill", "old/new visible", "invariant violations"],
         rows,
     )
     results["table"] = rows
@@ -898,7 +918,7 @@ def main() -> None:
     kill.add_argument("--rows", type=int, default=20_000)
     kill.add_argument("--stages", nargs="*", choices=list(KILL_STAGES))
     kill.add_argument("--seed", type=int, default=13)
-    kill.add_argument("--at-write", type=int, default=0, help="extra kills per file-writing stage as its staging folder appears")
+    kill.add_argument("--at-write", type=int, default=0, help="extra kills per stage as it begins writing (its staging folder appears; publish: SQLite's WAL grows)")
     kill.add_argument("--keep", action="store_true", help="keep the temporary home for inspection")
     concurrent = sub.add_parser("concurrent", help="concurrent one-day runs on a PostgreSQL instance")
     concurrent.add_argument("--days", type=int, default=10)

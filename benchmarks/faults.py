@@ -288,6 +288,7 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
                 delay = rng.uniform(window["step_start"], window["step_end"])
                 wal = db.with_name(db.name + "-wal")
                 wal_before = wal.stat().st_size if wal.exists() else 0
+                staged_before = set(staging_leftovers(storage, day))
                 pid = fork_materialize(env, versions[target], [asset], day)
                 forked = time.monotonic()
                 code = None
@@ -296,7 +297,7 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
                     # Files: the stage's writer created its staging folder. The database: the day's transaction
                     # has begun writing to SQLite's write-ahead log (opening the database creates it empty).
                     if stage != "publish":
-                        return bool(staging_leftovers(storage, day))
+                        return bool(set(staging_leftovers(storage, day)) - staged_before)
                     try:
                         return wal.stat().st_size > wal_before
                     except FileNotFoundError:
@@ -464,6 +465,21 @@ def register_model(home: Path) -> str:
     settings = Settings.from_env(environ={"BATCHINFER_HOME": str(home)})
     register_demo_model(tracking_uri=settings.tracking_uri, artifact_location=settings.artifact_location)
     return settings.tracking_uri
+
+
+MATERIALIZATIONS = """
+query($key: [String!]!, $partitions: [String!]) {
+  assetOrError(assetKey: {path: $key}) { ... on Asset { assetMaterializations(partitions: $partitions) { partition runId } } }
+}"""
+
+
+def materialization_counts(system: Any, asset: str, days: list[str]) -> dict[str, int]:
+    """How many times each day of `asset` was materialized (a day published twice shows 2)."""
+    data = graphql_retrying(system, MATERIALIZATIONS, key=[asset], partitions=days)
+    counts = dict.fromkeys(days, 0)
+    for event in (data["assetOrError"] or {}).get("assetMaterializations") or []:
+        counts[event["partition"]] = counts.get(event["partition"], 0) + 1
+    return counts
 
 
 def error_text(event: dict[str, Any]) -> str:
@@ -881,6 +897,7 @@ def scenario_backfill(args: argparse.Namespace) -> dict[str, Any]:
                     })
                 # Let the publish sensor tick: it must find every day already published by the backfill.
                 time.sleep(35)
+                materialized = {a: materialization_counts(system, a, days) for a in ("predictions", "published_predictions")}
                 other_runs = [r for r in graphql_retrying(system, ALL_RUNS)["runsOrError"]["results"] if r["runId"] not in {x["runId"] for x in runs}]
             snapshot_rows = {d: s3_table_rows(client, "input_snapshot", d) for d in days}
             predictions_rows = {d: s3_table_rows(client, "predictions", d) for d in days}
@@ -901,10 +918,13 @@ def scenario_backfill(args: argparse.Namespace) -> dict[str, Any]:
     for r in run_reports:
         for message in r["step_failures"]:
             print(f"  {r['run_id'][:8]}: {message}")
+    for asset, counts in materialized.items():
+        print(f"{asset}: materializations per day {sorted(set(counts.values()))} (days with more than one: "
+              f"{[d for d, n in counts.items() if n != 1]})")
     print(f"\nbackfill {status} in {wall:.1f} s; days ok: {sum(v[-1] == 'ok' for v in verdicts)}/{len(days)}; "
           f"other runs: {[(r['status'], {t['key']: t['value'] for t in r['tags']}.get('batchinfer/trigger')) for r in other_runs]}")
     results.update(
-        status=status, wall_s_backfill=wall, timeline=timeline, runs=run_reports, verification=verdicts,
+        status=status, wall_s_backfill=wall, materializations_per_day=materialized, timeline=timeline, runs=run_reports, verification=verdicts,
         other_runs=[{"status": r["status"], "tags": r["tags"]} for r in other_runs],
     )
     return results

@@ -287,7 +287,8 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
                 mode = "random" if i < args.kills else "at-write"
                 delay = rng.uniform(window["step_start"], window["step_end"])
                 wal = db.with_name(db.name + "-wal")
-                wal_before = wal.stat().st_size if wal.exists() else 0
+                # (size, mtime): a WAL left by an earlier writer is reused from its start without growing.
+                wal_before = (wal.stat().st_size, wal.stat().st_mtime_ns) if wal.exists() else (0, 0)
                 staged_before = set(staging_leftovers(storage, day))
                 pid = fork_materialize(env, versions[target], [asset], day)
                 forked = time.monotonic()
@@ -299,9 +300,10 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
                     if stage != "publish":
                         return bool(set(staging_leftovers(storage, day)) - staged_before)
                     try:
-                        return wal.stat().st_size > wal_before
+                        now = wal.stat()
                     except FileNotFoundError:
                         return False
+                    return now.st_size > 0 and (now.st_size, now.st_mtime_ns) != wal_before
 
                 if mode == "random":
                     time.sleep(delay)

@@ -1,6 +1,7 @@
 """Reliability under load and faults, measured with real processes (no mocks).
 
     python benchmarks/faults.py kill --kills 20                  # (3) SIGKILL at a random moment of each stage
+    python benchmarks/faults.py kill --kills 0 --at-write 10     # (3b) SIGKILL as each stage begins writing
     python benchmarks/faults.py concurrent --days 10 --rows 20000  # (1) 10 concurrent one-day runs on PostgreSQL
     python benchmarks/faults.py backfill --days 30 --rows 20000  # (2) 30-day backfill, S3 killed, PostgreSQL restarted
 
@@ -15,7 +16,9 @@ Every server, daemon and process group a scenario starts is torn down when it en
     the two known complete versions (content hash), every visible Parquet file is readable, the day's rows
     in the database are one of the two known complete sets; then a normal rerun of the stage succeeds,
     writes the new version, and leaves no `_staging` folder of the day behind. The two versions are the
-    synthetic day at `--rows` and at `--rows` + 10%. Children are forked from a parent that imported
+    synthetic day at `--rows` and at `--rows` + 10%. `--at-write N` adds N kills per stage at the moment the
+    killed run's staging folder appears (publish: SQLite's write-ahead log changes), plus 0-20 ms, because
+    a random moment almost never lands inside a write of a few milliseconds. Children are forked from a parent that imported
     everything once, which keeps 120 kills within minutes; each child builds its definitions and instance
     itself.
 (1) `concurrent`: dagster-webserver + dagster-daemon on a PostgreSQL instance (the shipped
@@ -101,6 +104,7 @@ def table_state(storage: Path, table: str, day: str) -> tuple[str | None, list[s
     The hash covers each visible Parquet file's rows as read back (so a rewrite with identical rows matches)
     and the file names; an unreadable visible file is a problem (a partial write became visible).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = storage / table / f"dt={day}"
@@ -116,8 +120,8 @@ def table_state(storage: Path, table: str, day: str) -> tuple[str | None, list[s
             problems.append(f"{table}/{path.name} unreadable: {type(error).__name__}: {error}")
             continue
         for batch in data.to_batches():
-            sink = __import__("pyarrow").BufferOutputStream()
-            with __import__("pyarrow").ipc.new_stream(sink, batch.schema) as writer:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
                 writer.write_batch(batch)
             digest.update(sink.getvalue().to_pybytes())
     return digest.hexdigest(), problems
@@ -177,11 +181,17 @@ def _child_materialize(env: dict[str, str], rows: int, assets: list[str], day: s
     os._exit(0 if result.success else 3)
 
 
+# Forked children not yet reaped: killed (whole group) when a scenario stops early.
+_LIVE_CHILDREN: set[int] = set()
+
+
 def fork_materialize(env: dict[str, str], rows: int, assets: list[str], day: str, report: Path | None = None) -> int:
     """Fork a child in its own session that materializes `assets`; returns its pid."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
+    if pid != 0:
+        _LIVE_CHILDREN.add(pid)
     if pid == 0:
         try:
             log = os.open(env["BATCHINFER_HOME"] + "/child.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -202,6 +212,7 @@ def wait_child(pid: int, timeout: float = 600) -> int:
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
+            _LIVE_CHILDREN.discard(pid)
             return os.waitstatus_to_exitcode(status)
         if time.monotonic() > deadline:
             kill_group(pid)
@@ -312,6 +323,7 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
                     while not writing() and time.monotonic() - forked < 120:
                         done, status = os.waitpid(pid, os.WNOHANG)
                         if done:
+                            _LIVE_CHILDREN.discard(pid)
                             code = os.waitstatus_to_exitcode(status)
                             break
                         time.sleep(0.0005)
@@ -369,6 +381,9 @@ def scenario_kill(args: argparse.Namespace) -> dict[str, Any]:
                       f"staging after kill {len(leftovers_after_kill)}, problems: {problems or 'none'}", flush=True)
             results["stages"][stage] = {"window_s": window, "trials": trials}
     finally:
+        for pid in list(_LIVE_CHILDREN):
+            kill_group(pid)
+            wait_child(pid, timeout=60)
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 

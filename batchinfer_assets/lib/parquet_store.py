@@ -167,13 +167,20 @@ class LocalBackend(PartitionBackend):
         return str(replace_local_text(self.base.joinpath(*parts), text))
 
     def _remove_orphaned_staging(self, staging_root: Path, dt: str) -> None:
-        """Remove the day's staging folders left by writers that died (SIGKILL, OOM) before their swap."""
+        """Remove the day's staging folders left by writers that died (SIGKILL, OOM) before their swap, and the
+        replaced day of a swap whose writer died after both renames but before removing it."""
         if not staging_root.is_dir():
             return
+        day_exists = (staging_root.parent / f"{self.key_column}={dt}").is_dir()
         for folder in staging_root.glob(f"{self.key_column}={dt}.*"):
-            if folder.name.endswith(".previous"):
-                continue  # the last good day of an interrupted swap: _restore_interrupted_swap's business
-            if _is_orphaned(folder.name[len(f"{self.key_column}={dt}.") :], folder):
+            token = folder.name[len(f"{self.key_column}={dt}.") :]
+            if token.endswith(".previous"):
+                # Without the day's folder it is the last good day (restored by _restore_interrupted_swap, which
+                # runs first); with it, the swap completed and this is the old copy, garbage once its writer is gone.
+                if not day_exists:
+                    continue
+                token = token.removesuffix(".previous")
+            if _is_orphaned(token, folder):
                 shutil.rmtree(folder, ignore_errors=True)
 
     def _restore_interrupted_swap(self, table: str, dt: str) -> None:

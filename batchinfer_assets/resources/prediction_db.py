@@ -102,9 +102,9 @@ scoring_runs_table = sa.Table(
     sa.Column("model_version", sa.String(64), nullable=False),
     sa.Column("model_run_id", sa.String(64)),
     sa.Column("tracking_uri", sa.String(1024)),
-    # Hex digests, with their algorithm prefix (e.g. "sha256:..."): room for longer digests too.
-    sa.Column("artifact_checksum", sa.String(160), nullable=False),
-    sa.Column("input_snapshot_hash", sa.String(160), nullable=False),
+    sa.Column("artifact_checksum", sa.String(64), nullable=False),
+    # `sha256:` and 64 hex digits (71 characters); PostgreSQL enforces the length, SQLite does not.
+    sa.Column("input_snapshot_hash", sa.String(128), nullable=False),
     sa.Column("code_version", sa.String(64)),
     sa.Column("engine", sa.String(32)),
     sa.Column("device", sa.String(32)),
@@ -315,6 +315,7 @@ def _ensure_schema(conn: sa.Connection) -> None:
     """Create the tables, or bring tables an earlier version created up to date: add columns and indexes."""
     inspector = sa.inspect(conn)
     scoring_runs_table.create(conn, checkfirst=True)
+    _widen_string_columns(conn, inspector, scoring_runs_table)
     if not inspector.has_table(PREDICTIONS_TABLE):
         predictions_table.create(conn)
         return
@@ -341,6 +342,27 @@ def _ensure_schema(conn: sa.Connection) -> None:
     for index in predictions_table.indexes:
         if index.name not in indexes:
             index.create(conn)
+
+
+def _widen_string_columns(conn: sa.Connection, inspector: sa.Inspector, table: sa.Table) -> None:
+    """Widen columns an earlier version created narrower than the definition (PostgreSQL only: SQLite ignores
+    lengths). 0.3.0 created `scoring_runs.input_snapshot_hash` as VARCHAR(64), too short for the hashes it
+    stores, so no day could be published to PostgreSQL; widening a VARCHAR there rewrites nothing."""
+    if conn.dialect.name != "postgresql":
+        return
+    preparer = conn.dialect.identifier_preparer
+    for existing in inspector.get_columns(table.name):
+        wanted = table.columns.get(existing["name"])
+        length = getattr(existing["type"], "length", None)
+        if wanted is None or not isinstance(wanted.type, sa.String) or length is None or wanted.type.length is None:
+            continue
+        if length < wanted.type.length:
+            conn.execute(
+                sa.text(
+                    f"ALTER TABLE {preparer.quote(table.name)} ALTER COLUMN {preparer.quote(wanted.name)}"
+                    f" TYPE {wanted.type.compile(dialect=conn.dialect)}"
+                )
+            )
 
 
 def _prepare(dt: str, rows: pa.Table) -> pa.Table:

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 
@@ -77,6 +78,28 @@ def test_interrupted_swap_is_restored(tmp_path):
     os.rename(tmp_path / "t" / "dt=2025-01-01", staging / "dt=2025-01-01.deadbeef.previous")
 
     assert store.read_partition("t", "2025-01-01").equals(_table(2))
+
+
+def test_replaced_day_of_a_writer_killed_after_its_swap_is_removed_by_the_next_writer(tmp_path):
+    """SIGKILL between the swap's second rename and removing the replaced folder left it forever (measured by
+    benchmarks/faults.py kill --at-write): the next writer of the day removes it once its owner is gone."""
+    from batchinfer_assets.lib.parquet_store import _HOST
+
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    staging = tmp_path / "t" / STAGING_DIR
+    leftover = staging / f"dt=2025-01-01.{_HOST}.{dead.pid}.0123abcd.previous"
+    shutil.copytree(tmp_path / "t" / "dt=2025-01-01", leftover)
+    alive = staging / f"dt=2025-01-01.{_HOST}.{os.getpid()}.4567cdef.previous"
+    shutil.copytree(tmp_path / "t" / "dt=2025-01-01", alive)
+
+    store.write_partition("t", "2025-01-01", _table(3))
+
+    assert store.read_partition("t", "2025-01-01").equals(_table(3))
+    # A live writer may be between its two renames: its folder stays.
+    assert sorted(p.name for p in staging.iterdir()) == [alive.name]
 
 
 def test_killed_writer_leaves_previous_day_intact(tmp_path):

@@ -303,7 +303,8 @@ def _scoring_run(run_id: str, version: str) -> dict:
         pinned_model_uri=f"models:/fraud-detector/{version}",
         model_version=version,
         artifact_checksum=f"checksum-of-v{version}",
-        input_snapshot_hash="snapshot-hash",
+        # The format the pipeline records: a 64-character digest with its algorithm's prefix.
+        input_snapshot_hash="sha256:" + "ab" * 32,
         engine="local",
         batch_size=65536,
     )
@@ -337,3 +338,23 @@ def test_each_published_row_links_to_the_scoring_run_that_produced_it(db_url):
     ]
     # The history of scorings stays (a lineage log); each (run, day) once.
     assert [tuple(r) for r in runs] == [("run-1", "2025-01-01"), ("run-1", "2025-01-02"), ("run-2", "2025-01-01")]
+
+
+def test_a_scoring_runs_table_of_0_3_0_is_widened_on_postgres_and_publishing_works(postgres_server):
+    """0.3.0 created input_snapshot_hash as VARCHAR(64): every publication to PostgreSQL failed (71-character hashes)."""
+    url = postgres_server.url(postgres_server.create_database("preds"))
+    db = PredictionDatabaseResource(url=url)
+    db.replace_partition("2025-01-01", _predictions(["a"]), _scoring_run("run-1", "1"))
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM predictions"))
+            conn.execute(sa.text("DELETE FROM scoring_runs"))
+            conn.execute(sa.text("ALTER TABLE scoring_runs ALTER COLUMN input_snapshot_hash TYPE VARCHAR(64)"))
+        db = PredictionDatabaseResource(url=url)
+        assert db.replace_partition("2025-01-01", _predictions(["a", "b"]), _scoring_run("run-1", "1")) == 2
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT input_snapshot_hash FROM scoring_runs")).scalar_one()
+    finally:
+        engine.dispose()
+    assert stored == "sha256:" + "ab" * 32

@@ -5,8 +5,9 @@ from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets_tests.system.dagster_processes import REPO, backfill_scoring_then_wait_for_publishing, running_dagster
 
 DAYS = ["2025-06-02"]
-# What the backfill selects (no quarantine: it is a subset of the graph) plus nothing published to storage.
-TABLES = ["raw_transactions", "transaction_features", "input_snapshot", "predictions", "drift_metrics"]
+# What the backfill selects (no quarantine: it is a subset of the graph) and writes to storage (publishing goes
+# to the database).
+TABLES = ["raw_transactions", "transaction_features", "input_snapshot", "predictions", "drift_metrics", "prediction_performance"]
 
 
 def test_backfill_through_the_daemon_stores_every_table_on_s3(tmp_path, demo_model_store, s3_env):

@@ -8,10 +8,12 @@ the store's atomic replace. `prune` removes entries older than the retention tha
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Set
 
-from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.parquet_store import LocalBackend, PartitionedParquetStore
 from batchinfer_assets.tables import INPUT_SNAPSHOT, INPUT_SNAPSHOT_ARCHIVE
 
 KEY_COLUMN = "sha256"
@@ -44,8 +46,20 @@ class SnapshotArchive:
         """Archive the day's current snapshot under `content_hash` unless it is there already; whether it copied."""
         if self.has(content_hash):
             return False
+        key = archive_key(content_hash)
+        if isinstance(self.tables.backend, LocalBackend) and isinstance(self.store.backend, LocalBackend):
+            # The same files, hard-linked: no bytes copied, and the layout (row groups, files) stays the original's,
+            # which a reproduction needs to batch as the first scoring did. Our writers replace a day by renaming
+            # new files in, never by rewriting one, so the links keep the scored bytes.
+            with self.store.backend.replacing(INPUT_SNAPSHOT_ARCHIVE, key) as staging:
+                for part in self.tables.partition_files(INPUT_SNAPSHOT, day):
+                    try:
+                        os.link(part, staging / part.name)
+                    except OSError:  # another file system, or links not allowed: copy
+                        shutil.copy2(part, staging / part.name)
+            return True
         schema = self.tables.schema(INPUT_SNAPSHOT, day)
-        with self.store.partition_writer(INPUT_SNAPSHOT_ARCHIVE, archive_key(content_hash), schema) as writer:
+        with self.store.partition_writer(INPUT_SNAPSHOT_ARCHIVE, key, schema) as writer:
             for batch in self.tables.iter_batches(INPUT_SNAPSHOT, day, batch_size=_COPY_ROWS):
                 writer.write(batch)
         return True

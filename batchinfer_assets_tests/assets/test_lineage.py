@@ -186,6 +186,10 @@ def test_an_archived_snapshot_is_pruned_after_its_retention_unless_a_published_d
         store.write_partition("input_snapshot", day, pa.table({"transaction_id": [day], "x": [1.0]}))
         assert archive.keep(day, content_hash) is True
         assert archive.keep(day, content_hash) is False, "kept once per hash"
+        # Locally the archive holds the scored files themselves (hard links): no bytes copied, same layout.
+        original = store.partition_files("input_snapshot", day)[0]
+        archived = tmp_path / "input_snapshot_archive" / f"sha256={content_hash[7:]}" / original.name
+        assert archived.stat().st_ino == original.stat().st_ino
     ten_days_later = time.time() + 10 * 86_400
     assert archive.prune({"sha256:" + "b" * 64}, retention_days=30, now=ten_days_later) == []
     assert archive.prune({"sha256:" + "b" * 64}, retention_days=5, now=ten_days_later) == ["sha256:" + "a" * 64, "sha256:" + "c" * 64]

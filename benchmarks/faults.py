@@ -685,19 +685,6 @@ def scenario_concurrent(args: argparse.Namespace) -> dict[str, Any]:
 
 BUCKET = "batchinfer-faults"
 BACKFILL_ASSETS = ALL_ASSETS
-LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on InvalidSubsetError { message }
-  }
-}"""
-BACKFILL_STATUS = """
-query($id: String!) {
-  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } ... on PythonError { message } }
-}"""
 BACKFILL_RUNS = """
 query($id: String!) {
   runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
@@ -834,6 +821,8 @@ def s3_table_rows(client: Any, table: str, day: str) -> int | None:
 def scenario_backfill(args: argparse.Namespace) -> dict[str, Any]:
     """One single-run backfill of `--days` days while the S3 server is killed and PostgreSQL is restarted."""
     from batchinfer_assets_tests.processes import free_port
+    from batchinfer_assets_tests.system.dagster_processes import BACKFILL as BACKFILL_STATUS
+    from batchinfer_assets_tests.system.dagster_processes import LAUNCH as LAUNCH_BACKFILL
     from batchinfer_assets_tests.system.dagster_processes import running_dagster
 
     base = Path(tempfile.mkdtemp(prefix="batchinfer-faults-backfill-"))

@@ -125,24 +125,7 @@ def realized_metrics(y: np.ndarray, scores: np.ndarray, predicted: np.ndarray) -
     """Metrics of labelled rows: `y` the labels (0/1), `predicted` the model's 0/1 label at its threshold."""
     y = np.asarray(y, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    flagged = np.asarray(predicted).astype(bool)
-    tp, fp = _curve(scores, y, 1.0 - y)
-    auc = roc_auc_from_mass(tp, fp)
-    positives = float(y.sum())
-    negatives = float(y.size - positives)
-    precision, recall = _at_threshold(float(y[flagged].sum()), float((1.0 - y[flagged]).sum()), positives)
-    low, high = hanley_mcneil_interval(auc, positives, negatives)
-    return Metrics(
-        roc_auc=auc,
-        pr_auc=average_precision_from_mass(tp, fp),
-        precision=precision,
-        recall=recall,
-        ece=expected_calibration_error(y, scores),
-        roc_auc_low=low,
-        roc_auc_high=high,
-        positives=positives,
-        negatives=negatives,
-    )
+    return _metrics(scores, y, predicted, ece=expected_calibration_error(y, scores))
 
 
 def estimated_metrics(scores: np.ndarray, predicted: np.ndarray) -> Metrics:
@@ -153,19 +136,25 @@ def estimated_metrics(scores: np.ndarray, predicted: np.ndarray) -> Metrics:
     realized AUC would have if the model is calibrated, not an allowance for miscalibration.
     """
     p = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    return _metrics(p, p, predicted, ece=None)
+
+
+def _metrics(scores: np.ndarray, positive_mass: np.ndarray, predicted: np.ndarray, ece: float | None) -> Metrics:
+    """The metrics of rows each counting `positive_mass` as a positive and the rest as a negative (a 0/1 label
+    when realized, the score itself when estimated)."""
     flagged = np.asarray(predicted).astype(bool)
-    tp, fp = _curve(p, p, 1.0 - p)
+    tp, fp = _curve(scores, positive_mass, 1.0 - positive_mass)
     auc = roc_auc_from_mass(tp, fp)
-    positives = float(p.sum())
-    negatives = float(p.size - positives)
-    precision, recall = _at_threshold(float(p[flagged].sum()), float((1.0 - p[flagged]).sum()), positives)
+    positives = float(positive_mass.sum())
+    negatives = float(positive_mass.size - positives)
+    precision, recall = _at_threshold(float(positive_mass[flagged].sum()), float((1.0 - positive_mass[flagged]).sum()), positives)
     low, high = hanley_mcneil_interval(auc, positives, negatives)
     return Metrics(
         roc_auc=auc,
         pr_auc=average_precision_from_mass(tp, fp),
         precision=precision,
         recall=recall,
-        ece=None,
+        ece=ece,
         roc_auc_low=low,
         roc_auc_high=high,
         positives=positives,

@@ -170,13 +170,19 @@ class PipelineRun:
         self.context.log.info(f"loaded {self.resolved.pinned_uri} on {loaded.device} in {time.perf_counter() - started:.1f} s")
         return loaded
 
+    def latest_materializations(self, asset: str, day: str) -> list[dg.EventLogRecord]:
+        """The day's latest materialization record of `asset` in the instance (an empty list when there is none)."""
+        return list(
+            self.context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[day]), limit=1
+            ).records
+        )
+
     def recorded_metadata(self, asset: str, state: DayState) -> dict[str, Any]:
         """The metadata of the day's `asset` as plain values: what this run recorded, else its latest materialization."""
         if asset in state.recorded:
             return {k: getattr(v, "value", v) for k, v in state.recorded[asset].items()}
-        records = self.context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
-        ).records
+        records = self.latest_materializations(asset, state.day)
         if not records or records[0].asset_materialization is None:
             return {}
         return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
@@ -185,9 +191,7 @@ class PipelineRun:
         """The Dagster run that wrote the day's `asset`: this one, else the run of its latest materialization."""
         if asset in state.recorded:
             return self.context.run_id
-        records = self.context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
-        ).records
+        records = self.latest_materializations(asset, state.day)
         return records[0].run_id if records else None
 
     def scored_with(self, state: DayState) -> ResolvedModel:
@@ -218,9 +222,7 @@ class PipelineRun:
         if asset == SCORING_MODEL:
             records = self.context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)), limit=1).records
             return model_version or self.resolved.version, (records[0].storage_id if records else None)
-        records = self.context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[day]), limit=1
-        ).records
+        records = self.latest_materializations(asset, day)
         if not records or records[0].asset_materialization is None:
             return None, None
         return (records[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG), records[0].storage_id
@@ -276,9 +278,7 @@ class PipelineRun:
         The UI counts a verdict as the partition's current one only when it names the materialization it
         judged (what Dagster fills in for an `AssetCheckResult` of a one-partition step).
         """
-        records = self.context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[state.day]), limit=1
-        ).records
+        records = self.latest_materializations(asset, state.day)
         target = (
             AssetCheckEvaluationTargetMaterializationData(
                 storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp

@@ -4,14 +4,16 @@
     python benchmarks/publishing.py --rows 1000000 --days 30 --sections lookup   # (b) lookups on 30 days
 
 (a) publishes one synthetic day of `--rows` rows with `PredictionDatabaseResource.replace_partition`
-    three times (into an empty table, into a table already holding another day, and again over that
+    three times (into an empty database, into one already holding another day, and again over that
     day), to SQLite and to PostgreSQL through psycopg 3 and psycopg2, side by side with the code this
     replaced (copied below as `old_replace_partition`): once as it was (six columns, its own schema) and
-    once writing the same ten columns into the current table.
+    once writing the same ten columns into the single ten-column table; and, for SQLite, side by side with
+    the previous bulk path (copied below as `single_table_replace_partition`: one table for every day,
+    sqlite3 `executemany` over column lists), which the table-per-day layout and the ADBC load replaced.
 (b) builds a table of `--days` days of `--rows` rows each through the same path, then times 10,000
     random point lookups by transaction_id (day not given) and 10,000 "top 100 scores of a random day".
 (c) times SQLite itself, with no Python per row (INSERT ... SELECT from a temporary table), for each
-    index the table carries: the floor that any client-side loading code sits on.
+    index the single table carries, and for a table of the day's own: the floor any loading code sits on.
 
 PostgreSQL is a throwaway server started with the tests' helper (batchinfer_assets_tests/postgres/server.py:
 Debian's binaries, a temp data directory, fsync=off, other settings default) unless --postgres-url names one.
@@ -108,7 +110,7 @@ def old_replace_partition(engine: sa.Engine, table: sa.Table, dt_: str, predicti
     duplicated = predictions["transaction_id"][predictions["transaction_id"].duplicated()]
     if not duplicated.empty:
         raise ValueError(f"predictions for {dt_} repeat {duplicated.nunique()} transaction_id(s)")
-    columns = [c.name for c in table.columns]
+    columns = [c.name for c in table.columns if c.name != "scoring_run_id"]  # added after this code
     values = [
         [dt_] * len(predictions),
         predictions["transaction_id"].astype(str).tolist(),
@@ -140,6 +142,64 @@ def old_replace_partition(engine: sa.Engine, table: sa.Table, dt_: str, predicti
             for start in range(0, len(records), _INSERT_CHUNK):
                 conn.execute(sa.insert(table), records[start : start + _INSERT_CHUNK])
     return len(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The previous bulk path for SQLite (git: batchinfer_assets/resources/prediction_db.py at 20f2808): every day in
+# one table (primary key (dt, transaction_id), indexes on transaction_id and (dt, score)), loaded by sqlite3's
+# executemany over column lists built by numpy/pyarrow, after the same checks and sort (`_prepare`).
+# ---------------------------------------------------------------------------------------------------
+_LOW_CARDINALITY = ("model_name", "model_version", "merchant_category")
+
+
+def single_table_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-262144", "journal_size_limit=67108864"):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    predictions_table.to_metadata(sa.MetaData()).create(engine)
+    return engine
+
+
+def single_table_replace_partition(engine: sa.Engine, dt_: str, rows: pa.Table) -> int:
+    from itertools import repeat
+
+    from batchinfer_assets.resources.prediction_db import _prepare
+
+    table = _prepare(dt_, rows)
+    with engine.begin() as conn:
+        conn.execute(sa.delete(predictions_table).where(predictions_table.c.dt == dt_))
+        values = [repeat(dt_, table.num_rows)]
+        for name in NEW_COLUMNS[1:]:
+            if name == "scoring_run_id":
+                values.append(repeat(None, table.num_rows))
+                continue
+            column = table.column(name)
+            if name == "event_time":
+                column = pc.binary_join_element_wise(
+                    pc.cast(pc.cast(column, pa.timestamp("us")), pa.string()), "+00:00", ""
+                )
+            if name in _LOW_CARDINALITY:
+                encoded = pc.dictionary_encode(column).combine_chunks()
+                distinct = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
+                values.append(distinct[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()].tolist())
+            else:
+                values.append(column.to_numpy(zero_copy_only=False).tolist())
+        cursor = conn.connection.driver_connection.cursor()
+        cursor.executemany(
+            f"INSERT INTO predictions ({', '.join(NEW_COLUMNS)}) VALUES ({', '.join('?' * len(NEW_COLUMNS))})",
+            zip(*values),
+        )
+        cursor.close()
+    return table.num_rows
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,8 +267,8 @@ def publish_section(args, workdir: Path, backends: set[str], pg: Postgres | None
             ("postgresql+psycopg2", lambda: pg.new_database("publish").set(drivername="postgresql+psycopg2")
              .render_as_string(hide_password=False)),
         ]
-    variants = [("new: Arrow bulk path", "new"), ("old code, six columns (as it was)", "old6"),
-                ("old code, same ten columns", "old10")]
+    variants = [("new: Arrow bulk path", "new"), ("previous bulk path: one table, executemany", "single"),
+                ("old code, six columns (as it was)", "old6"), ("old code, same ten columns", "old10")]
     if args.skip_old:
         variants = variants[:1]
 
@@ -219,6 +279,8 @@ def publish_section(args, workdir: Path, backends: set[str], pg: Postgres | None
         for label, variant in variants:
             if variant != "new" and backend == "postgresql+psycopg2":
                 continue  # the old code's psycopg2 path is its SQLite path (SQLAlchemy executemany)
+            if variant == "single" and backend != "sqlite":
+                continue  # PostgreSQL's table and COPY path are unchanged
             best: dict[int, tuple[float, float]] = {}
             for _ in range(args.repeats):
                 url = new_url()
@@ -227,6 +289,9 @@ def publish_section(args, workdir: Path, backends: set[str], pg: Postgres | None
                     db.engine  # noqa: B018 - create the schema outside the timings
                     run = lambda day, i: db.replace_partition(day.isoformat(), days[i])  # noqa: E731
                     engine = db.engine
+                elif variant == "single":
+                    engine = single_table_engine(url)
+                    run = lambda day, i, e=engine: single_table_replace_partition(e, day.isoformat(), days[i])  # noqa: E731
                 else:
                     engine = sa.create_engine(url)
                     if variant == "old6":
@@ -234,7 +299,10 @@ def publish_section(args, workdir: Path, backends: set[str], pg: Postgres | None
                         old_metadata.create_all(engine)
                     else:
                         table = predictions_table
-                        PredictionDatabaseResource(url=url).engine.dispose()  # the current schema
+                        if backend == "sqlite":  # the single ten-column table (SQLite now keeps a table per day)
+                            predictions_table.to_metadata(sa.MetaData()).create(engine)
+                        else:
+                            PredictionDatabaseResource(url=url).engine.dispose()  # the current schema
                     run = lambda day, i, t=table, e=engine: old_replace_partition(  # noqa: E731
                         e, t, day.isoformat(), frames[i] if t is predictions_table else frames[i][list(OLD_COLUMNS[1:])]
                     )
@@ -264,22 +332,30 @@ def floor_section(args, workdir: Path) -> None:
             pk=", PRIMARY KEY (dt, transaction_id)", wr=" WITHOUT ROWID"), []),
         ("+ index (transaction_id)", ddl_table.format(pk=", PRIMARY KEY (dt, transaction_id)", wr=" WITHOUT ROWID"),
          ["CREATE INDEX ix_tx ON predictions (transaction_id)"]),
-        ("+ index (dt, score): the current table", ddl_table.format(
+        ("+ index (dt, score): the single table before this layout", ddl_table.format(
             pk=", PRIMARY KEY (dt, transaction_id)", wr=" WITHOUT ROWID"),
          ["CREATE INDEX ix_tx ON predictions (transaction_id)", "CREATE INDEX ix_ds ON predictions (dt, score)"]),
-        ("the current table's indexes dropped, then CREATE INDEX both after the insert", ddl_table.format(
+        ("its secondary indexes dropped, then CREATE INDEX both after the insert", ddl_table.format(
             pk=", PRIMARY KEY (dt, transaction_id)", wr=" WITHOUT ROWID"), []),
+        ("a table of the day's own: primary key (transaction_id), WITHOUT ROWID, CREATE INDEX (score) after "
+         "(DROP TABLE instead of DELETE)", "DAY", []),
     ]
     print(f"\n### (c) SQLite alone, {args.rows:,} rows already sorted by transaction_id, no Python per row\n")
-    print("| table | INSERT ... SELECT s | then DELETE the day s |")
+    print("| table | INSERT ... SELECT s | then remove the day s |")
     print("| --- | ---: | ---: |")
-    names = [n for n in NEW_COLUMNS if n != "dt"]
+    names = [n for n in NEW_COLUMNS if n not in ("dt", "scoring_run_id")]
     for label, ddl, indexes in cases:
         path = Path(_sqlite_url(workdir, "floor").removeprefix("sqlite:///"))
         conn = sqlite3.connect(path, isolation_level=None)
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-262144", "temp_store=MEMORY"):
             conn.execute(f"PRAGMA {pragma}")
-        conn.execute(ddl)
+        day_table = ddl == "DAY"
+        if day_table:
+            from batchinfer_assets.resources.prediction_db import _sqlite_day_ddl
+
+            conn.execute(_sqlite_day_ddl("predictions")[0])
+        else:
+            conn.execute(ddl)
         for statement in indexes:
             conn.execute(statement)
         conn.execute(f"CREATE TEMP TABLE staging ({', '.join(names)})")
@@ -290,10 +366,16 @@ def floor_section(args, workdir: Path) -> None:
         rebuild = "" if indexes or not label.startswith("the current") else (
             "CREATE INDEX ix_tx ON predictions (transaction_id); CREATE INDEX ix_ds ON predictions (dt, score);"
         )
-        insert = _timed(lambda c=conn: c.executescript(
-            f"BEGIN; INSERT INTO predictions SELECT '{FIRST_DAY}', * FROM staging; {rebuild} COMMIT;"))
-        delete = _timed(lambda c=conn: c.executescript(
-            f"BEGIN; DELETE FROM predictions WHERE dt = '{FIRST_DAY}'; COMMIT;"))
+        if day_table:
+            insert = _timed(lambda c=conn: c.executescript(
+                "BEGIN; INSERT INTO predictions SELECT *, NULL FROM staging;"
+                " CREATE INDEX predictions_score ON predictions (score); COMMIT;"))
+            delete = _timed(lambda c=conn: c.executescript("BEGIN; DROP TABLE predictions; COMMIT;"))
+        else:
+            insert = _timed(lambda c=conn: c.executescript(
+                f"BEGIN; INSERT INTO predictions SELECT '{FIRST_DAY}', * FROM staging; {rebuild} COMMIT;"))
+            delete = _timed(lambda c=conn: c.executescript(
+                f"BEGIN; DELETE FROM predictions WHERE dt = '{FIRST_DAY}'; COMMIT;"))
         conn.close()
         print(f"| {label} | {insert[0]:.2f} | {delete[0]:.2f} |", flush=True)
         path.unlink()

@@ -1,24 +1,31 @@
 """The prediction database downstream apps query.
 
-A day's rows go in as one Arrow table and are bulk-loaded without Python code per row: PostgreSQL gets
-them through COPY in CSV that pyarrow writes chunk by chunk; SQLite through the sqlite3 module's
-`executemany` fed by `zip()` over column lists that numpy/pyarrow build. Both load rows sorted by
-`transaction_id`, so two of the table's three B-trees (the primary key and the `transaction_id` index)
-are filled in key order; see BENCHMARKS.md, "Publishing", for what each choice measured.
+A day's rows go in as one Arrow table and are bulk-loaded without Python code per row.
+
+PostgreSQL: one table `predictions` (primary key `(dt, transaction_id)`, indexes on `transaction_id` and
+`(dt, score)`), loaded through COPY in CSV that pyarrow writes chunk by chunk, rows sorted by `transaction_id`
+so two of its three B-trees fill in key order.
+
+SQLite: `predictions` is a view over one table per day (`predictions_day_YYYYMMDD`, keyed by `transaction_id`,
+indexed by `score`), grouped by year (`predictions_year_YYYY`). A single table cannot be loaded under SQLite's
+own floor of 2.8 s per million rows: whatever order the rows come in, one of its indexes fills in random order
+(BENCHMARKS.md, "Publishing"). A day of its own is filled in key order and indexed by a sort, and replacing it
+drops a table instead of deleting a million index entries one by one. Rows are handed to SQLite from Arrow in C
+by the ADBC SQLite driver. Queries read the view as they would the table: SQLite pushes `WHERE transaction_id
+= ?` into every day's primary key and `WHERE dt = ? ORDER BY score DESC LIMIT n` into that day's score index.
 """
 
 from __future__ import annotations
 
 import datetime as dt_
+import re
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -130,8 +137,24 @@ _INPUT_TYPES: dict[str, pa.DataType] = {
 }
 # Indexes an earlier version created that the current definition covers (the primary key leads with dt).
 _RETIRED_INDEXES = ("ix_predictions_dt",)
-# Few distinct values a day: passed to sqlite3 as repeated references to a handful of str objects.
-_LOW_CARDINALITY = ("model_name", "model_version", "merchant_category")
+
+# SQLite: one table per day under the `predictions` view (see the module's docstring).
+_SQLITE_DAY_PREFIX = "predictions_day_"
+_SQLITE_YEAR_PREFIX = "predictions_year_"
+# The columns of a day's table: the view adds `dt` from the table's name.
+_SQLITE_DAY_COLUMNS = (
+    ("transaction_id", "TEXT NOT NULL PRIMARY KEY"),
+    ("score", "REAL NOT NULL"),
+    ("label", "INTEGER NOT NULL"),
+    ("model_name", "TEXT"),
+    ("model_version", "TEXT NOT NULL"),
+    ("customer_id", "TEXT"),
+    ("event_time", "TEXT"),
+    ("amount", "REAL"),
+    ("merchant_category", "TEXT"),
+    ("scoring_run_id", "INTEGER"),
+)
+_DAY_KEY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 _COPY_CHUNK_ROWS = 65_536
 # An unreachable host (dropped packets) would otherwise hang a run for the OS's TCP timeout.
@@ -167,6 +190,16 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
     def _is_postgres(self) -> bool:
         return sa.make_url(self.url).get_backend_name() == "postgresql"
 
+    def _sqlite_path(self) -> str:
+        """The SQLite database's file; an in-memory database is refused (no downstream app could read it)."""
+        database = sa.make_url(self.url).database
+        if database in (None, "", ":memory:") or database.startswith("file::memory:"):
+            raise ValueError(
+                f"prediction database {self.safe_url()} is in memory: downstream apps could not query it and it would "
+                "be gone with the process; give a file (sqlite:////path/to/predictions.db)"
+            )
+        return database
+
     def _where(self) -> str:
         """Host, port, database and user of the URL, never its password."""
         url = sa.make_url(self.url)
@@ -183,13 +216,17 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
         if self._engine is None:
             url = sa.make_url(self.url)
             connect_args: dict[str, object] = {}
+            engine_args: dict[str, object] = {}
             if url.get_backend_name() == "sqlite":
-                if url.database not in (None, "", ":memory:"):
-                    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+                Path(self._sqlite_path()).parent.mkdir(parents=True, exist_ok=True)
                 connect_args["timeout"] = _SQLITE_BUSY_TIMEOUT_S
+                # No connection kept open between uses: a day is loaded by the ADBC driver, which links its own
+                # copy of SQLite, and two copies of SQLite in one process must never hold the same file open at
+                # once (closing one's descriptor drops the other's locks: sqlite.org/howtocorrupt.html, 2.2.1).
+                engine_args["poolclass"] = sa.pool.NullPool
             if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
                 connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
-            engine = sa.create_engine(url, connect_args=connect_args)
+            engine = sa.create_engine(url, connect_args=connect_args, **engine_args)
             if url.get_backend_name() == "sqlite":
                 _configure_sqlite(engine)
             with self._begin(engine, sqlite_begin="BEGIN IMMEDIATE") as conn:
@@ -228,16 +265,24 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
             missing = [name for name in SCORING_RUN_FIELDS if name not in scoring_run]
             if missing:
                 raise PredictionsRefusedError(f"scoring run of {dt} lacks {missing}: nothing was published")
-        with self._begin(self.engine, sqlite_begin="BEGIN IMMEDIATE") as conn:
-            if self._is_postgres():
-                # Two runs replacing the same day would interleave their deletes and inserts and collide.
-                day_lock = zlib.crc32(f"batchinfer:predictions:{dt}".encode())
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(day_lock)))
+        if not self._is_postgres():
+            engine = self.engine  # creates or upgrades the schema first (through sqlite3; closed again)
+            try:
+                _replace_sqlite_day(self._sqlite_path(), dt, table, scoring_run)
+            except _adbc_error() as exc:
+                # Raise what SQLAlchemy raises for the same failure, so callers and the retry policy see one kind.
+                raise sa.exc.DBAPIError.instance(
+                    f"bulk load into {PREDICTIONS_TABLE} for {dt}", None, exc, _adbc_error(), dialect=engine.dialect
+                ) from exc
+            return table.num_rows
+        with self._begin(self.engine) as conn:
+            # Two runs replacing the same day would interleave their deletes and inserts and collide.
+            day_lock = zlib.crc32(f"batchinfer:predictions:{dt}".encode())
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(day_lock)))
             conn.execute(sa.delete(predictions_table).where(predictions_table.c.dt == dt))
             run_id = None if scoring_run is None else _record_scoring_run(conn, dt, scoring_run)
-            load = _copy_csv if self._is_postgres() else _insert_sqlite
             try:
-                load(conn, dt, table, run_id)
+                _copy_csv(conn, dt, table, run_id)
             except conn.dialect.loaded_dbapi.Error as exc:
                 # The load runs on the driver's own cursor; raise what SQLAlchemy would have raised.
                 raise sa.exc.DBAPIError.instance(
@@ -312,10 +357,14 @@ def _record_scoring_run(conn: sa.Connection, dt: str, scoring_run: Mapping[str, 
 
 
 def _ensure_schema(conn: sa.Connection) -> None:
-    """Create the tables, or bring tables an earlier version created up to date: add columns and indexes."""
+    """Create the tables, or bring tables an earlier version created up to date: add columns and indexes (PostgreSQL),
+    split the single table into day tables (SQLite)."""
     inspector = sa.inspect(conn)
     scoring_runs_table.create(conn, checkfirst=True)
     _widen_string_columns(conn, inspector, scoring_runs_table)
+    if conn.dialect.name == "sqlite":
+        _ensure_sqlite_schema(conn)
+        return
     if not inspector.has_table(PREDICTIONS_TABLE):
         predictions_table.create(conn)
         return
@@ -396,51 +445,183 @@ def _prepare(dt: str, rows: pa.Table) -> pa.Table:
     table = pa.table(columns)
 
     ids = table.column("transaction_id")
-    if ids.null_count:
-        raise PredictionsRefusedError(f"predictions for {dt} have {ids.null_count} null transaction_id(s): {refused}")
-    counts = pc.value_counts(ids)
-    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-    if len(repeated):
+    for name in ("transaction_id", "score", "label", "model_version"):
+        nulls = table.column(name).null_count
+        if nulls:
+            raise PredictionsRefusedError(f"predictions for {dt} have {nulls} null {name}(s): {refused}")
+    if len(ids) > 1 and pc.any(pc.less(ids[1:], ids[:-1])).as_py():
+        table = table.take(pc.sort_indices(ids))
+        ids = table.column("transaction_id")
+    # Sorted: a repeated id sits next to itself. Counted (for the message) only when there is one.
+    if len(ids) > 1 and pc.any(pc.equal(ids[1:], ids[:-1])).as_py():
+        counts = pc.value_counts(rows.column("transaction_id"))
+        repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
         raise PredictionsRefusedError(
             f"predictions for {dt} repeat {len(repeated)} transaction_id(s), e.g. {repeated[0].as_py()!r}: {refused}"
         )
-    if len(ids) > 1 and pc.any(pc.less(ids[1:], ids[:-1])).as_py():
-        table = table.take(pc.sort_indices(ids))
     return table
 
 
-def _insert_sqlite(conn: sa.Connection, dt: str, table: pa.Table, scoring_run_id: int | None) -> None:
-    """INSERT the rows with sqlite3's executemany over zipped column lists, in the open transaction."""
-    values = [repeat(dt, table.num_rows)]
-    for name in _COLUMNS[1:]:
-        if name == "scoring_run_id":
-            values.append(repeat(scoring_run_id, table.num_rows))
-            continue
-        column = table.column(name)
-        if name == "event_time":
-            # Arrow formats naive (UTC wall clock) timestamps fast; zoned ones go through tz lookups.
-            column = pc.binary_join_element_wise(
-                pc.cast(pc.cast(column, pa.timestamp("us")), pa.string()), "+00:00", ""
-            )
-        if name in _LOW_CARDINALITY:
-            values.append(_repeated_strings(column))
-        else:
-            values.append(column.to_numpy(zero_copy_only=False).tolist())
-    placeholders = ", ".join("?" * len(_COLUMNS))
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.executemany(
-            f"INSERT INTO {PREDICTIONS_TABLE} ({', '.join(_COLUMNS)}) VALUES ({placeholders})", zip(*values)
+def _adbc_error() -> type[Exception]:
+    from adbc_driver_manager import Error
+
+    return Error
+
+
+def _day_table(dt: str) -> str:
+    """The SQLite table holding the day's rows (`dt` checked to be a day, so the name needs no quoting)."""
+    return _SQLITE_DAY_PREFIX + dt.replace("-", "")
+
+
+def _sqlite_day_ddl(name: str) -> list[str]:
+    columns = ", ".join(f"{column} {declared}" for column, declared in _SQLITE_DAY_COLUMNS)
+    return [f"CREATE TABLE {name} ({columns}) WITHOUT ROWID"]
+
+
+def _sqlite_day_index(name: str) -> str:
+    # Built after the load, by a sort, instead of entry by entry in score order (random in id order).
+    return f"CREATE INDEX {name}_score ON {name} (score)"
+
+
+def _sqlite_views(day_tables: list[str]) -> list[str]:
+    """DDL that (re)creates the `predictions` view over the days' tables, through one view per year.
+
+    A compound SELECT takes at most 500 terms in SQLite; a year has at most 366 days, and SQLite flattens the
+    nested views so queries still reach each day's indexes.
+    """
+    columns = ", ".join(column for column, _ in _SQLITE_DAY_COLUMNS)
+    by_year: dict[str, list[str]] = {}
+    for name in sorted(day_tables):
+        by_year.setdefault(name[len(_SQLITE_DAY_PREFIX):][:4], []).append(name)
+    statements = [f"DROP VIEW IF EXISTS {PREDICTIONS_TABLE}"]
+    years = []
+    for year, names in by_year.items():
+        view = f"{_SQLITE_YEAR_PREFIX}{year}"
+        arms = " UNION ALL ".join(
+            f"SELECT '{_day_of(name)}' AS dt, {columns} FROM {name}" for name in names
         )
+        statements += [f"DROP VIEW IF EXISTS {view}", f"CREATE VIEW {view} AS {arms}"]
+        years.append(view)
+    if years:
+        body = " UNION ALL ".join(f"SELECT dt, {columns} FROM {view}" for view in years)
+    else:  # nothing published yet: the columns, no rows
+        nulls = ", ".join(f"CAST(NULL AS {declared.split()[0]}) AS {column}" for column, declared in _SQLITE_DAY_COLUMNS)
+        body = f"SELECT CAST(NULL AS TEXT) AS dt, {nulls} WHERE 0"
+    return [*statements, f"CREATE VIEW {PREDICTIONS_TABLE} AS {body}"]
+
+
+def _day_of(table: str) -> str:
+    digits = table[len(_SQLITE_DAY_PREFIX):]
+    return f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
+
+
+_SQLITE_DAY_TABLES = f"SELECT name FROM sqlite_schema WHERE type = 'table' AND name GLOB '{_SQLITE_DAY_PREFIX}[0-9]*'"
+
+
+def _ensure_sqlite_schema(conn: sa.Connection) -> None:
+    """The `predictions` view over the day tables; a `predictions` table of an earlier version is split into them."""
+    kind = conn.exec_driver_sql("SELECT type FROM sqlite_schema WHERE name = ?", (PREDICTIONS_TABLE,)).scalar()
+    if kind == "view":
+        return
+    if kind == "table":
+        present = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({PREDICTIONS_TABLE})")}
+        selected = ", ".join(c if c in present else f"NULL AS {c}" for c, _ in _SQLITE_DAY_COLUMNS)
+        days = conn.exec_driver_sql(f"SELECT DISTINCT dt FROM {PREDICTIONS_TABLE} ORDER BY dt").scalars().all()
+        for day in days:
+            name = _day_table(_checked_day(day))
+            for statement in _sqlite_day_ddl(name):
+                conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(
+                f"INSERT INTO {name} SELECT {selected} FROM {PREDICTIONS_TABLE} WHERE dt = ? ORDER BY transaction_id",
+                (day,),
+            )
+            conn.exec_driver_sql(_sqlite_day_index(name))
+        conn.exec_driver_sql(f"DROP TABLE {PREDICTIONS_TABLE}")
+    day_tables = conn.exec_driver_sql(_SQLITE_DAY_TABLES).scalars().all()
+    for statement in _sqlite_views(list(day_tables)):
+        conn.exec_driver_sql(statement)
+
+
+def _checked_day(dt: str) -> str:
+    if not isinstance(dt, str) or not _DAY_KEY.fullmatch(dt):
+        raise PredictionsRefusedError(f"partition {dt!r} is not a day (YYYY-MM-DD): nothing was published")
+    dt_.date.fromisoformat(dt)
+    return dt
+
+
+def _replace_sqlite_day(path: str, dt: str, table: pa.Table, scoring_run: Mapping[str, Any] | None) -> None:
+    """Replace the day's table in one transaction: drop it, create it, load it from Arrow, index it."""
+    import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+    name = _day_table(_checked_day(dt))
+    conn = adbc_sqlite.connect(path, autocommit=True)  # transactions below are explicit
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA cache_size = -{_SQLITE_CACHE_KIB}")
+        cursor.execute("BEGIN IMMEDIATE")  # waits (busy_timeout) while another run publishes
+        try:
+            run_id = None if scoring_run is None else _record_scoring_run_sqlite(cursor, dt, scoring_run)
+            cursor.execute(f"{_SQLITE_DAY_TABLES} AND name = ?", (name,))
+            new_day = not cursor.fetchall()
+            cursor.execute(f"DROP TABLE IF EXISTS {name}")
+            for statement in _sqlite_day_ddl(name):
+                cursor.execute(statement)
+            cursor.adbc_ingest(name, _sqlite_rows(table, run_id), mode="append")
+            _load_day_index(cursor, name)
+            if new_day:
+                cursor.execute(_SQLITE_DAY_TABLES)
+                for statement in _sqlite_views([row[0] for row in cursor.fetchall()]):
+                    cursor.execute(statement)
+            cursor.execute("COMMIT")
+        except BaseException:
+            cursor.execute("ROLLBACK")  # the day's previous table, rows and views stay as they were
+            raise
+        finally:
+            cursor.close()
     finally:
-        cursor.close()
+        conn.close()
 
 
-def _repeated_strings(column: pa.ChunkedArray) -> list[str | None]:
-    """A string column as a list that repeats one str object per distinct value (None for nulls)."""
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    distinct = np.array([*encoded.dictionary.to_pylist(), None], dtype=object)
-    return distinct[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()].tolist()
+def _load_day_index(cursor: Any, name: str) -> None:
+    cursor.execute(_sqlite_day_index(name))
+
+
+def _sqlite_rows(table: pa.Table, scoring_run_id: int | None) -> pa.Table:
+    """The day's rows as the day table stores them: event_time as UTC ISO text, the scoring run's id."""
+    # Arrow formats naive (UTC wall clock) timestamps fast; zoned ones go through tz lookups.
+    event_time = pc.binary_join_element_wise(
+        pc.cast(pc.cast(table.column("event_time"), pa.timestamp("us")), pa.string()), "+00:00", ""
+    )
+    columns = {name: table.column(name) for name, _ in _SQLITE_DAY_COLUMNS if name not in ("event_time", "scoring_run_id")}
+    columns["event_time"] = event_time
+    columns["scoring_run_id"] = pa.repeat(pa.scalar(scoring_run_id, pa.int64()), table.num_rows)
+    return pa.table({name: columns[name] for name, _ in _SQLITE_DAY_COLUMNS})
+
+
+def _record_scoring_run_sqlite(cursor: Any, dt: str, scoring_run: Mapping[str, Any]) -> int:
+    """`_record_scoring_run` on the ADBC connection that loads the day (same transaction)."""
+    cursor.execute(
+        f"SELECT id FROM {SCORING_RUNS_TABLE} WHERE dagster_run_id = ? AND dt = ?", (str(scoring_run["dagster_run_id"]), dt)
+    )
+    existing = cursor.fetchall()
+    if existing:
+        return int(existing[0][0])
+    values = {name: scoring_run[name] for name in SCORING_RUN_FIELDS}
+    values["dt"] = dt
+    values["published_at"] = dt_.datetime.now(dt_.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+    names = list(values)
+    # One row through Arrow: typed columns, so a None binds as NULL of the column's type.
+    row = pa.table({name: pa.array([values[name]], _SCORING_RUN_TYPES.get(name, pa.string())) for name in names})
+    cursor.execute(
+        f"INSERT INTO {SCORING_RUNS_TABLE} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) RETURNING id",
+        row,
+    )
+    return int(cursor.fetchall()[0][0])
+
+
+_SCORING_RUN_TYPES = {"batch_size": pa.int64(), "threshold": pa.float64()}
 
 
 def _copy_csv(conn: sa.Connection, dt: str, table: pa.Table, scoring_run_id: int | None) -> None:

@@ -92,15 +92,33 @@ def test_a_missing_business_column_is_refused_naming_it_and_previous_rows_kept(d
     assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
 
 
-def test_a_failing_insert_rolls_back_the_delete(db_url):
+def test_a_failing_insert_rolls_back_the_delete(db_url, monkeypatch):
     db = PredictionDatabaseResource(url=db_url)
     db.replace_partition("2025-01-01", _predictions(["a", "b"]))
-    too_long_version = _predictions(["c"], version="v" * 100_000)
-    # SQLite does not enforce VARCHAR lengths; force a NOT NULL violation there instead.
     if db_url.startswith("sqlite"):
-        too_long_version = _predictions(["c"], score=pa.array([None], pa.float32()))
-    with pytest.raises(sa.exc.IntegrityError if db_url.startswith("sqlite") else sa.exc.DataError):
-        db.replace_partition("2025-01-01", too_long_version)
+        # SQLite does not enforce VARCHAR lengths: fail the load after the day's new table got its rows, with a
+        # real constraint violation from SQLite (a row without a score), where the index would be built.
+        from batchinfer_assets.resources import prediction_db
+
+        def failing_index(cursor, name):
+            cursor.execute(f"INSERT INTO {name} (transaction_id, label, model_version) VALUES ('zz', 0, '1')")
+
+        monkeypatch.setattr(prediction_db, "_load_day_index", failing_index)
+        with pytest.raises(sa.exc.DBAPIError, match="NOT NULL constraint failed"):
+            db.replace_partition("2025-01-01", _predictions(["c", "d"]))
+    else:
+        with pytest.raises(sa.exc.DataError):
+            db.replace_partition("2025-01-01", _predictions(["c"], version="v" * 100_000))
+    assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
+
+
+def test_null_scores_labels_or_versions_are_refused_naming_the_column(db_url):
+    db = PredictionDatabaseResource(url=db_url)
+    db.replace_partition("2025-01-01", _predictions(["a", "b"]))
+    with pytest.raises(ValueError, match=r"have 1 null score\(s\).*previous rows are kept"):
+        db.replace_partition("2025-01-01", _predictions(["c", "d"], score=pa.array([0.5, None], pa.float32())))
+    with pytest.raises(ValueError, match=r"have 2 null model_version\(s\)"):
+        db.replace_partition("2025-01-01", _predictions(["c", "d"], model_version=pa.array([None, None], pa.string())))
     assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
 
 
@@ -163,21 +181,33 @@ def test_point_lookup_and_top_scores_are_index_lookups(backend, tmp_path, reques
         url = server.url(server.create_database("preds"))
     db = PredictionDatabaseResource(url=url)
     rng = np.random.default_rng(0)
-    for day in ("2025-01-01", "2025-01-02", "2025-01-03"):
+    scores = {}
+    # Days of two years: SQLite's view reaches them through one view per year.
+    days = ("2024-12-31", "2025-01-01", "2025-01-02", "2025-01-03")
+    for day in days:
         n = 5000
-        db.replace_partition(
-            day, _predictions([f"{day}-{i}" for i in range(n)], score=pa.array(rng.random(n, dtype=np.float32)))
-        )
+        scores[day] = rng.random(n, dtype=np.float32)
+        db.replace_partition(day, _predictions([f"{day}-{i}" for i in range(n)], score=pa.array(scores[day])))
     with db.engine.connect() as conn:
         if backend == "postgresql":
             conn.execute(sa.text("ANALYZE predictions"))
-        lookup = _plan(conn, "SELECT * FROM predictions WHERE transaction_id = :tx", {"tx": "2025-01-02-17"})
+        lookup_query = "SELECT * FROM predictions WHERE transaction_id = :tx"
+        lookup = _plan(conn, lookup_query, {"tx": "2025-01-02-17"})
         top_query = "SELECT * FROM predictions WHERE dt = :dt ORDER BY score DESC LIMIT 100"
         top = _plan(conn, top_query, {"dt": "2025-01-02"})
+        found = conn.execute(sa.text(lookup_query), {"tx": "2025-01-02-17"}).all()
+        highest = conn.execute(sa.text(top_query), {"dt": "2025-01-02"}).all()
+    assert [(row.dt, row.transaction_id, row.score) for row in found] == [("2025-01-02", "2025-01-02-17", float(scores["2025-01-02"][17]))]
+    assert [row.score for row in highest] == sorted(map(float, scores["2025-01-02"]), reverse=True)[:100]
+    assert {row.dt for row in highest} == {"2025-01-02"}
     if backend == "sqlite":
-        assert "SEARCH predictions USING INDEX ix_predictions_transaction_id (transaction_id=?)" in lookup, lookup
-        assert "SEARCH predictions USING INDEX ix_predictions_dt_score (dt=?)" in top, top
-        assert "SCAN" not in lookup + top and "TEMP B-TREE" not in top, (lookup, top)
+        # Every day's table is searched through its primary key; the day's top scores walk its score index
+        # (the other days' arms are cut by the constant dt of their view before reading a row).
+        searches = [line for line in lookup.splitlines() if line.startswith(("SCAN", "SEARCH"))]
+        assert searches == [f"SEARCH predictions_day_{d.replace('-', '')} USING PRIMARY KEY (transaction_id=?)" for d in days], lookup
+        scans = [line for line in top.splitlines() if line.startswith(("SCAN", "SEARCH"))]
+        assert scans == [f"SCAN predictions_day_{d.replace('-', '')} USING INDEX predictions_day_{d.replace('-', '')}_score" for d in days], top
+        assert "TEMP B-TREE" not in top, top
     else:
         assert "Index Scan using ix_predictions_transaction_id on predictions" in lookup, lookup
         assert "Index Scan Backward using ix_predictions_dt_score on predictions" in top, top
@@ -216,10 +246,16 @@ def test_a_table_from_the_previous_schema_is_upgraded_keeping_its_rows(backend, 
     db.replace_partition("2025-01-01", _predictions(["new-1"]))
 
     inspector = sa.inspect(db.engine)
-    assert {c["name"] for c in inspector.get_columns("predictions")} == {c.name for c in predictions_table.columns}
-    indexes = {ix["name"] for ix in inspector.get_indexes("predictions")}
-    assert {"ix_predictions_transaction_id", "ix_predictions_dt_score"} <= indexes
-    assert "ix_predictions_dt" not in indexes  # covered by the primary key, which leads with dt
+    assert [c["name"] for c in inspector.get_columns("predictions")] == [c.name for c in predictions_table.columns]
+    if backend == "sqlite":
+        # The single table became one table per day behind a view of the same name.
+        assert "predictions" in inspector.get_view_names() and "predictions" not in inspector.get_table_names()
+        for day in ("20241231", "20250101"):
+            assert [ix["column_names"] for ix in inspector.get_indexes(f"predictions_day_{day}")] == [["score"]]
+    else:
+        indexes = {ix["name"] for ix in inspector.get_indexes("predictions")}
+        assert {"ix_predictions_transaction_id", "ix_predictions_dt_score"} <= indexes
+        assert "ix_predictions_dt" not in indexes  # covered by the primary key, which leads with dt
     kept = _read_back(url, "2024-12-31")["old-1"]
     assert (kept.score, kept.label, kept.model_version, kept.customer_id, kept.event_time) == (0.5, 1, "3", None, None)
     new = _read_back(url, "2025-01-01")["new-1"]
@@ -230,6 +266,33 @@ def test_a_table_from_the_previous_schema_is_upgraded_keeping_its_rows(backend, 
     again = PredictionDatabaseResource(url=url)
     assert again.count_partition("2024-12-31") == 1
     again.engine.dispose()
+
+
+def test_a_sqlite_table_of_the_previous_version_becomes_day_tables_with_every_value_kept(tmp_path):
+    """0.4 kept every day in one SQLite table; its rows come back identical through the view."""
+    url = f"sqlite:///{tmp_path}/predictions.db"
+    engine = sa.create_engine(url)
+    previous = sa.MetaData()
+    table = predictions_table.to_metadata(previous)  # the single table as 0.4 created it
+    with engine.begin() as conn:
+        table.create(conn)
+        conn.execute(
+            table.insert(),
+            [
+                {"dt": day, "transaction_id": f"{day}-{i}", "score": i / 7, "label": i % 2, "model_name": "fraud-detector",
+                 "model_version": "3", "customer_id": f"C{i}", "event_time": dt.datetime(2025, 1, 1, i, tzinfo=dt.UTC),
+                 "amount": i * 1.5, "merchant_category": None if i == 2 else "fuel", "scoring_run_id": 4}
+                for day in ("2025-01-01", "2025-01-02") for i in range(5)
+            ],
+        )
+    before = {day: _read_back(url, day) for day in ("2025-01-01", "2025-01-02")}
+    engine.dispose()
+
+    db = PredictionDatabaseResource(url=url)
+    assert db.count_partition("2025-01-02") == 5
+    after = {day: _read_back(url, day) for day in ("2025-01-01", "2025-01-02")}
+    assert after == before and len(after["2025-01-01"]) == 5
+    assert set(sa.inspect(db.engine).get_table_names()) >= {"predictions_day_20250101", "predictions_day_20250102"}
 
 
 def test_a_null_transaction_id_is_refused(db_url):

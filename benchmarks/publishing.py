@@ -250,13 +250,17 @@ def _sqlite_url(workdir: Path, name: str) -> str:
     return f"sqlite:///{workdir / name}.db"
 
 
-STEPS = ("empty table", "table holding another day", "same day again (replace)")
+STEPS = ("empty table", "table holding another day", "same day again (replace)", "a third day, ids already sorted")
 
 
 def publish_section(args, workdir: Path, backends: set[str], pg: Postgres | None) -> None:
     days = [make_day(FIRST_DAY, args.rows, seed=1), make_day(FIRST_DAY + dt.timedelta(days=1), args.rows, seed=2)]
+    # A third day with its ids in order, as the pipeline hands a day over (its snapshot is sorted by id).
+    third = make_day(FIRST_DAY + dt.timedelta(days=2), args.rows, seed=3)
+    days.append(third.take(pc.sort_indices(third.column("transaction_id"))))
     frames = [d.to_pandas() for d in days]  # the old code's input, converted outside the timings
-    plan = [(FIRST_DAY, 0), (FIRST_DAY + dt.timedelta(days=1), 1), (FIRST_DAY + dt.timedelta(days=1), 1)]
+    plan = [(FIRST_DAY, 0), (FIRST_DAY + dt.timedelta(days=1), 1), (FIRST_DAY + dt.timedelta(days=1), 1),
+            (FIRST_DAY + dt.timedelta(days=2), 2)]
 
     targets: list[tuple[str, Callable[[], str]]] = []
     if "sqlite" in backends:
@@ -363,7 +367,7 @@ def floor_section(args, workdir: Path) -> None:
         conn.execute("BEGIN")
         conn.executemany(f"INSERT INTO staging VALUES ({', '.join('?' * len(names))})", zip(*values))
         conn.execute("COMMIT")
-        rebuild = "" if indexes or not label.startswith("the current") else (
+        rebuild = "" if indexes or not label.startswith("its secondary") else (
             "CREATE INDEX ix_tx ON predictions (transaction_id); CREATE INDEX ix_ds ON predictions (dt, score);"
         )
         if day_table:

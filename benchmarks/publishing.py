@@ -357,7 +357,7 @@ def floor_section(args, workdir: Path) -> None:
         if day_table:
             from batchinfer_assets.resources.prediction_db import _sqlite_day_ddl
 
-            conn.execute(_sqlite_day_ddl("predictions")[0])
+            conn.execute(_sqlite_day_ddl("predictions"))
         else:
             conn.execute(ddl)
         for statement in indexes:

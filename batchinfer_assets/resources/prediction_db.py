@@ -21,7 +21,7 @@ import datetime as dt_
 import re
 import zlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,7 @@ _SQLITE_BUSY_TIMEOUT_S = 120
 # (with SQLite's default 2 MiB the same load took 8.7 s instead of about 6 s).
 _SQLITE_CACHE_KIB = 256 * 1024
 _SQLITE_JOURNAL_MODE = "WAL"
+_SQLITE_WAL_LIMIT_BYTES = 64 * 1024 * 1024
 _SCHEMA_LOCK_KEY = zlib.crc32(b"batchinfer:predictions:schema")
 
 
@@ -335,7 +336,7 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
         # Without it the WAL file keeps the size of the largest day ever written.
-        cursor.execute("PRAGMA journal_size_limit=67108864")
+        cursor.execute(f"PRAGMA journal_size_limit={_SQLITE_WAL_LIMIT_BYTES}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -473,13 +474,12 @@ def _day_table(dt: str) -> str:
     return _SQLITE_DAY_PREFIX + dt.replace("-", "")
 
 
-def _sqlite_day_ddl(name: str) -> list[str]:
+def _sqlite_day_ddl(name: str) -> str:
     columns = ", ".join(f"{column} {declared}" for column, declared in _SQLITE_DAY_COLUMNS)
-    return [f"CREATE TABLE {name} ({columns}) WITHOUT ROWID"]
+    return f"CREATE TABLE {name} ({columns}) WITHOUT ROWID"
 
 
 def _sqlite_day_index(name: str) -> str:
-    # Built after the load, by a sort, instead of entry by entry in score order (random in id order).
     return f"CREATE INDEX {name}_score ON {name} (score)"
 
 
@@ -529,8 +529,7 @@ def _ensure_sqlite_schema(conn: sa.Connection) -> None:
         days = conn.exec_driver_sql(f"SELECT DISTINCT dt FROM {PREDICTIONS_TABLE} ORDER BY dt").scalars().all()
         for day in days:
             name = _day_table(_checked_day(day))
-            for statement in _sqlite_day_ddl(name):
-                conn.exec_driver_sql(statement)
+            conn.exec_driver_sql(_sqlite_day_ddl(name))
             conn.exec_driver_sql(
                 f"INSERT INTO {name} SELECT {selected} FROM {PREDICTIONS_TABLE} WHERE dt = ? ORDER BY transaction_id",
                 (day,),
@@ -560,23 +559,24 @@ def _replace_sqlite_day(path: str, dt: str, table: pa.Table, scoring_run: Mappin
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_S * 1000}")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute(f"PRAGMA cache_size = -{_SQLITE_CACHE_KIB}")
+        cursor.execute(f"PRAGMA journal_size_limit = {_SQLITE_WAL_LIMIT_BYTES}")
         cursor.execute("BEGIN IMMEDIATE")  # waits (busy_timeout) while another run publishes
         try:
             run_id = None if scoring_run is None else _record_scoring_run_sqlite(cursor, dt, scoring_run)
             cursor.execute(f"{_SQLITE_DAY_TABLES} AND name = ?", (name,))
             new_day = not cursor.fetchall()
             cursor.execute(f"DROP TABLE IF EXISTS {name}")
-            for statement in _sqlite_day_ddl(name):
-                cursor.execute(statement)
+            cursor.execute(_sqlite_day_ddl(name))
             cursor.adbc_ingest(name, _sqlite_rows(table, run_id), mode="append")
-            _load_day_index(cursor, name)
+            _index_day_table(cursor, name)
             if new_day:
                 cursor.execute(_SQLITE_DAY_TABLES)
                 for statement in _sqlite_views([row[0] for row in cursor.fetchall()]):
                     cursor.execute(statement)
             cursor.execute("COMMIT")
         except BaseException:
-            cursor.execute("ROLLBACK")  # the day's previous table, rows and views stay as they were
+            with suppress(_adbc_error()):  # a broken connection rolls back by itself; keep the first error
+                cursor.execute("ROLLBACK")  # the day's previous table, rows and views stay as they were
             raise
         finally:
             cursor.close()
@@ -584,7 +584,8 @@ def _replace_sqlite_day(path: str, dt: str, table: pa.Table, scoring_run: Mappin
         conn.close()
 
 
-def _load_day_index(cursor: Any, name: str) -> None:
+def _index_day_table(cursor: Any, name: str) -> None:
+    """The day's score index, built once the rows are in (a sort, instead of entry by entry in random order)."""
     cursor.execute(_sqlite_day_index(name))
 
 

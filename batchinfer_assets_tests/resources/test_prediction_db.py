@@ -11,6 +11,7 @@ from batchinfer_assets.resources.prediction_db import (
     PredictionDatabaseConnectionError,
     PredictionDatabaseResource,
     predictions_table,
+    scoring_runs_table,
 )
 
 EVENT_TIME = pa.timestamp("us", tz="UTC")
@@ -103,7 +104,7 @@ def test_a_failing_insert_rolls_back_the_delete(db_url, monkeypatch):
         def failing_index(cursor, name):
             cursor.execute(f"INSERT INTO {name} (transaction_id, label, model_version) VALUES ('zz', 0, '1')")
 
-        monkeypatch.setattr(prediction_db, "_load_day_index", failing_index)
+        monkeypatch.setattr(prediction_db, "_index_day_table", failing_index)
         with pytest.raises(sa.exc.DBAPIError, match="NOT NULL constraint failed"):
             db.replace_partition("2025-01-01", _predictions(["c", "d"]))
     else:
@@ -392,8 +393,12 @@ def test_each_published_row_links_to_the_scoring_run_that_produced_it(db_url):
                 )
             ).all()
             runs = conn.execute(sa.text("SELECT dagster_run_id, dt FROM scoring_runs ORDER BY 1, 2")).all()
+            published_at = conn.execute(sa.select(scoring_runs_table.c.published_at)).scalars().all()
     finally:
         engine.dispose()
+    # Read back through the table definition as aware UTC datetimes (SQLite stores the text SQLAlchemy writes).
+    now = dt.datetime.now(dt.UTC)
+    assert all(dt.timedelta(0) <= now - at < dt.timedelta(minutes=5) and at.utcoffset() == dt.timedelta(0) for at in published_at)
     assert [tuple(r) for r in joined] == [
         ("2025-01-01", "a", "run-2", "models:/fraud-detector/2", "checksum-of-v2"),
         ("2025-01-01", "d", "run-2", "models:/fraud-detector/2", "checksum-of-v2"),

@@ -171,36 +171,47 @@ def daily_pipeline(
 def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Each day of the run through the selected stages; a day stopped by its data is noted in `stopped`."""
     context = run.context
-    # The run's model is resolved (and, to score, loaded) before any day: a model that cannot be used fails
-    # the run at once, with nothing written.
+    # The run's model is resolved before any day: a model that cannot be found fails the run at once, with
+    # nothing written.
     if run.selected & MODEL_STAGES:
         run.resolved
     if PREDICTIONS in run.selected:
         # A remote engine's actors load the model; this process only needs to reach the cluster.
         run.scoring_engine.prepare(context)
         if not isinstance(run.scoring_engine, RemoteScoringEngine):
-            run.model
-    for day in run.days:
-        state = DayState(day)
-        for assets, stage in stages:
-            if not any(run.wants(a, day) for a in assets):
-                continue
-            started = time.perf_counter()
-            run.where = f"{day} {'/'.join(assets)}" + (f" with {run.resolved.pinned_uri}" if PREDICTIONS in assets else "") + ": "
-            try:
-                yield from stage(run, state)
-            except DayBlocked as blocked:
-                stopped[day] = str(blocked)
-                context.log.error(f"{day}: stopped at {blocked}; the run goes on with the other days")
-                break
-            except BAD_DATA_ERRORS as error:
-                stopped[day] = f"{'/'.join(assets)}: {type(error).__name__}: {error}"
-                context.log.error(f"{day}: {stopped[day]}; the run goes on with the other days")
-                break
-            context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
-        run.where = ""
-        del state
-        release_freed_memory()
+            # Only scoring needs the loaded module: it loads while the first day's earlier stages run. A load
+            # that fails fails the run at the next stage, and always before any predictions are written.
+            run.start_loading_model()
+    try:
+        for day in run.days:
+            state = DayState(day)
+            for assets, stage in stages:
+                run.surface_model_load_failure()
+                if not any(run.wants(a, day) for a in assets):
+                    continue
+                started = time.perf_counter()
+                run.where = f"{day} {'/'.join(assets)}" + (f" with {run.resolved.pinned_uri}" if PREDICTIONS in assets else "") + ": "
+                if PREDICTIONS in assets and run.model_loader is not None:
+                    # Outside the stage's handlers: a model that cannot load fails the run, not just the day.
+                    run.model
+                try:
+                    yield from stage(run, state)
+                except DayBlocked as blocked:
+                    stopped[day] = str(blocked)
+                    context.log.error(f"{day}: stopped at {blocked}; the run goes on with the other days")
+                    break
+                except BAD_DATA_ERRORS as error:
+                    stopped[day] = f"{'/'.join(assets)}: {type(error).__name__}: {error}"
+                    context.log.error(f"{day}: {stopped[day]}; the run goes on with the other days")
+                    break
+                context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
+            run.where = ""
+            del state
+            release_freed_memory()
+    finally:
+        run.stop_loading_model()
+    # No day got as far as scoring: a model that failed to load still fails the run.
+    run.surface_model_load_failure()
     if PREDICTIONS in run.selected:
         prune_snapshot_archive(run)
 

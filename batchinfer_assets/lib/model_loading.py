@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,24 +86,33 @@ def quiet_mlflow() -> None:
     logging.getLogger("mlflow.utils.requirements_utils").setLevel(logging.ERROR)
 
 
+# MLflow's fluent URIs are process globals: two threads setting and restoring them at once (the run's model
+# loading on a worker thread while a stage reads the signature) would each restore what the other set.
+_MLFLOW_URIS_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def mlflow_uris(tracking_uri: str, registry_uri: str | None = None) -> Iterator[None]:
-    """Point MLflow's global (fluent) tracking and registry URIs here, restoring the previous ones after."""
+    """Point MLflow's global (fluent) tracking and registry URIs here, restoring the previous ones after.
+
+    One thread at a time: another thread's `mlflow_uris` waits until this one has restored the URIs.
+    """
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    # Read the module globals, not get_*_uri(): those resolve defaults and env, and restoring a
-    # resolved value would pin it even where the caller had set nothing.
-    previous_tracking = tracking_utils._tracking_uri
-    previous_registry = registry_utils._registry_uri
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(registry_uri or tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous_tracking)
-        registry_utils._registry_uri = previous_registry
+    with _MLFLOW_URIS_LOCK:
+        # Read the module globals, not get_*_uri(): those resolve defaults and env, and restoring a
+        # resolved value would pin it even where the caller had set nothing.
+        previous_tracking = tracking_utils._tracking_uri
+        previous_registry = registry_utils._registry_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(registry_uri or tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous_tracking)
+            registry_utils._registry_uri = previous_registry
 
 
 def make_client(tracking_uri: str, registry_uri: str | None = None):
@@ -452,10 +462,14 @@ def load_torch_module(resolved: ResolvedModel, device: str, *, allow_pickle: boo
     # From the model cache when the version is there; else a private download folder, removed once the weights
     # are in memory (without one a local store hands back its own folder and a models:/ fetch writes
     # registered_model_meta into it).
-    source = resolved.local_path if resolved.local_path and Path(resolved.local_path).is_dir() else resolved.pinned_uri
-    with tempfile.TemporaryDirectory(prefix="batchinfer-load-") as tmp, mlflow_uris(
-        resolved.tracking_uri, resolved.registry_uri
-    ), _pickle_allowed(resolved.model_format == "pickle" and allow_pickle):
+    cached = bool(resolved.local_path and Path(resolved.local_path).is_dir())
+    source = resolved.local_path if cached else resolved.pinned_uri
+    # A cached copy is a folder: reading it needs no registry, so the load does not hold MLflow's global URIs
+    # (and a stage reading them meanwhile does not wait for the load).
+    registry = contextlib.nullcontext() if cached else mlflow_uris(resolved.tracking_uri, resolved.registry_uri)
+    with tempfile.TemporaryDirectory(prefix="batchinfer-load-") as tmp, registry, _pickle_allowed(
+        resolved.model_format == "pickle" and allow_pickle
+    ):
         if resolved.model_format == "pt2":
             # Exported programs keep their weights where they were exported (CPU for MLflow's
             # export); they are loaded there and moved afterwards.

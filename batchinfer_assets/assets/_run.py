@@ -204,6 +204,33 @@ class PipelineRun:
         now = "the URI resolves to it now too" if current == resolved.version else f"the URI resolves to {current} now"
         return f"pinned to version {resolved.version} by run tag {MODEL_VERSION_TAG} ({now})"
 
+    def observe_model_version(self) -> None:
+        """Record what the model URI resolves to as an observation of `scoring_model`, when it is news.
+
+        A run that resolved the URI itself (no pin) knows the current version as well as `model_version_sensor`
+        does. Recorded before any day, so the days this run scores read that observation as their input and are
+        fresh at once, also where no daemon runs the sensor (a CLI run right after install: before, every day read
+        "scoring_model has a new data version" until the sensor's first tick). Nothing is recorded when the latest
+        observation already says this version.
+        """
+        if MODEL_VERSION_TAG in self.context.run.tags:
+            return  # a pinned run's version says nothing of what the URI resolves to now
+        resolved = self.resolved
+        latest = self.context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(SCORING_MODEL)), limit=1).records
+        observed = (latest[0].event_log_entry.asset_observation.tags or {}).get(DATA_VERSION_TAG) if latest else None
+        if observed == resolved.version:
+            return
+        self.context.log_event(
+            dg.AssetObservation(
+                asset_key=SCORING_MODEL,
+                metadata={"model_uri": resolved.requested_uri, "pinned_uri": resolved.pinned_uri, "model_version": resolved.version},
+                tags={DATA_VERSION_TAG: resolved.version},
+            )
+        )
+        self.context.log.info(
+            f"{resolved.requested_uri} resolves to {resolved.pinned_uri}: observed for scoring_model (last observed: {observed or 'never'})"
+        )
+
     def start_loading_model(self) -> None:
         """Load the run's model on a worker thread from now on; `model` waits for it."""
         self.model_loader = ModelLoader(self.torch_scorer, self.resolved)

@@ -175,6 +175,7 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
     # nothing written.
     if run.selected & MODEL_STAGES:
         run.resolved
+        run.observe_model_version()
     if PREDICTIONS in run.selected:
         # A remote engine's actors load the model; this process only needs to reach the cluster.
         run.scoring_engine.prepare(context)

@@ -50,32 +50,52 @@ def _statuses(settings, instance, day: str) -> dict[str, StaleStatus]:
     return {asset: resolver.get_status(dg.AssetKey(asset), day) for asset in SCORED}
 
 
+def _observed_version(instance) -> str | None:
+    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("scoring_model")), limit=1).records
+    return records[0].event_log_entry.asset_observation.tags[DATA_VERSION_TAG] if records else None
+
+
 def test_a_day_is_stale_exactly_when_the_version_that_scored_it_is_no_longer_the_one_the_uri_resolves_to(
     own_registry, demo_training
 ):
+    from batchinfer_assets.lib.model_loading import make_client
+
     settings = own_registry
     resources = build_resources(settings)
     fresh = dict.fromkeys(SCORED, StaleStatus.FRESH)
     stale = dict.fromkeys(SCORED, StaleStatus.STALE)
     with dg.instance_for_test() as instance:
-        # Scored before the model was ever observed: the first observation (same version) changes nothing.
+        # Nothing observed the model yet (no daemon, as after `scripts/run_week.sh`): the run records the version
+        # it resolved before scoring, so its day is fresh at once, and the sensor has nothing to add.
+        assert _observed_version(instance) is None
         materialize_pipeline(resources, EVERY_DAILY_ASSET, partition_key=DAY_A, instance=instance)
-        assert isinstance(_tick(settings, instance), dg.SensorResult)
+        assert _observed_version(instance) == "1"
         assert _statuses(settings, instance, DAY_A) == fresh
-        assert isinstance(_tick(settings, instance), dg.SkipReason), "no move, no new observation"
+        assert isinstance(_tick(settings, instance), dg.SkipReason), "the run observed version 1 already"
 
-        # The alias moves; a day scored with v2 before the sensor saw the move is fresh once it does.
+        # The alias moves and a run scores before the sensor's next tick: the run records the move itself.
         _register_version_two(settings, demo_training)
         materialize_pipeline(resources, EVERY_DAILY_ASSET, partition_key=DAY_B, instance=instance)
-        observed = _tick(settings, instance)
-        assert isinstance(observed, dg.SensorResult)
-        assert observed.asset_events[0].tags[DATA_VERSION_TAG] == "2"
+        assert _observed_version(instance) == "2"
         assert _statuses(settings, instance, DAY_B) == fresh
         # The v1 day is stale, and so is everything computed from its predictions (the served rows included).
         assert _statuses(settings, instance, DAY_A) == stale
         resolver = get_stale_status_resolver(instance, list(build_definitions(settings).assets))
         causes = resolver.get_stale_root_causes(dg.AssetKey("published_predictions"), DAY_A)
         assert {c.key.asset_key for c in causes} == {dg.AssetKey("scoring_model")}, causes
+        assert isinstance(_tick(settings, instance), dg.SkipReason), "the run observed version 2 already"
+
+        # The alias moves with no run: the sensor observes it, and each day follows the version that scored it.
+        client = make_client(settings.tracking_uri)
+        client.set_registered_model_alias("fraud-detector", "champion", "1")
+        observed = _tick(settings, instance)
+        assert isinstance(observed, dg.SensorResult)
+        assert observed.asset_events[0].tags[DATA_VERSION_TAG] == "1"
+        assert _statuses(settings, instance, DAY_A) == fresh
+        assert _statuses(settings, instance, DAY_B) == stale
+        client.set_registered_model_alias("fraud-detector", "champion", "2")
+        assert _tick(settings, instance).asset_events[0].tags[DATA_VERSION_TAG] == "2"
+        assert _statuses(settings, instance, DAY_A) == stale
 
         # A pinned reproduction of the v1 day is what it is: scored with v1 while the URI says v2, not fresh.
         pinned = materialize_pipeline(resources, SCORED, partition_key=DAY_A, instance=instance, tags={MODEL_VERSION_TAG: "1"})

@@ -42,9 +42,9 @@ def test_backfill_through_graphql_then_the_sensor_publishes_every_day(dagster_sy
     assert check_statuses_by_day(system, "input_snapshot", DAYS) == {"matches_model_signature": dict.fromkeys(DAYS, "SUCCEEDED")}
     assert set(check_statuses_by_day(system, "drift_metrics", DAYS)["drift_check"].values()) <= {"SUCCEEDED", "FAILED"}
 
-    # The daemon's model-version sensor observed the registry's version without anyone pressing Observe, and
-    # every scored day reads fresh against it, down to the published rows.
-    system.wait_for("model_version_sensor's observation", lambda: observed_versions(system, "scoring_model")[:1] == ["1"], timeout=120)
+    # The registry's version was observed without anyone pressing Observe (by the scoring run, else the daemon's
+    # model-version sensor), and every scored day reads fresh against it, down to the published rows.
+    system.wait_for("an observation of scoring_model", lambda: observed_versions(system, "scoring_model")[:1] == ["1"], timeout=120)
     for asset in ("predictions", "drift_metrics", "published_predictions", "prediction_performance"):
         assert stale_status_by_day(system, asset, DAYS) == dict.fromkeys(DAYS, "FRESH"), asset
 

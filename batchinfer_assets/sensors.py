@@ -8,13 +8,13 @@ import dagster as dg
 # Dagster has no public constructor for the subset behind `RunRequest.for_asset_graph_subset`, the only way
 # a sensor can request a backfill (one single-run backfill for many days instead of one run per day).
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from batchinfer_assets import tables
 from batchinfer_assets.assets.performance import LABELS_FINGERPRINT_KEY
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
+from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.labels import LabelsResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.run_worker import WORKER_TAG, is_alive
@@ -23,7 +23,6 @@ from batchinfer_assets.run_worker import WORKER_TAG, is_alive
 REPRODUCES_TAG = "batchinfer/reproduces"
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
-SCORING_MODEL = dg.AssetKey(tables.SCORING_MODEL)
 PREDICTION_PERFORMANCE = dg.AssetKey(tables.PREDICTION_PERFORMANCE)
 # Scored days whose labels are watched: the synthetic source releases its last labels 60 days after a transaction.
 LABELS_WINDOW_DAYS = 60
@@ -198,20 +197,11 @@ def model_version_sensor(context: dg.SensorEvaluationContext, model_registry: Ml
         pinned_uri, version = model_registry.current_version()
     except ModelNotFoundError as error:
         return dg.SkipReason(f"{model_registry.model_uri} does not resolve yet: {error}")
-    latest = context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=SCORING_MODEL), limit=1).records
-    observed = (latest[0].event_log_entry.asset_observation.tags or {}).get(DATA_VERSION_TAG) if latest else None
+    observed = last_observed_model_version(context.instance)
     if observed == version:
         return dg.SkipReason(f"{model_registry.model_uri} still resolves to version {version}")
     context.log.info(f"{model_registry.model_uri} now resolves to {pinned_uri} (last observed: {observed or 'never'})")
-    return dg.SensorResult(
-        asset_events=[
-            dg.AssetObservation(
-                asset_key=SCORING_MODEL,
-                metadata={"model_uri": model_registry.model_uri, "pinned_uri": pinned_uri, "model_version": version},
-                tags={DATA_VERSION_TAG: version},
-            )
-        ]
-    )
+    return dg.SensorResult(asset_events=[model_version_observation(model_registry.model_uri, pinned_uri, version)])
 
 
 @dg.sensor(

@@ -36,6 +36,7 @@ from dagster._core.definitions.data_version import (
 )
 
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
 from batchinfer_assets.resources.landing import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource, ResolvedModel
@@ -216,17 +217,10 @@ class PipelineRun:
         if MODEL_VERSION_TAG in self.context.run.tags:
             return  # a pinned run's version says nothing of what the URI resolves to now
         resolved = self.resolved
-        latest = self.context.instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(SCORING_MODEL)), limit=1).records
-        observed = (latest[0].event_log_entry.asset_observation.tags or {}).get(DATA_VERSION_TAG) if latest else None
+        observed = last_observed_model_version(self.context.instance)
         if observed == resolved.version:
             return
-        self.context.log_event(
-            dg.AssetObservation(
-                asset_key=SCORING_MODEL,
-                metadata={"model_uri": resolved.requested_uri, "pinned_uri": resolved.pinned_uri, "model_version": resolved.version},
-                tags={DATA_VERSION_TAG: resolved.version},
-            )
-        )
+        self.context.log_event(model_version_observation(resolved.requested_uri, resolved.pinned_uri, resolved.version))
         self.context.log.info(
             f"{resolved.requested_uri} resolves to {resolved.pinned_uri}: observed for scoring_model (last observed: {observed or 'never'})"
         )

@@ -13,6 +13,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.model_observations import last_observed_model_version
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG
 from batchinfer_assets.sensors import model_version_sensor
 from batchinfer_assets_tests.assets.test_scoring import _register_version_two
@@ -50,11 +51,6 @@ def _statuses(settings, instance, day: str) -> dict[str, StaleStatus]:
     return {asset: resolver.get_status(dg.AssetKey(asset), day) for asset in SCORED}
 
 
-def _observed_version(instance) -> str | None:
-    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("scoring_model")), limit=1).records
-    return records[0].event_log_entry.asset_observation.tags[DATA_VERSION_TAG] if records else None
-
-
 def test_a_day_is_stale_exactly_when_the_version_that_scored_it_is_no_longer_the_one_the_uri_resolves_to(
     own_registry, demo_training
 ):
@@ -67,16 +63,16 @@ def test_a_day_is_stale_exactly_when_the_version_that_scored_it_is_no_longer_the
     with dg.instance_for_test() as instance:
         # Nothing observed the model yet (no daemon, as after `scripts/run_week.sh`): the run records the version
         # it resolved before scoring, so its day is fresh at once, and the sensor has nothing to add.
-        assert _observed_version(instance) is None
+        assert last_observed_model_version(instance) is None
         materialize_pipeline(resources, EVERY_DAILY_ASSET, partition_key=DAY_A, instance=instance)
-        assert _observed_version(instance) == "1"
+        assert last_observed_model_version(instance) == "1"
         assert _statuses(settings, instance, DAY_A) == fresh
         assert isinstance(_tick(settings, instance), dg.SkipReason), "the run observed version 1 already"
 
         # The alias moves and a run scores before the sensor's next tick: the run records the move itself.
         _register_version_two(settings, demo_training)
         materialize_pipeline(resources, EVERY_DAILY_ASSET, partition_key=DAY_B, instance=instance)
-        assert _observed_version(instance) == "2"
+        assert last_observed_model_version(instance) == "2"
         assert _statuses(settings, instance, DAY_B) == fresh
         # The v1 day is stale, and so is everything computed from its predictions (the served rows included).
         assert _statuses(settings, instance, DAY_A) == stale

@@ -44,7 +44,17 @@ from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.scoring_engine import ScoringEngineResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
-from batchinfer_assets.tables import PREDICTIONS, SCORING_MODEL
+from batchinfer_assets.tables import (
+    DRIFT_METRICS,
+    INPUT_SNAPSHOT,
+    PREDICTION_PERFORMANCE,
+    PREDICTIONS,
+    PUBLISHED_PREDICTIONS,
+    QUARANTINED_TRANSACTIONS,
+    RAW_TRANSACTIONS,
+    SCORING_MODEL,
+    TRANSACTION_FEATURES,
+)
 
 
 # Run tags of an exact reproduction (with `batchinfer/model_version`): the archived input to score, and the
@@ -54,6 +64,17 @@ BATCH_SIZE_TAG = "batchinfer/batch_size"
 
 # The name (prefix) of the thread a run's model loads on.
 MODEL_LOADER_THREAD = "batchinfer-model-loader"
+
+# The stored input each asset's rows are computed from, back to raw_transactions (the day's one lineage).
+DERIVED_FROM = {
+    TRANSACTION_FEATURES: RAW_TRANSACTIONS,
+    QUARANTINED_TRANSACTIONS: RAW_TRANSACTIONS,
+    INPUT_SNAPSHOT: TRANSACTION_FEATURES,
+    PREDICTIONS: INPUT_SNAPSHOT,
+    DRIFT_METRICS: PREDICTIONS,
+    PUBLISHED_PREDICTIONS: PREDICTIONS,
+    PREDICTION_PERFORMANCE: PREDICTIONS,
+}
 
 
 class DayBlocked(Exception):
@@ -69,6 +90,10 @@ class DayBlocked(Exception):
         super().__init__(f"{stage}: {reason}")
 
 
+class InputsDisagree(DayBlocked):
+    """Stored inputs of a stage come from another version of the day's raw data than the day's current one."""
+
+
 @dataclass
 class DayState:
     """What the stages of one day hand to each other in memory (one day at a time, dropped afterwards)."""
@@ -78,6 +103,8 @@ class DayState:
     features: pd.DataFrame | None = None
     snapshot: pd.DataFrame | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    # The raw_transactions data version each asset this run computed comes from (see `PipelineRun.raw_lineage`).
+    lineage: dict[str, str | None] = field(default_factory=dict)
     # The metadata this run recorded for each asset of the day (what later stages of the day read back).
     recorded: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -300,6 +327,72 @@ class PipelineRun:
             self.cache[key] = self.model_registry.resolve(version=str(recorded))
         return self.cache[key]
 
+    def raw_lineage(self, asset: str, state: DayState) -> str | None:
+        """The data version of the day's raw_transactions that the day's `asset` was computed from (None: unknown).
+
+        As this run computed it, else as its latest materialization records it: Dagster's own provenance (each
+        input's data version and event) followed input by input back to raw_transactions.
+        """
+        if asset in state.lineage:
+            return state.lineage[asset]
+        if asset == RAW_TRANSACTIONS and asset in state.versions:
+            return state.versions[asset]
+        records = self.latest_materializations(asset, state.day)
+        return self._recorded_lineage(asset, records[0]) if records else None
+
+    def _recorded_lineage(self, asset: str, record: dg.EventLogRecord) -> str | None:
+        tags = (record.asset_materialization.tags if record.asset_materialization else None) or {}
+        if asset == RAW_TRANSACTIONS:
+            return tags.get(DATA_VERSION_TAG)
+        parent = DERIVED_FROM.get(asset)
+        if parent is None:
+            return None
+        if parent == RAW_TRANSACTIONS:
+            return tags.get(f"{INPUT_DATA_VERSION_TAG_PREFIX}/{parent}")
+        pointer = tags.get(f"{INPUT_EVENT_POINTER_TAG_PREFIX}/{parent}")
+        if pointer is None or not pointer.isdigit():
+            return None
+        parents = self.context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(parent), storage_ids=[int(pointer)]), limit=1
+        ).records
+        return self._recorded_lineage(parent, parents[0]) if parents else None
+
+    def require_inputs_agree(self, state: DayState, stage: str, inputs: tuple[str, ...]) -> None:
+        """Refuse the stage for the day when an input it reads from storage comes from other raw data than the day's current one.
+
+        A stage whose upstream is not selected reads it from storage; after a day is re-landed (or any upstream is
+        re-run alone) that stored input may belong to an older version of the day. Combining it with newer data
+        would publish rows of two lineages, so the day stops here and the message names the stage to re-run.
+        """
+        current = self.raw_lineage(RAW_TRANSACTIONS, state)
+        for name in inputs:
+            lineage = self.raw_lineage(name, state)
+            if lineage is None:
+                if name not in state.lineage and self.latest_materializations(name, state.day):
+                    self.context.log.warning(
+                        f"{state.day}: the provenance of {name} does not lead back to raw_transactions (its upstream "
+                        f"events are gone from this instance); {stage} reads it as it is"
+                    )
+                continue
+            if lineage == current:
+                continue
+            stale = self._first_stale(name, state, current)
+            raise InputsDisagree(
+                stage,
+                f"{name} for {state.day} was computed from raw_transactions version {_short(lineage)}, but the day's "
+                f"raw_transactions is now version {_short(current)}: {stage} would mix two versions of the day, "
+                f"so nothing is written. Re-run from the stale stage: dg launch --assets '{stale}*' --partition {state.day}"
+                + ("" if stale != TRANSACTION_FEATURES else " (the quarantine gate then judges the current raw data)"),
+            )
+
+    def _first_stale(self, asset: str, state: DayState, current: str | None) -> str:
+        """The most upstream asset on `asset`'s chain whose lineage is not the day's current raw data."""
+        stale = asset
+        parent = DERIVED_FROM.get(asset)
+        while parent is not None and parent != RAW_TRANSACTIONS and self.raw_lineage(parent, state) != current:
+            stale, parent = parent, DERIVED_FROM.get(parent)
+        return stale
+
     def latest_version(self, asset: str, day: str, state: DayState) -> str | None:
         """The data version of `asset` for `day`: computed by this run, else its latest recorded materialization."""
         if asset in state.versions:
@@ -344,6 +437,9 @@ class PipelineRun:
         version = data_version or derived_version(code_version, input_versions)
         state.versions[asset] = version
         state.recorded[asset] = metadata
+        state.lineage[asset] = (
+            version if asset == RAW_TRANSACTIONS else self.raw_lineage(DERIVED_FROM[asset], state) if asset in DERIVED_FROM else None
+        )
         tags = {
             DATA_VERSION_TAG: version,
             CODE_VERSION_TAG: code_version,
@@ -391,6 +487,11 @@ class PipelineRun:
             description=description,
             blocking=blocking,
         )
+
+
+def _short(version: str | None) -> str:
+    """A data version as people compare them: the first 12 hex digits of the hash."""
+    return (version or "unknown").removeprefix("sha256:")[:12]
 
 
 def derived_version(code_version: str, inputs: Mapping[str, str | None]) -> str:

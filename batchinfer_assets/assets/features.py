@@ -13,6 +13,7 @@ from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.schemas import split_valid_rows
 from batchinfer_assets.tables import (
+    INPUT_SNAPSHOT,
     INVALID_SHARE_CHECK,
     QUARANTINED_TRANSACTIONS,
     RAW_TRANSACTIONS,
@@ -121,6 +122,8 @@ def features_of(run: PipelineRun, state: DayState) -> pd.DataFrame:
     fixed and its features rebuilt, whatever is selected.
     """
     if state.features is None:
+        # The stored counts judge the day only when the quarantine and the features come from the same raw data.
+        run.require_inputs_agree(state, INPUT_SNAPSHOT, (TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS))
         share, bad, rows = stored_invalid_share(run, state)
         limit = run.validation_policy.max_invalid_fraction
         if share > limit:

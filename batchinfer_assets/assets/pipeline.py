@@ -54,16 +54,17 @@ MODEL_STAGES = frozenset({INPUT_SNAPSHOT, PREDICTIONS, DRIFT_METRICS})
 
 Stage = Callable[[PipelineRun, DayState], Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]]
 
-# Each stage: the assets it may materialize, and the function that computes them for one day.
-STAGES: tuple[tuple[tuple[str, ...], Stage], ...] = (
-    ((RAW_TRANSACTIONS,), ingest.ingest_day),
-    ((TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS), features.featurize_day),
-    ((INPUT_SNAPSHOT,), snapshot.snapshot_day),
-    ((PREDICTIONS,), scoring.predictions_day),
-    ((DRIFT_METRICS,), monitoring.drift_day),
-    ((PUBLISHED_PREDICTIONS,), serving.publish_day),
+# Each stage: the assets it may materialize, the function that computes them for one day, and the stored inputs it
+# combines (each must come from the day's current raw data: `PipelineRun.require_inputs_agree`).
+STAGES: tuple[tuple[tuple[str, ...], Stage, tuple[str, ...]], ...] = (
+    ((RAW_TRANSACTIONS,), ingest.ingest_day, ()),
+    ((TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS), features.featurize_day, ()),
+    ((INPUT_SNAPSHOT,), snapshot.snapshot_day, (TRANSACTION_FEATURES,)),
+    ((PREDICTIONS,), scoring.predictions_day, (INPUT_SNAPSHOT,)),
+    ((DRIFT_METRICS,), monitoring.drift_day, (INPUT_SNAPSHOT, PREDICTIONS)),
+    ((PUBLISHED_PREDICTIONS,), serving.publish_day, (PREDICTIONS,)),
     # Last: a bad labels file stops only the day's evaluation, after the day was scored and published.
-    ((PREDICTION_PERFORMANCE,), performance.performance_day),
+    ((PREDICTION_PERFORMANCE,), performance.performance_day, (PREDICTIONS,)),
 )
 
 
@@ -144,10 +145,10 @@ def daily_pipeline(
     # The worker's host and pid let `orphaned_runs_sensor` tell a killed run from a running one.
     context.instance.add_run_tags(context.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}", WORKER_TAG: this_worker()})
     stopped: dict[str, str] = {}
-    stages = [(assets, stage) for assets, stage in STAGES if any(a in run.selected for a in assets)]
+    stages = [(assets, stage, inputs) for assets, stage, inputs in STAGES if any(a in run.selected for a in assets)]
     context.log.info(
         f"{len(run.days)} day(s) {run.days[0]}..{run.days[-1]}: "
-        + ", ".join(a for assets, _ in stages for a in assets if a in run.selected)
+        + ", ".join(a for assets, _, _ in stages for a in assets if a in run.selected)
     )
     try:
         yield from _run_days(run, stages, stopped)
@@ -186,7 +187,7 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
     try:
         for day in run.days:
             state = DayState(day)
-            for assets, stage in stages:
+            for assets, stage, inputs in stages:
                 run.surface_model_load_failure()
                 if not any(run.wants(a, day) for a in assets):
                     continue
@@ -196,6 +197,7 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
                     # Outside the stage's handlers: a model that cannot load fails the run, not just the day.
                     run.model
                 try:
+                    run.require_inputs_agree(state, "/".join(assets), inputs)
                     yield from stage(run, state)
                 except DayBlocked as blocked:
                     stopped[day] = str(blocked)

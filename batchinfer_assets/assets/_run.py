@@ -35,6 +35,7 @@ from dagster._core.definitions.data_version import (
     compute_logical_data_version,
 )
 
+from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
@@ -292,12 +293,21 @@ class PipelineRun:
         """The model version that produced the day's predictions: this run's when it scored the day, else the one
         the day's predictions recorded (a drift- or publish-only run describes the scores that exist, whatever
         the URI resolves to now)."""
-        recorded = self.recorded_metadata(PREDICTIONS, state).get("model_version")
-        if recorded is None or recorded == self.resolved.version:
+        scored = self.recorded_metadata(PREDICTIONS, state)
+        recorded, checksum = scored.get("model_version"), scored.get("model_artifact_checksum")
+        if recorded is None or (recorded == self.resolved.version and checksum in (None, self.resolved.artifact_checksum)):
             return self.resolved
-        key = f"model_version:{recorded}"
+        # By checksum too: a model deleted and registered again reuses its version numbers.
+        key = f"model_version:{recorded}:{checksum}"
         if key not in self.cache:
-            self.cache[key] = self.model_registry.resolve(version=str(recorded))
+            resolved = self.model_registry.resolve(version=str(recorded))
+            if checksum is not None and resolved.artifact_checksum != checksum:
+                raise ModelResolutionError(
+                    f"{state.day}: its predictions were scored by {resolved.pinned_uri} with checksum {str(checksum)[:12]}, "
+                    f"but that version now holds another model (checksum {resolved.artifact_checksum[:12]}): "
+                    f"re-score {state.day} (materialize predictions) first"
+                )
+            self.cache[key] = resolved
         return self.cache[key]
 
     def latest_version(self, asset: str, day: str, state: DayState) -> str | None:

@@ -48,8 +48,8 @@ from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.tables import PREDICTIONS, SCORING_MODEL
 
 
-# Run tags of an exact reproduction (with `batchinfer/model_version`): the archived input to score, and the
-# batch size the day was first scored with (scores differ in their last bits between batch sizes).
+# The batch size to score with (scores differ in their last bits between batch sizes); and the tag that old
+# reproduction runs used to score an archived input, refused now (reproductions run reproduce_predictions_job).
 INPUT_SNAPSHOT_HASH_TAG = "batchinfer/input_snapshot_hash"
 BATCH_SIZE_TAG = "batchinfer/batch_size"
 
@@ -152,10 +152,12 @@ class PipelineRun:
             if not size.isdigit() or int(size) < 1:
                 raise dg.Failure(f"run tag {BATCH_SIZE_TAG} must be a positive integer, got {size!r}", allow_retries=False)
             self.torch_scorer = self.torch_scorer.model_copy(update={"batch_size": int(size)})
-        if INPUT_SNAPSHOT_HASH_TAG in tags and len(self.days) > 1:
+        if INPUT_SNAPSHOT_HASH_TAG in tags:
+            # Scoring an archived input here would replace the live day with a past one's scores.
             raise dg.Failure(
-                f"run tag {INPUT_SNAPSHOT_HASH_TAG} names one day's input, but the run covers {len(self.days)} days "
-                f"({self.days[0]}...{self.days[-1]}): reproduce one day per run",
+                f"run tag {INPUT_SNAPSHOT_HASH_TAG} is not honoured by pipeline runs: reproduce a day with "
+                "`python -m batchinfer_assets.reproduce DAY` (reproduce_predictions_job), which writes under "
+                "reproductions/ and leaves the live tables alone",
                 allow_retries=False,
             )
 

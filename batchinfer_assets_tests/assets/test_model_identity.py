@@ -11,9 +11,10 @@ import numpy as np
 import sqlalchemy as sa
 import torch
 
-from batchinfer_assets.definitions import build_resources
+from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.reproduce import CANNOT, reproduce_day
 from batchinfer_assets_tests.support import materialize_pipeline, materializations
 
 DAY = "2025-01-02"
@@ -75,6 +76,11 @@ def test_a_model_deleted_and_registered_again_is_scored_from_its_own_files_not_t
         assert new_checksum != old_checksum
 
         second = materialize_pipeline(build_resources(settings), DAILY, partition_key=DAY, instance=instance)
+        # The first scoring cannot be reproduced: its model is gone, and version 1 is another model now.
+        status, reason, _ = reproduce_day(build_definitions(settings), instance, DAY, run_id=first.run_id)
+        assert status == CANNOT
+        assert reason.startswith(f"cannot reproduce {DAY}: models:/{NAME}/1 now holds another model than the one that scored"), reason
+        assert f"checksum {new_checksum[:12]}, the original {old_checksum[:12]}" in reason
 
     scores = store.read_partition("predictions", DAY).column("score").to_numpy()
     np.testing.assert_allclose(scores, 0.1, rtol=1e-6)

@@ -28,9 +28,11 @@ def describe_difference(original: pa.Table, reproduced: pa.Table, id_column: str
     if differs.any():
         first = int(np.flatnonzero(differs)[0])
         changed = ", ".join(
-            f"{name} {after[name][first]!r} (original {before[name][first]!r})" for name in after if before[name][first] != after[name][first]
+            f"{name} {_plain(after[name][first])!r} (original {_plain(before[name][first])!r})"
+            for name in after
+            if before[name][first] != after[name][first]
         )
-        notes.append(f"first differing row {first:,} ({id_column} {before[id_column][first]!r}): {changed}")
+        notes.append(f"first differing row {first:,} ({id_column} {_plain(before[id_column][first])!r}): {changed}")
     if "score" in after and same_id.any():
         gap = np.abs(before["score"][same_id].astype(np.float64) - after["score"][same_id].astype(np.float64))
         notes.append(f"max |score diff| {float(gap.max()):.3g} over {int(same_id.sum()):,} rows with the same {id_column}")
@@ -39,3 +41,7 @@ def describe_difference(original: pa.Table, reproduced: pa.Table, id_column: str
     if not differs.any() and original.num_rows == reproduced.num_rows:
         notes.append("every row and value is equal; only the files' bytes differ (Parquet layout or metadata)")
     return "; ".join(notes)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value

@@ -3,7 +3,8 @@
 import dagster as dg
 
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
-from batchinfer_assets.tables import PREDICTIONS, SCORING_MODEL
+from batchinfer_assets.reproduction import reproduce_predictions
+from batchinfer_assets.tables import SCORING_MODEL
 
 daily_scoring_job = dg.define_asset_job(
     name="daily_scoring_job",
@@ -13,11 +14,15 @@ daily_scoring_job = dg.define_asset_job(
     description="Ingest, validate, featurize, snapshot, score, measure drift, publish and evaluate one or more days.",
 )
 
-reproduce_predictions_job = dg.define_asset_job(
+
+@dg.job(
     name="reproduce_predictions_job",
-    selection=dg.AssetSelection.assets(PREDICTIONS).without_checks(),
     description=(
-        "Re-score one day as it was first scored: run with tags batchinfer/model_version, "
-        "batchinfer/input_snapshot_hash and batchinfer/batch_size (`python -m batchinfer_assets.reproduce DAY` sets them)."
+        "Re-score one day as a past run scored it (archived input, that model version, batch size and precision) "
+        "into reproductions/<run id>/ and compare with the original's files; live tables and the database are not "
+        "touched (`python -m batchinfer_assets.reproduce DAY`)."
     ),
 )
+def reproduce_predictions_job():
+    """One reproduction: score, write under reproductions/, compare."""
+    reproduce_predictions()

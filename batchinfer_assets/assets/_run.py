@@ -35,6 +35,7 @@ from dagster._core.definitions.data_version import (
     compute_logical_data_version,
 )
 
+from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
@@ -57,8 +58,8 @@ from batchinfer_assets.tables import (
 )
 
 
-# Run tags of an exact reproduction (with `batchinfer/model_version`): the archived input to score, and the
-# batch size the day was first scored with (scores differ in their last bits between batch sizes).
+# The batch size to score with (scores differ in their last bits between batch sizes); and the tag that old
+# reproduction runs used to score an archived input, refused now (reproductions run reproduce_predictions_job).
 INPUT_SNAPSHOT_HASH_TAG = "batchinfer/input_snapshot_hash"
 BATCH_SIZE_TAG = "batchinfer/batch_size"
 
@@ -178,10 +179,12 @@ class PipelineRun:
             if not size.isdigit() or int(size) < 1:
                 raise dg.Failure(f"run tag {BATCH_SIZE_TAG} must be a positive integer, got {size!r}", allow_retries=False)
             self.torch_scorer = self.torch_scorer.model_copy(update={"batch_size": int(size)})
-        if INPUT_SNAPSHOT_HASH_TAG in tags and len(self.days) > 1:
+        if INPUT_SNAPSHOT_HASH_TAG in tags:
+            # Scoring an archived input here would replace the live day with a past one's scores.
             raise dg.Failure(
-                f"run tag {INPUT_SNAPSHOT_HASH_TAG} names one day's input, but the run covers {len(self.days)} days "
-                f"({self.days[0]}...{self.days[-1]}): reproduce one day per run",
+                f"run tag {INPUT_SNAPSHOT_HASH_TAG} is not honoured by pipeline runs: reproduce a day with "
+                "`python -m batchinfer_assets.reproduce DAY` (reproduce_predictions_job), which writes under "
+                "reproductions/ and leaves the live tables alone",
                 allow_retries=False,
             )
 
@@ -319,12 +322,21 @@ class PipelineRun:
         """The model version that produced the day's predictions: this run's when it scored the day, else the one
         the day's predictions recorded (a drift- or publish-only run describes the scores that exist, whatever
         the URI resolves to now)."""
-        recorded = self.recorded_metadata(PREDICTIONS, state).get("model_version")
-        if recorded is None or recorded == self.resolved.version:
+        scored = self.recorded_metadata(PREDICTIONS, state)
+        recorded, checksum = scored.get("model_version"), scored.get("model_artifact_checksum")
+        if recorded is None or (recorded == self.resolved.version and checksum in (None, self.resolved.artifact_checksum)):
             return self.resolved
-        key = f"model_version:{recorded}"
+        # By checksum too: a model deleted and registered again reuses its version numbers.
+        key = f"model_version:{recorded}:{checksum}"
         if key not in self.cache:
-            self.cache[key] = self.model_registry.resolve(version=str(recorded))
+            resolved = self.model_registry.resolve(version=str(recorded))
+            if checksum is not None and resolved.artifact_checksum != checksum:
+                raise ModelResolutionError(
+                    f"{state.day}: its predictions were scored by {resolved.pinned_uri} with checksum {str(checksum)[:12]}, "
+                    f"but that version now holds another model (checksum {resolved.artifact_checksum[:12]}): "
+                    f"re-score {state.day} (materialize predictions) first"
+                )
+            self.cache[key] = resolved
         return self.cache[key]
 
     def raw_lineage(self, asset: str, state: DayState) -> str | None:

@@ -11,18 +11,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batchinfer_assets.assets._run import INPUT_SNAPSHOT_HASH_TAG, DayState, PipelineRun
+from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.lib.runtime_info import runtime_metadata
-from batchinfer_assets.lib.snapshot_archive import SnapshotArchive, archive_key
+from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
 from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
-from batchinfer_assets.tables import INPUT_SNAPSHOT_ARCHIVE
 from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
 from batchinfer_assets.tables import SCORING_MODEL
 
@@ -61,21 +60,14 @@ PREDICTIONS_SPEC = dg.AssetSpec(
 def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
     """Stream the day's snapshot through the run's model into the day's predictions, here or on the engine's cluster.
 
-    The snapshot scored is kept in the archive under its content hash; a run tagged
-    `batchinfer/input_snapshot_hash=H` scores that archived input instead of the day's current one (on the local
-    engine: the archive is read by this process).
+    The snapshot scored is kept in the archive under its content hash, so the day can be reproduced from it
+    (`batchinfer_assets.reproduction`); the files' sha256 are recorded for that comparison.
     """
     scorer = run.torch_scorer
     day = state.day
     archive = SnapshotArchive(run.store)
-    reproduced = run.context.run.tags.get(INPUT_SNAPSHOT_HASH_TAG)
-    if reproduced:
-        archive.require(reproduced)
-        source = SnapshotSource(archive.store, INPUT_SNAPSHOT_ARCHIVE, archive_key(reproduced))
-        snapshot_hash = reproduced
-    else:
-        source = SnapshotSource(run.store, SNAPSHOT_TABLE, day)
-        snapshot_hash = run.latest_version(SNAPSHOT_TABLE, day, state) or snapshot_hash_from_files(run, day)
+    source = SnapshotSource(run.store, SNAPSHOT_TABLE, day)
+    snapshot_hash = run.latest_version(SNAPSHOT_TABLE, day, state) or snapshot_hash_from_files(run, day)
     progress = ProgressMeter(total_rows=source.store.row_count(source.table, source.key), interval_s=scorer.progress_interval_s)
 
     def on_rows(rows: int) -> None:
@@ -84,14 +76,14 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             run.context.log.info(f"{day}: {line}")
 
     engine = run.scoring_engine
-    if isinstance(engine, RemoteScoringEngine) and not reproduced:
+    if isinstance(engine, RemoteScoringEngine):
         result = engine.score_day(run.context, run.store, day, scorer, run.resolved, predictions_schema(), on_rows)
         device, actors, per_actor = result.device, result.actors, result.rows_per_second_per_actor
         engine_name = engine.engine
     else:
         result = score_day(run.store, day, scorer, run.model, on_rows=on_rows, source=source)
         device, actors, per_actor, engine_name = run.model.device, 1, None, "local"
-    if not reproduced and archive.keep(day, snapshot_hash):
+    if archive.keep(day, snapshot_hash):
         run.context.log.info(f"{day}: archived the scored input snapshot at {archive.uri(snapshot_hash)}")
     resolved = run.resolved
     rows_per_second = round(result.rows / progress.elapsed_s, 1) if progress.elapsed_s > 0 else float(result.rows)
@@ -125,6 +117,8 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             **runtime_metadata(),
             "positive_rate": result.positives / result.rows if result.rows else 0.0,
             "uri": dg.MetadataValue.path(run.store.partition_uri(PREDICTIONS_TABLE, day)),
+            # The exact bytes written, by file: a reproduction compares with them after the day was re-scored.
+            "files_sha256": dg.MetadataValue.json(result.files_sha256),
         },
         inputs=(SNAPSHOT_TABLE, SCORING_MODEL),
         # The files' bytes are fixed by the model's bytes, the input's content and how it was batched.
@@ -171,6 +165,7 @@ class DayScored:
     positives: int
     batch_size: int
     backoffs: int
+    files_sha256: dict[str, str]
 
 
 def predictions_schema() -> pa.Schema:
@@ -251,7 +246,7 @@ def score_day(
             positives += int(labels.sum())
             batch_size = min(batch_size, run.batch_size)
             backoffs += run.backoffs
-    return DayScored(rows=rows, positives=positives, batch_size=batch_size, backoffs=backoffs)
+    return DayScored(rows=rows, positives=positives, batch_size=batch_size, backoffs=backoffs, files_sha256=writer.files_sha256)
 
 
 

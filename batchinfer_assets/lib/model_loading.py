@@ -75,6 +75,10 @@ class ResolvedModel:
     registry_uri: str | None = None
     # A complete local copy of the version's artifacts (the model cache), loaded instead of downloading again.
     local_path: str | None = None
+    # Where the pinned version's artifacts live (its `source`), and what names this version and no other:
+    # a deleted model registered again restarts at version 1, so the name and version alone can be reused.
+    artifact_source: str | None = None
+    identity: str | None = None
 
 
 def quiet_mlflow() -> None:
@@ -230,8 +234,22 @@ def is_missing_error(error: Exception) -> bool:
     }
 
 
-def pin_model_uri(client, uri: str, tracking_uri: str) -> tuple[str, str | None, str, str | None]:
-    """Return (pinned_uri, name, version, run_id) for a models:/ or runs:/ URI."""
+@dataclass(frozen=True)
+class PinnedModel:
+    """One immutable model version: its URI, name, version, run, where its artifacts are, and its identity."""
+
+    pinned_uri: str
+    name: str | None
+    version: str
+    run_id: str | None
+    source: str
+    # Registry and version URI with the version's run id, artifact source and creation time: never the same for
+    # two different registrations, even of one name and version number.
+    identity: str
+
+
+def pin_model_uri(client, uri: str, tracking_uri: str) -> PinnedModel:
+    """Pin a models:/ or runs:/ URI to one version, with the identity that version cannot share with another."""
     from mlflow.exceptions import MlflowException
 
     tracking = tracking_uri
@@ -248,7 +266,8 @@ def pin_model_uri(client, uri: str, tracking_uri: str) -> tuple[str, str | None,
                 model_version = client.get_model_version(match["name"], match["version"])
         elif match := _RUNS.match(uri):
             run = client.get_run(match["run_id"])
-            return uri, None, run.info.run_id, run.info.run_id
+            # Run ids are unique for good: the URI is its own identity.
+            return PinnedModel(uri, None, run.info.run_id, run.info.run_id, uri, "\0".join((tracking, uri)))
         else:
             raise ModelResolutionError(
                 f"Unsupported model URI {uri!r}: use models:/<name>@<alias>, models:/<name>/<version> "
@@ -264,7 +283,12 @@ def pin_model_uri(client, uri: str, tracking_uri: str) -> tuple[str, str | None,
             ) from error
         raise
     name, version = model_version.name, str(model_version.version)
-    return f"models:/{name}/{version}", name, version, model_version.run_id
+    pinned_uri = f"models:/{name}/{version}"
+    # Downloading the version's own source (not models:/name/N, which names whatever holds that number when the
+    # download starts) keeps the bytes those of the version pinned here.
+    source = model_version.source or pinned_uri
+    identity = "\0".join((tracking, pinned_uri, model_version.run_id or "", source, str(model_version.creation_timestamp)))
+    return PinnedModel(pinned_uri, name, version, model_version.run_id, source, identity)
 
 
 def with_version(uri: str, version: str) -> str:
@@ -347,35 +371,41 @@ def input_columns_of(model_dir: Path, uri: str) -> tuple[str, ...]:
 
 
 def describe_model(
-    client, uri: str, *, tracking_uri: str, registry_uri: str | None = None, cache_dir: str | None = None
+    pinned: PinnedModel,
+    requested_uri: str,
+    *,
+    tracking_uri: str,
+    registry_uri: str | None = None,
+    cache_dir: str | None = None,
 ) -> ResolvedModel:
-    """Pin `uri` and read its checksum, input columns and format.
+    """Read the pinned version's checksum, input columns and format.
 
-    With `cache_dir`, the pinned version's artifacts are downloaded and checksummed once per machine and kept
-    there (a registered version and a run's artifacts are immutable); later runs read the description and load
-    the weights from that copy instead of the registry.
+    With `cache_dir`, the version's artifacts are downloaded and checksummed once per machine and kept there under
+    its identity (what a registered version or a run holds is immutable); later runs read the description and
+    load the weights from that copy instead of the registry.
     """
-    pinned_uri, name, version, run_id = pin_model_uri(client, uri, tracking_uri)
     if cache_dir is not None:
-        model_dir, description = cached_model(pinned_uri, tracking_uri, registry_uri, Path(cache_dir))
+        model_dir, description = cached_model(pinned, tracking_uri, registry_uri, Path(cache_dir))
         checksum, input_columns, model_format = description
         local_path: str | None = str(model_dir)
     else:
-        with downloaded_model(pinned_uri, tracking_uri, registry_uri) as model_dir:
-            checksum, input_columns, model_format = _describe_files(model_dir, uri)
+        with downloaded_model(pinned.source, tracking_uri, registry_uri) as model_dir:
+            checksum, input_columns, model_format = _describe_files(model_dir, requested_uri)
         local_path = None
     return ResolvedModel(
-        requested_uri=uri,
-        pinned_uri=pinned_uri,
-        name=name,
-        version=version,
-        run_id=run_id,
+        requested_uri=requested_uri,
+        pinned_uri=pinned.pinned_uri,
+        name=pinned.name,
+        version=pinned.version,
+        run_id=pinned.run_id,
         artifact_checksum=checksum,
         input_columns=input_columns,
         model_format=model_format,
         tracking_uri=tracking_uri,
         registry_uri=registry_uri,
         local_path=local_path,
+        artifact_source=pinned.source,
+        identity=pinned.identity,
     )
 
 
@@ -387,29 +417,36 @@ _CACHE_DESCRIPTION = "batchinfer-description.json"
 
 
 def cached_model(
-    pinned_uri: str, tracking_uri: str, registry_uri: str | None, cache_dir: Path
+    pinned: PinnedModel, tracking_uri: str, registry_uri: str | None, cache_dir: Path
 ) -> tuple[Path, tuple[str, tuple[str, ...], ModelFormat]]:
-    """(folder, (checksum, input columns, format)) of the pinned model's cached copy, made on first use.
+    """(folder, (checksum, input columns, format)) of the pinned version's cached copy, made on first use.
 
-    The entry is keyed by registry and pinned URI, filled in a private folder and renamed into place whole,
-    so concurrent first uses never see a partial copy (the loser of the race drops its own).
+    The entry is keyed by registry and the version's identity (run id, artifact source, creation time), never by
+    name and version alone, which a deleted and re-registered model reuses. It is filled in a private folder
+    and renamed into place whole, so concurrent first uses never see a partial copy (the loser of the race
+    drops its own).
     """
     import json
     import shutil
 
-    key = hashlib.sha256("\0".join((tracking_uri, registry_uri or "", pinned_uri)).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\0".join((tracking_uri, registry_uri or "", pinned.identity)).encode()).hexdigest()[:24]
     entry = cache_dir / key
     description_file = entry / _CACHE_DESCRIPTION
     if not description_file.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
         try:
-            with downloaded_model(pinned_uri, tracking_uri, registry_uri) as model_dir:
-                checksum, columns, model_format = _describe_files(model_dir, pinned_uri)
+            with downloaded_model(pinned.source, tracking_uri, registry_uri) as model_dir:
+                checksum, columns, model_format = _describe_files(model_dir, pinned.pinned_uri)
                 shutil.copytree(model_dir, staging / "model")
-            (staging / "model" / _CACHE_DESCRIPTION).write_text(
-                json.dumps({"pinned_uri": pinned_uri, "artifact_checksum": checksum, "input_columns": list(columns), "model_format": model_format})
-            )
+            description = {
+                "pinned_uri": pinned.pinned_uri,
+                "identity": pinned.identity,
+                "artifact_checksum": checksum,
+                "input_columns": list(columns),
+                "model_format": model_format,
+            }
+            (staging / "model" / _CACHE_DESCRIPTION).write_text(json.dumps(description))
             try:
                 os.rename(staging / "model", entry)
             except OSError:
@@ -418,6 +455,12 @@ def cached_model(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     described = json.loads(description_file.read_text())
+    if described.get("identity") != pinned.identity:
+        # A key collision or an entry written by hand: never score with another version's files.
+        raise ModelResolutionError(
+            f"the model cache entry {entry} holds {described.get('pinned_uri')} of another registration than "
+            f"{pinned.pinned_uri} now in the registry; delete that folder and run again"
+        )
     return entry, (described["artifact_checksum"], tuple(described["input_columns"]), described["model_format"])
 
 
@@ -459,23 +502,36 @@ def load_torch_module(resolved: ResolvedModel, device: str, *, allow_pickle: boo
             f"{resolved.pinned_uri} is a pickle-format model and pickle loading is disabled; "
             "re-log it with serialization_format='pt2' or allow pickle models"
         )
-    # From the model cache when the version is there; else a private download folder, removed once the weights
-    # are in memory (without one a local store hands back its own folder and a models:/ fetch writes
-    # registered_model_meta into it).
+    # From the model cache when the version is there; else a private download of the version's own source, removed
+    # once the weights are in memory (without one a local store hands back its own folder and a models:/ fetch
+    # writes registered_model_meta into it). A cached copy needs no registry, so the load does not hold MLflow's
+    # global URIs (and a stage reading them meanwhile does not wait for the load).
     cached = bool(resolved.local_path and Path(resolved.local_path).is_dir())
-    source = resolved.local_path if cached else resolved.pinned_uri
-    # A cached copy is a folder: reading it needs no registry, so the load does not hold MLflow's global URIs
-    # (and a stage reading them meanwhile does not wait for the load).
-    registry = contextlib.nullcontext() if cached else mlflow_uris(resolved.tracking_uri, resolved.registry_uri)
-    with tempfile.TemporaryDirectory(prefix="batchinfer-load-") as tmp, registry, _pickle_allowed(
-        resolved.model_format == "pickle" and allow_pickle
-    ):
+    with contextlib.ExitStack() as stack:
+        if cached:
+            folder = Path(resolved.local_path)
+            where = f"the model cache's copy {folder}"
+            remedy = "delete that folder and run again"
+        else:
+            source = resolved.artifact_source or resolved.pinned_uri
+            folder = stack.enter_context(downloaded_model(source, resolved.tracking_uri, resolved.registry_uri))
+            where = f"the registry's copy ({source})"
+            remedy = "the model changed in the registry since this run resolved it; run again"
+        # What is loaded must be what was described, and what the predictions will record: the bytes are checked.
+        found = artifact_checksum(folder)
+        if found != resolved.artifact_checksum:
+            raise ModelResolutionError(
+                f"{resolved.pinned_uri}: {where} has checksum {found[:12]}, not {resolved.artifact_checksum[:12]} "
+                f"as resolved; nothing was scored with it: {remedy}"
+            )
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="batchinfer-load-"))
+        stack.enter_context(_pickle_allowed(resolved.model_format == "pickle" and allow_pickle))
         if resolved.model_format == "pt2":
             # Exported programs keep their weights where they were exported (CPU for MLflow's
             # export); they are loaded there and moved afterwards.
-            loaded = mlflow.pytorch.load_model(source, dst_path=tmp)
+            loaded = mlflow.pytorch.load_model(str(folder), dst_path=tmp)
         else:
-            loaded = mlflow.pytorch.load_model(source, dst_path=tmp, map_location=torch.device(device))
+            loaded = mlflow.pytorch.load_model(str(folder), dst_path=tmp, map_location=torch.device(device))
     if not isinstance(loaded, torch.nn.Module) and hasattr(loaded, "module"):
         loaded = loaded.module()
     if not callable(loaded):

@@ -12,6 +12,7 @@ when it is complete, so a failed run never changes a day and readers never see a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -429,6 +430,10 @@ class PartitionedParquetStore:
         """The same base and client, with partition folders named `{key_column}=...` (e.g. a content hash)."""
         return PartitionedParquetStore(self.uri, self._s3_client, self._spool_dir, key_column=key_column)
 
+    def under(self, *parts: str) -> PartitionedParquetStore:
+        """The same client and layout, based in a folder under this base (e.g. one reproduction's own tables)."""
+        return PartitionedParquetStore(self.backend.location(*parts), self._s3_client, self._spool_dir, key_column=self.backend.key_column)
+
     @property
     def base(self) -> Path:
         """The local base folder (local stores only)."""
@@ -459,6 +464,14 @@ class PartitionedParquetStore:
     def partition_files(self, table: str, dt: str) -> list[Any]:
         """The day's Parquet files in read order (paths locally, object keys on S3)."""
         return self.backend.part_refs(table, dt)
+
+    def files_sha256(self, table: str, dt: str) -> dict[str, str]:
+        """The sha256 of each of the day's files, by file name (what a byte-for-byte comparison compares)."""
+        digests = {}
+        for ref in self.partition_files(table, dt):
+            with self.backend.open_part(ref) as path:
+                digests[Path(str(ref)).name] = file_sha256(Path(path))
+        return digests
 
     def read_partition(self, table: str, dt: str, columns: Iterable[str] | None = None) -> pa.Table:
         """The whole day as one Arrow table (an empty day keeps its schema)."""
@@ -550,6 +563,8 @@ class PartitionWriter:
         self._file_rows = 0
         self._sink = None
         self._writer: pq.ParquetWriter | None = None
+        # The sha256 of each file written, by name, once closed: a record of the exact bytes committed.
+        self.files_sha256: dict[str, str] = {}
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Append rows (cast to the writer's schema); full row groups go to disk, the rest waits."""
@@ -599,7 +614,18 @@ class PartitionWriter:
         self._sink.flush()
         os.fsync(self._sink.fileno())
         self._sink.close()
+        path = Path(self._sink.name)
+        self.files_sha256[path.name] = file_sha256(path)
         self._writer = self._sink = None
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def replace_local_text(path: Path, text: str) -> Path:

@@ -82,31 +82,32 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
         requested = self.model_uri if version is None else with_version(self.model_uri, version)
         client = self._client()
         try:
-            pinned_uri, *_ = pin_model_uri(client, requested, self.tracking_uri)
+            pinned = pin_model_uri(client, requested, self.tracking_uri)
         except ModelNotFoundError:
             if not (version is None and self.demo_when_missing and self.model_uri == DEFAULT_MODEL_URI):
                 raise
             with demo_registration_lock(self.tracking_uri):
                 # Another run may have registered it while this one waited for the lock.
                 try:
-                    pinned_uri, *_ = pin_model_uri(client, requested, self.tracking_uri)
+                    pinned = pin_model_uri(client, requested, self.tracking_uri)
                 except ModelNotFoundError:
                     self._register_demo()
-                    pinned_uri, *_ = pin_model_uri(client, requested, self.tracking_uri)
-        # An alias can move between calls, so it is looked up every time; what a pinned version
-        # holds cannot change, so its download and checksum are done once.
-        cached = self._described.get(pinned_uri)
+                    pinned = pin_model_uri(client, requested, self.tracking_uri)
+        # An alias can move between calls, so it is looked up every time; what one registration of a version
+        # holds cannot change, so its download and checksum are done once (keyed by its identity: a model deleted
+        # and registered again reuses the name and version number).
+        cached = self._described.get(pinned.identity)
         if cached is None:
             cached = describe_model(
-                client, pinned_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri, cache_dir=self.cache_dir
+                pinned, requested, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri, cache_dir=self.cache_dir
             )
-            self._described[pinned_uri] = cached
+            self._described[pinned.identity] = cached
         return _with_requested(cached, requested)
 
     def current_version(self) -> tuple[str, str]:
         """(pinned URI, version) that model_uri resolves to now: a registry lookup, nothing downloaded or trained."""
-        pinned_uri, _, version, _ = pin_model_uri(self._client(), self.model_uri, self.tracking_uri)
-        return pinned_uri, version
+        pinned = pin_model_uri(self._client(), self.model_uri, self.tracking_uri)
+        return pinned.pinned_uri, pinned.version
 
     def resolve_for_run(self, run_tags: Mapping[str, str]) -> ResolvedModel:
         """The run's model: the version its `batchinfer/model_version` tag pins, else what model_uri resolves to now."""

@@ -111,6 +111,7 @@ class RayDayScored:
     device: str
     actors: int
     rows_per_second_per_actor: float
+    files_sha256: dict[str, str]
 
 
 class RayScoringEngine(RemoteScoringEngine):
@@ -268,6 +269,7 @@ class RayScoringEngine(RemoteScoringEngine):
             device=",".join(sorted(devices)) or ("cuda" if gpus else "cpu"),
             actors=self.actors,
             rows_per_second_per_actor=round(float(np.mean(throughputs)), 1) if throughputs else 0.0,
+            files_sha256=writer.files_sha256,
         )
 
     def gpus_per_actor(self, torch_scorer: TorchScorerResource) -> float:

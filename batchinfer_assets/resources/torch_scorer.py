@@ -190,11 +190,11 @@ class TorchScorerResource(dg.ConfigurableResource):
         return min(configured, remembered) if remembered is not None else configured
 
     def load(self, resolved: ResolvedModel) -> LoadedModel:
-        """Load the pinned model onto the device, once per version for this resource instance."""
+        """Load the pinned model onto the device, once per registration of a version for this resource instance."""
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         device = self.resolved_device()
-        key = (resolved.tracking_uri, resolved.pinned_uri, resolved.artifact_checksum, device)
+        key = (resolved.tracking_uri, resolved.identity or resolved.pinned_uri, resolved.artifact_checksum, device)
         loaded = self._loaded.get(key)
         if loaded is None:
             module = load_torch_module(resolved, device, allow_pickle=self.allow_pickle)

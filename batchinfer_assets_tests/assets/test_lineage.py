@@ -149,11 +149,23 @@ def _land(landing: Path, day: str, frame) -> None:
     frame.to_parquet(folder / "part-0.parquet", index=False)
 
 
-def test_a_relanded_day_is_reproduced_from_its_archived_snapshot_byte_for_byte(own_registry, demo_training, tmp_path):
+def _published(settings, day: str) -> list[dict]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(settings.predictions_db_url)
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT * FROM predictions WHERE dt = :dt ORDER BY transaction_id")
+            return [dict(r) for r in conn.execute(query, {"dt": day}).mappings()]
+    finally:
+        engine.dispose()
+
+
+def test_a_relanded_day_is_reproduced_from_its_archived_snapshot_byte_for_byte_in_its_own_folder(own_registry, demo_training, tmp_path):
     import datetime as dt
 
     from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
-    from batchinfer_assets.reproduce import original_scoring, reproduce_day
+    from batchinfer_assets.reproduce import IDENTICAL, reproduce_day
     from batchinfer_assets.sensors import publish_predictions_sensor
 
     landing = tmp_path / "landing"
@@ -168,25 +180,53 @@ def test_a_relanded_day_is_reproduced_from_its_archived_snapshot_byte_for_byte(o
         assert original_hash.startswith("sha256:")
         assert (Path(settings.storage_uri) / "input_snapshot_archive" / f"sha256={original_hash[7:]}").is_dir()
 
-        # The alias moves and the day is re-landed (late corrections), then scored again with other settings.
+        # The alias moves and the day is re-landed (late corrections), then scored again with other settings and published.
         _register_version_two(settings, demo_training)
         _land(landing, DAY_A, first_landing.assign(amount=first_landing["amount"] * 1.1))
         rescored_settings = dataclasses.replace(settings, batch_size=64)
         again = materialize_pipeline(build_resources(rescored_settings), EVERY_DAILY_ASSET, partition_key=DAY_A, instance=instance)
         assert materializations(again, "predictions")[DAY_A].metadata["input_snapshot_hash"].value != original_hash
-        assert {p.name: p.read_bytes() for p in predictions.glob("*.parquet")} != original_bytes
+        live_bytes = {p.name: p.read_bytes() for p in predictions.glob("*.parquet")}
+        assert live_bytes != original_bytes
+        live_rows = _published(settings, DAY_A)
+        assert len(live_rows) == 1500 and {row["model_version"] for row in live_rows} == {"2"}
+        latest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions")), limit=1).records[0]
 
-        # The reproduction: model version, archived input and batch size from what the first run recorded.
-        identical, result = reproduce_day(build_definitions(rescored_settings), instance, DAY_A)
-        assert result.success and identical
-        assert {p.name: p.read_bytes() for p in predictions.glob("*.parquet")} == original_bytes
-        meta = materializations(result, "predictions")[DAY_A].metadata
-        assert (meta["model_version"].value, meta["batch_size"].value, meta["input_snapshot_hash"].value) == ("1", 500, original_hash)
-        assert original_scoring(instance, DAY_A).run_id == first.run_id
-        # The reproduction is an audit: the publishing sensor does not serve its scores.
+        # The reproduction: version 1, the archived input and batch size 500, from what the first run recorded.
+        status, verdict, result = reproduce_day(build_definitions(rescored_settings), instance, DAY_A)
+        assert result.success and status == IDENTICAL, verdict
+        assert verdict.startswith(f"identical to the original scoring (run {first.run_id})"), verdict
+        own = Path(settings.storage_uri) / "reproductions" / result.run_id / "predictions" / f"dt={DAY_A}"
+        assert {p.name: p.read_bytes() for p in own.glob("*.parquet")} == original_bytes
+        # What users read is untouched: the live files, the database, the day's latest materialization.
+        assert {p.name: p.read_bytes() for p in predictions.glob("*.parquet")} == live_bytes
+        assert _published(settings, DAY_A) == live_rows
+        now = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions")), limit=1).records[0]
+        assert now.storage_id == latest.storage_id
+        assert result.get_asset_materialization_events() == [] and result.get_asset_observation_events() == []
+        assert instance.get_run_by_id(result.run_id).tags["batchinfer/reproduces"] == first.run_id
         context = dg.build_sensor_context(instance=instance, repository_def=build_definitions(settings).get_repository_def())
         outcome = publish_predictions_sensor(context)
         assert not getattr(outcome, "run_requests", None), outcome
+
+
+def test_a_reproduction_whose_archived_input_was_pruned_is_refused_and_writes_nothing(own_registry, tmp_path):
+    import shutil
+
+    from batchinfer_assets.reproduce import CANNOT, reproduce_day
+
+    settings = own_registry
+    with dg.instance_for_test() as instance:
+        first = materialize_pipeline(build_resources(settings), EVERY_DAILY_ASSET, partition_key=DAY_A, instance=instance)
+        snapshot_hash = materializations(first, "predictions")[DAY_A].metadata["input_snapshot_hash"].value
+        shutil.rmtree(Path(settings.storage_uri) / "input_snapshot_archive" / f"sha256={snapshot_hash[7:]}")
+        live = {p.name: p.read_bytes() for p in (Path(settings.storage_uri) / "predictions" / f"dt={DAY_A}").glob("*.parquet")}
+        status, reason, result = reproduce_day(build_definitions(settings), instance, DAY_A)
+    assert status == CANNOT and not result.success
+    assert reason.startswith(f"cannot reproduce {DAY_A}: no archived input snapshot {snapshot_hash}"), reason
+    assert "nothing was written" in reason
+    assert not (Path(settings.storage_uri) / "reproductions").exists()
+    assert {p.name: p.read_bytes() for p in (Path(settings.storage_uri) / "predictions" / f"dt={DAY_A}").glob("*.parquet")} == live
 
 
 def test_an_archived_snapshot_is_pruned_after_its_retention_unless_a_published_day_uses_it(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from batchinfer_assets_tests.conftest import TINY_COLUMNS
-from batchinfer_assets.lib.model_loading import ModelNotFoundError, ModelResolutionError
+from batchinfer_assets.lib.model_loading import ModelNotFoundError, ModelResolutionError, make_client
 from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MODEL_VERSION_TAG, MlflowModelRegistryResource
 
 
@@ -225,7 +225,9 @@ def test_model_cache_downloads_and_checksums_a_version_once_per_machine(tiny_mod
 
     first = fresh_resource().resolve()
     second = fresh_resource().resolve()
-    assert downloads == [f"models:/{name}/1"], "downloaded once, by the first resolution"
+    # From the version's own source (its logged model), which no later registration of the name can take over.
+    source = make_client(tiny_model_store.tracking_uri).get_model_version(name, "1").source
+    assert downloads == [source], "downloaded once, by the first resolution"
     assert first.artifact_checksum == second.artifact_checksum == reference.artifact_checksum
     assert (first.input_columns, first.model_format) == (reference.input_columns, reference.model_format)
     assert second.local_path is not None and Path(second.local_path).is_dir()

@@ -31,14 +31,18 @@ _RESERVED = frozenset({"dt", "score", "label", "model_name", "model_version", "r
 
 
 class SyntheticSource(Protocol):
-    """A deterministic generator of landed days and their delayed labels (the demo data of a domain)."""
+    """A deterministic generator of a domain's landed days and their delayed labels (its demo data)."""
 
-    def generate_day(self, day: dt.date, rows: int) -> pd.DataFrame:
-        """The day's landing rows (the domain's landing columns), the same for the same day and size."""
+    # Labels of a day are all known (or never will be) this many days after it.
+    max_label_delay_days: float
+
+    def generate_day(self, day: dt.date, rows: int, seed: int) -> pd.DataFrame:
+        """The day's landing rows (the domain's landing columns): the same frame for the same day, size and seed."""
         ...
 
-    def labels_for_day(self, day: dt.date, rows: int, as_of: dt.datetime) -> pd.DataFrame:
-        """The labels of the day's rows known at `as_of`: `id_column`, `label_column`, `labelled_at`."""
+    def label_schedule(self, day: dt.date, rows: int, seed: int) -> pd.DataFrame:
+        """Every row of `generate_day(day, rows, seed)` with its truth and when it becomes known: `id_column`,
+        `label_column` (0/1) and `labelled_at` (UTC; NaT: never labelled)."""
         ...
 
 

@@ -51,7 +51,16 @@ def _cast(series: pd.Series, dtype: str) -> pd.Series:
     if dtype.startswith("datetime64"):
         if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
             raise TypeError("numbers are not timestamps")
-        values = pd.to_datetime(series, utc=True, errors="raise")
+        if not pd.api.types.is_datetime64_any_dtype(series):
+            # A date reads as midnight and text is parsed by guesswork: both would invent a time of day.
+            kind = pd.api.types.infer_dtype(series, skipna=True)
+            if kind == "empty":
+                return pd.Series(pd.NaT, index=series.index, dtype=dtype)
+            first = series.dropna()
+            example = f" (e.g. {first.iloc[0]!r})" if len(first) else ""
+            what = {"date": "dates without a time of day", "string": "text"}.get(kind, f"{kind} values")
+            raise TypeError(f"the values are {what}{example}; write a timestamp column (UTC, or naive meaning UTC)")
+        values = series.dt.tz_localize("UTC") if series.dt.tz is None else series.dt.tz_convert("UTC")
         return values.astype(dtype)
     if dtype == "float64":
         if pd.api.types.is_bool_dtype(series):
@@ -70,9 +79,13 @@ def _cast(series: pd.Series, dtype: str) -> pd.Series:
             example = f" (e.g. {first.iloc[0]!r})" if len(first) else ""
             raise TypeError(f"the values are text{example}; write a float64 or DECIMAL column")
         raise TypeError(f"expected numbers, found {series.dtype}")
-    if pd.api.types.is_string_dtype(series) or series.dtype == object:
+    # Arrow dictionary-encoded text arrives as a categorical: its categories are the values.
+    values = series.cat.categories if isinstance(series.dtype, pd.CategoricalDtype) else series
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in ("string", "empty"):
         return series.astype(dtype)
-    raise TypeError(f"expected text, found {series.dtype}")
+    # Bytes, numbers or dates turned into text would publish "b'...'" or "12.0" as if an upstream system wrote it.
+    raise TypeError(f"expected text, found {series.dtype} holding {kind} values")
 
 
 def is_bookkeeping(relative_name: str) -> bool:

@@ -64,8 +64,8 @@ ROW_LEVEL_BREAKAGES = {
     "null amount": (_set("amount", None), "amount: not_null"),
     "negative amount": (_set("amount", -3.5), "amount: greater_than_or_equal_to(0)"),
     "unknown channel": (_set("channel", "telepathy"), "channel: isin(['pos', 'online', 'atm'])"),
-    "malformed currency": (_set("currency", "usd"), "currency: str_matches('^[A-Z]{3}$')"),
-    "malformed country": (_set("country", "USA"), "country: str_matches('^[A-Z]{2}$')"),
+    "malformed currency": (_set("currency", "usd"), "currency: str_fullmatch('[A-Z]{3}')"),
+    "malformed country": (_set("country", "USA"), "country: str_fullmatch('[A-Z]{2}')"),
     "timestamp outside the day": (_outside_the_day, f"event_time: within_day({DAY})"),
     "duplicate transaction_id": (_duplicate_earlier_ids, "transaction_id: unique"),
 }

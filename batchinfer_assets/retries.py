@@ -74,7 +74,7 @@ def is_transient(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, BAD_DATA_ERRORS) or is_storage_exhausted(current):
+        if isinstance(current, BAD_DATA_ERRORS) or _is_storage_exhausted(current):
             return False  # classified already, whatever it was raised from
         if _is_transient_one(current):
             return True
@@ -82,7 +82,7 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-def is_storage_exhausted(error: BaseException) -> bool:
+def _is_storage_exhausted(error: BaseException) -> bool:
     """Whether `error` says a disk or database is full, over quota or read-only (never transient)."""
     if isinstance(error, OSError) and error.errno in _STORAGE_EXHAUSTED_ERRNOS:
         return True

@@ -54,6 +54,11 @@ def _duplicate_earlier_ids(frame: pd.DataFrame, rows: list[int]) -> None:
     frame.loc[rows, "transaction_id"] = frame.loc[[r - 1 for r in rows], "transaction_id"].to_numpy()
 
 
+def _blank_ids(frame: pd.DataFrame, rows: list[int]) -> None:
+    # Each a different blank (empty, spaces, a full-width space), so none is also a duplicate.
+    frame.loc[rows, "transaction_id"] = ["", "   ", "\u3000"][: len(rows)]
+
+
 def _outside_the_day(frame: pd.DataFrame, rows: list[int]) -> None:
     frame.loc[rows, "event_time"] = frame.loc[rows, "event_time"] + pd.Timedelta(days=1)
 
@@ -66,6 +71,10 @@ ROW_LEVEL_BREAKAGES = {
     "unknown channel": (_set("channel", "telepathy"), "channel: isin(['pos', 'online', 'atm'])"),
     "malformed currency": (_set("currency", "usd"), "currency: str_fullmatch('[A-Z]{3}')"),
     "malformed country": (_set("country", "USA"), "country: str_fullmatch('[A-Z]{2}')"),
+    "currency with a final newline": (_set("currency", "USD\n"), "currency: str_fullmatch('[A-Z]{3}')"),
+    "blank transaction_id": (_blank_ids, "transaction_id: not_blank"),
+    "NUL in customer_id": (_set("customer_id", "C\x000001"), "customer_id: no_control_characters"),
+    "merchant_category longer than the database holds": (_set("merchant_category", "m" * 65), "merchant_category: max_length(64)"),
     "timestamp outside the day": (_outside_the_day, f"event_time: within_day({DAY})"),
     "duplicate transaction_id": (_duplicate_earlier_ids, "transaction_id: unique"),
 }

@@ -6,6 +6,7 @@ code fail the same way on every try, so retrying them only delays the failure (t
 added minutes to each before this classification).
 """
 
+import errno
 import functools
 import inspect
 from collections.abc import Callable
@@ -56,6 +57,13 @@ _TRANSIENT_CODES = frozenset(
         "ServiceUnavailable", "503", "500", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
     }
 )
+# A full disk, an exceeded quota or a read-only file system stays so until someone frees space or remounts: one
+# failure, at once, with the device's own message (its path, or the database it came from). Databases say it in words.
+_STORAGE_EXHAUSTED_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+_STORAGE_EXHAUSTED_MESSAGES = (
+    "no space left on device", "disk quota exceeded", "read-only file system", "database or disk is full",
+    "attempt to write a readonly database", "file too large",
+)
 # Connection-level database failures that never clear on their own (the others: a restart, a failover).
 _PERMANENT_DATABASE_MESSAGES = ("password authentication failed", "does not exist", "no such table", "permission denied")
 
@@ -66,12 +74,20 @@ def is_transient(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, BAD_DATA_ERRORS):
+        if isinstance(current, BAD_DATA_ERRORS) or _is_storage_exhausted(current):
             return False  # classified already, whatever it was raised from
         if _is_transient_one(current):
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _is_storage_exhausted(error: BaseException) -> bool:
+    """Whether `error` says a disk or database is full, over quota or read-only (never transient)."""
+    if isinstance(error, OSError) and error.errno in _STORAGE_EXHAUSTED_ERRNOS:
+        return True
+    message = str(error).lower()
+    return any(m in message for m in _STORAGE_EXHAUSTED_MESSAGES)
 
 
 def _is_transient_one(error: BaseException) -> bool:

@@ -12,6 +12,7 @@ from pandera.errors import SchemaErrors
 
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.landing import LandingDataError
+from batchinfer_assets.resources.prediction_db import predictions_table
 
 CHANNELS = ("pos", "online", "atm")
 REASON_COLUMN = "reason"
@@ -22,6 +23,32 @@ _READABLE_CHECK_NAMES = {"not_nullable": "not_null", "field_uniqueness": "unique
 
 def _finite() -> pa.Check:
     return pa.Check(lambda s: s.abs() < np.inf, name="finite")
+
+
+def _full_match(pattern: str) -> pa.Check:
+    """The whole value matches `pattern` (pandera's str_matches anchors only the start, and `$` allows a final newline)."""
+    return pa.Check(lambda s: s.str.fullmatch(pattern), name=f"str_fullmatch('{pattern}')")
+
+
+def _not_blank() -> pa.Check:
+    return pa.Check(lambda s: s.str.strip().str.len() > 0, name="not_blank")
+
+
+def _no_control_characters() -> pa.Check:
+    # NUL and other control characters break CSV exports and PostgreSQL text, and hide in logs.
+    return pa.Check(lambda s: ~s.str.contains(r"[\x00-\x1f\x7f]", regex=True), name="no_control_characters")
+
+
+def _fits_published(column: str) -> pa.Check:
+    """At most as long as the prediction database's column: such a row is quarantined here, not refused at publish."""
+    length = predictions_table.c[column].type.length
+    return pa.Check(lambda s: s.str.len() <= length, name=f"max_length({length})")
+
+
+def _key_text(column: str) -> list[pa.Check]:
+    """The rules of a text key: not blank, no control characters, and storable where it is published."""
+    checks = [_not_blank(), _no_control_characters()]
+    return checks + ([_fits_published(column)] if column in predictions_table.c else [])
 
 
 def _is_utc() -> pa.Check:
@@ -50,14 +77,16 @@ def _landing_schema(day: dt.date | None) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(
         {
             # Later duplicates are quarantined; the first occurrence of an id stays valid.
-            "transaction_id": pa.Column(nullable=False, unique=True, report_duplicates="exclude_first"),
+            "transaction_id": pa.Column(
+                nullable=False, unique=True, report_duplicates="exclude_first", checks=_key_text("transaction_id")
+            ),
             "event_time": pa.Column(nullable=False, checks=event_time_checks),
-            "customer_id": pa.Column(nullable=False),
-            "merchant_category": pa.Column(nullable=False),
+            "customer_id": pa.Column(nullable=False, checks=_key_text("customer_id")),
+            "merchant_category": pa.Column(nullable=False, checks=_key_text("merchant_category")),
             "amount": pa.Column(float, nullable=False, checks=[pa.Check.greater_than_or_equal_to(0), _finite()]),
-            "currency": pa.Column(nullable=False, checks=pa.Check.str_matches(r"^[A-Z]{3}$")),
+            "currency": pa.Column(nullable=False, checks=_full_match("[A-Z]{3}")),
             "channel": pa.Column(nullable=False, checks=pa.Check.isin(list(CHANNELS))),
-            "country": pa.Column(nullable=False, checks=pa.Check.str_matches(r"^[A-Z]{2}$")),
+            "country": pa.Column(nullable=False, checks=_full_match("[A-Z]{2}")),
         },
         strict=False,
         name="raw_transactions",
@@ -129,8 +158,8 @@ def failure_reasons(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.Serie
 
 
 def feature_schema(columns: Iterable[str] = FEATURE_COLUMNS) -> pa.DataFrameSchema:
-    """Schema of a feature table: unique non-null `transaction_id`, each feature float32 and finite."""
-    spec = {"transaction_id": pa.Column(nullable=False, unique=True, checks=_is_string())}
+    """Schema of a feature table: unique non-blank `transaction_id`, each feature float32 and finite."""
+    spec = {"transaction_id": pa.Column(nullable=False, unique=True, checks=[_is_string(), _not_blank()])}
     spec.update({name: pa.Column(np.float32, nullable=False, checks=_finite()) for name in columns})
     return pa.DataFrameSchema(spec, strict=False, name="features")
 

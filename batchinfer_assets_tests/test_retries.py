@@ -150,6 +150,59 @@ def test_only_failures_that_may_clear_with_time_are_transient(error, transient):
     assert is_transient(error) is transient
 
 
+def _sqlite_disk_full(tmp_path) -> BaseException:
+    """SQLite's own SQLITE_FULL, through SQLAlchemy as the prediction database raises it (an OperationalError)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'full.db'}")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA max_page_count=3")  # the database cannot grow: what a full disk does
+            conn.exec_driver_sql("CREATE TABLE t (x TEXT)")
+            conn.exec_driver_sql("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 100) INSERT INTO t SELECT hex(randomblob(2000)) FROM r")
+    except sa.exc.OperationalError as error:
+        return error
+    finally:
+        engine.dispose()
+    raise AssertionError("SQLite did not run out of space")
+
+
+def _device_full() -> BaseException:
+    """The kernel's own ENOSPC: a write to Linux's /dev/full (opened without truncating: it must stay a device)."""
+    import os
+
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.write(fd, b"part of a parquet file")
+    except OSError as error:
+        return error
+    finally:
+        os.close(fd)
+    raise AssertionError("/dev/full accepted the write")
+
+
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs Linux's /dev/full to get a real ENOSPC")
+def test_a_full_disk_or_read_only_file_system_is_not_transient(tmp_path):
+    import errno
+    import os
+
+    from batchinfer_assets.retries import is_transient
+
+    errors = [
+        _sqlite_disk_full(tmp_path),
+        _device_full(),
+        OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(tmp_path / "part-0.parquet")),
+        OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "part-0.parquet")),
+        _wrapped(_device_full()),
+    ]
+    for error in errors:
+        assert not is_transient(error), error
+    # Other operational database errors stay transient (a lock held by another writer clears).
+    import sqlalchemy as sa
+
+    assert is_transient(sa.exc.OperationalError("INSERT", {}, Exception("database is locked")))
+
+
 def test_an_unreachable_model_registry_fails_once_naming_it(tmp_path):
     import socket
 

@@ -69,13 +69,28 @@ def _duplicate_earlier_id(frame: pd.DataFrame) -> None:
         pytest.param(_set("amount", np.inf), "amount: finite", id="infinite amount"),
         pytest.param(_set("channel", "web"), "channel: isin(['pos', 'online', 'atm'])", id="bad channel"),
         pytest.param(_set("channel", None), "channel: not_null", id="null channel"),
-        pytest.param(_set("currency", "usd"), "currency: str_matches('^[A-Z]{3}$')", id="lower-case currency"),
-        pytest.param(_set("currency", "USDX"), "currency: str_matches('^[A-Z]{3}$')", id="long currency"),
-        pytest.param(_set("country", "USA"), "country: str_matches('^[A-Z]{2}$')", id="three-letter country"),
+        pytest.param(_set("currency", "usd"), "currency: str_fullmatch('[A-Z]{3}')", id="lower-case currency"),
+        pytest.param(_set("currency", "USDX"), "currency: str_fullmatch('[A-Z]{3}')", id="long currency"),
+        pytest.param(_set("country", "USA"), "country: str_fullmatch('[A-Z]{2}')", id="three-letter country"),
         pytest.param(_set("country", None), "country: not_null", id="null country"),
         pytest.param(_set("event_time", pd.Timestamp("2025-03-09T00:00:00Z")), "event_time: within_day(2025-03-08)", id="next midnight"),
         pytest.param(_set("event_time", pd.Timestamp("2025-03-07T23:59:59.999999Z")), "event_time: within_day(2025-03-08)", id="day before"),
         pytest.param(_set("event_time", pd.NaT), "event_time: not_null", id="null time"),
+        # `$` matches before a final newline: every pattern must match the whole value.
+        pytest.param(_set("currency", "USD\n"), "currency: str_fullmatch('[A-Z]{3}')", id="currency with newline"),
+        pytest.param(_set("country", "US\n"), "country: str_fullmatch('[A-Z]{2}')", id="country with newline"),
+        pytest.param(_set("currency", " USD"), "currency: str_fullmatch('[A-Z]{3}')", id="currency with space"),
+        pytest.param(_set("transaction_id", ""), "transaction_id: not_blank", id="empty id"),
+        pytest.param(_set("transaction_id", " \t "), "transaction_id: no_control_characters; transaction_id: not_blank", id="blank id"),
+        pytest.param(_set("customer_id", "   "), "customer_id: not_blank", id="blank customer"),
+        pytest.param(_set("merchant_category", ""), "merchant_category: not_blank", id="empty category"),
+        pytest.param(_set("transaction_id", "t\x00-1"), "transaction_id: no_control_characters", id="NUL in id"),
+        pytest.param(_set("customer_id", "c1\n"), "customer_id: no_control_characters", id="newline in customer"),
+        pytest.param(_set("merchant_category", "grocery\x7f"), "merchant_category: no_control_characters", id="DEL in category"),
+        # What the prediction database's columns can hold (VARCHAR(128) / VARCHAR(64) in PostgreSQL).
+        pytest.param(_set("transaction_id", "t" * 129), "transaction_id: max_length(128)", id="id too long"),
+        pytest.param(_set("customer_id", "c" * 129), "customer_id: max_length(128)", id="customer too long"),
+        pytest.param(_set("merchant_category", "m" * 65), "merchant_category: max_length(64)", id="category too long"),
     ],
 )
 def test_one_corrupted_cell_quarantines_that_row_with_the_named_reason(good, corrupt, reason):
@@ -93,6 +108,15 @@ def test_one_corrupted_cell_quarantines_that_row_with_the_named_reason(good, cor
     expected_valid = frame.drop(index=ROW).reset_index(drop=True)
     assert valid["event_time"].tolist() == expected_valid["event_time"].tolist()
     assert isinstance(valid.index, pd.RangeIndex)
+
+
+def test_the_longest_values_the_database_holds_pass(good):
+    frame = good.copy()
+    frame.loc[ROW, ["transaction_id", "customer_id", "merchant_category"]] = ["t" * 128, "c" * 128, "m" * 64]
+
+    valid, quarantined = split_valid_rows(frame, DAY)
+
+    assert quarantined.empty and len(valid) == len(good)
 
 
 def test_the_first_occurrence_of_a_duplicate_id_stays_valid(good):
@@ -113,7 +137,7 @@ def test_several_failures_in_one_row_are_joined_in_a_stable_order(good):
     _, quarantined = split_valid_rows(frame, DAY)
 
     assert quarantined[REASON_COLUMN].tolist() == [
-        "amount: greater_than_or_equal_to(0); country: str_matches('^[A-Z]{2}$'); currency: str_matches('^[A-Z]{3}$')"
+        "amount: greater_than_or_equal_to(0); country: str_fullmatch('[A-Z]{2}'); currency: str_fullmatch('[A-Z]{3}')"
     ]
 
 
@@ -194,6 +218,7 @@ def test_good_features_pass(features):
         pytest.param(lambda f: f.loc.__setitem__((ROW, "hour_sin"), np.inf), "finite", id="inf"),
         pytest.param(lambda f: f.loc.__setitem__((ROW, "transaction_id"), f.loc[0, "transaction_id"]), "field_uniqueness", id="duplicate id"),
         pytest.param(lambda f: f.loc.__setitem__((ROW, "transaction_id"), pd.NA), "not_nullable", id="null id"),
+        pytest.param(lambda f: f.loc.__setitem__((ROW, "transaction_id"), " "), "not_blank", id="blank id"),
         pytest.param(lambda f: f.__setitem__("is_night", f["is_night"].astype(np.float64)), "dtype('float32')", id="float64"),
         pytest.param(lambda f: f.__setitem__("transaction_id", np.arange(len(f))), "string_dtype", id="integer ids"),
         pytest.param(lambda f: f.__delitem__("channel_atm"), "column_in_dataframe", id="missing feature"),

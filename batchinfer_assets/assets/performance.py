@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.labels import DayLabels, labels_table
+from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.lib.performance import (
     ECE_BINS,
     ESTIMATED,
@@ -152,6 +153,8 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         "labels_unknown_ids": unknown_ids,
         "labels_duplicates": known.duplicates,
         "labels_contradictory": known.contradictory,
+        "labels_in_future": known.future,
+        "labels_before_transaction_day": known.before_transaction_day,
         "latest_labelled_at": latest.isoformat() if latest is not None else "none yet",
         "labels_source": run.labels.location(state.date),
         LABELS_FINGERPRINT_KEY: fingerprint,
@@ -164,6 +167,11 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     }
     if unknown_ids:
         run.context.log.warning(f"{day}: {unknown_ids} label(s) name transaction ids that were not scored; counted, not joined")
+    if known.future or known.before_transaction_day:
+        run.context.log.warning(
+            f"{day}: ignored {known.future} label(s) dated in the future and {known.before_transaction_day} dated before the "
+            f"transactions' day in {run.labels.location(state.date)}: their labelled_at is wrong; fix the labelling export"
+        )
     # Re-landed labels change the content hash, so the day gets a new data version even with the same predictions.
     predictions_version = run.latest_version(PREDICTIONS, day, state) or table_content_hash(predictions)
     yield run.materialization(
@@ -213,7 +221,12 @@ def _judge(
 ) -> Judgement:
     """Realized ROC AUC when enough frauds and legitimate rows are labelled, else the estimate, against the floor."""
     policy = run.performance_policy
-    holdout = run.model_registry.version_metric(name, version, policy.holdout_metric)
+    try:
+        holdout = run.model_registry.version_metric(name, version, policy.holdout_metric)
+    except ModelNotFoundError as error:
+        # The metrics need only the predictions and the labels: a deleted version loses its hold-out figure, not its day.
+        run.context.log.warning(f"{error}: no hold-out {policy.holdout_metric} to judge against; the day's metrics are still computed")
+        holdout = None
     floor = holdout - policy.tolerance if holdout is not None else policy.absolute_floor
     positives, negatives = int((y == 1).sum()), int((y == 0).sum())
     if min(positives, negatives) >= policy.min_labelled_positives and realized["roc_auc"] is not None:

@@ -220,7 +220,10 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
 
 
 def prune_snapshot_archive(run: PipelineRun) -> None:
-    """Remove archived snapshots past their retention that no published day's rows come from."""
+    """Remove archived snapshots past their retention that no published day's rows come from.
+
+    Housekeeping: any failure is a warning and never replaces the run's own outcome (its days' results).
+    """
     try:
         referenced = run.prediction_db.published_snapshot_hashes()
     except Exception as error:  # noqa: BLE001 - an unreadable database must never let referenced inputs go
@@ -228,7 +231,11 @@ def prune_snapshot_archive(run: PipelineRun) -> None:
         return
     finally:
         run.prediction_db.release_connections()
-    removed = SnapshotArchive(run.store).prune(referenced, run.snapshot_retention_days)
+    try:
+        removed = SnapshotArchive(run.store).prune(referenced, run.snapshot_retention_days)
+    except Exception as error:  # noqa: BLE001 - see the docstring; a later run prunes what this one left
+        run.context.log.warning(f"snapshot archive not pruned: {type(error).__name__}: {error}")
+        return
     if removed:
         run.context.log.info(
             f"removed {len(removed)} archived snapshot(s) older than {run.snapshot_retention_days:g} days that no "

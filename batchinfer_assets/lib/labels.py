@@ -8,12 +8,10 @@ superseded is counted, never silently dropped: `duplicates` (label rows beyond t
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchinfer_assets.lib.landing import LandingDataError
-from batchinfer_assets.lib.parquet_store import S3Backend, is_s3_uri, split_s3_uri
+from batchinfer_assets.lib.landing import DayFile, LandingDataError, day_files
 from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
 
 LABEL_COLUMNS: tuple[str, ...] = ("transaction_id", "is_fraud", "labelled_at")
@@ -34,6 +31,11 @@ MEDIAN_DELAY_DAYS = 2.5
 DELAY_SIGMA = 1.1
 MAX_DELAY_DAYS = 60.0
 _LABELS_STREAM = 0x1ABE15
+
+
+# How far a label's `labelled_at` may lie ahead of this clock (the labelling system's clock may run a little fast);
+# beyond it the time is wrong, and a label dated years ahead would win over every real label of its id for good.
+CLOCK_SKEW = pd.Timedelta(minutes=5)
 
 
 class LabelsDataError(LandingDataError):
@@ -53,6 +55,9 @@ class DayLabels:
     duplicates: int
     contradictory: int
     sources: tuple[str, ...]
+    # Label rows ignored as impossible: dated after now (beyond CLOCK_SKEW), or before their transaction's day began.
+    future: int = 0
+    before_transaction_day: int = 0
 
     @property
     def latest_labelled_at(self) -> pd.Timestamp | None:
@@ -110,12 +115,27 @@ def conform_labels(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def latest_labels(frames: Sequence[pd.DataFrame], sources: Sequence[str]) -> DayLabels:
-    """One label per id, the latest by `labelled_at` (on equal times, the later file), with what was superseded."""
+def latest_labels(
+    frames: Sequence[pd.DataFrame], sources: Sequence[str], *, day: dt.date | None = None, now: pd.Timestamp | None = None
+) -> DayLabels:
+    """One label per id, the latest by `labelled_at` (on equal times, the later file), with what was superseded.
+
+    With `now`, labels dated after it (beyond CLOCK_SKEW) are ignored; with `day` (the transactions' day), labels
+    dated before that day began. Both are counted, and dropped before the latest is chosen, so such a label never
+    hides a real one.
+    """
     frames = [f for f in frames if not f.empty]
     if not frames:
         return DayLabels(empty_labels(), rows_read=0, duplicates=0, contradictory=0, sources=tuple(sources))
     stacked = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    rows_read = len(stacked)
+    future = early = np.zeros(len(stacked), dtype=bool)
+    if now is not None:
+        future = (stacked["labelled_at"] > now + CLOCK_SKEW).to_numpy()
+    if day is not None:
+        early = (stacked["labelled_at"] < pd.Timestamp(day, tz="UTC")).to_numpy()
+    if future.any() or early.any():
+        stacked = stacked[~(future | early)].reset_index(drop=True)
     # A stable sort keeps file order among equal times, so the later file wins a tie.
     ordered = stacked.sort_values("labelled_at", kind="stable")
     kept = ordered.drop_duplicates("transaction_id", keep="last")
@@ -126,60 +146,21 @@ def latest_labels(frames: Sequence[pd.DataFrame], sources: Sequence[str]) -> Day
         contradictory = int((repeated.groupby("transaction_id", sort=False)["is_fraud"].nunique() > 1).sum())
     return DayLabels(
         labels=kept.sort_values("transaction_id", kind="stable").reset_index(drop=True),
-        rows_read=len(stacked),
+        rows_read=rows_read,
         duplicates=duplicates,
         contradictory=contradictory,
         sources=tuple(sources),
+        future=int(future.sum()),
+        before_transaction_day=int((early & ~future).sum()),
     )
 
 
-@dataclass(frozen=True)
-class LabelFile:
-    """One label file of a day: its name, what identifies its content, and how to get a local path to it."""
-
-    name: str
-    size: int
-    modified: str
-    open: Callable[[], contextlib.AbstractContextManager[Any]]
+def label_files(root: str, day: dt.date, s3_client: Any = None) -> list[DayFile]:
+    """The data files of `{root}/dt={day}/` (local folder or S3 prefix), found as the landing zone finds its own; none when absent."""
+    return day_files(root, day, s3_client)[2]
 
 
-def label_files(root: str, day: dt.date, s3_client: Any = None) -> list[LabelFile]:
-    """The `*.parquet` files of `{root}/dt={day}/` (local folder or S3 prefix), sorted by name; none when absent."""
-    if is_s3_uri(root):
-        if s3_client is None:
-            raise ValueError(f"labels URI {root!r} is on S3 but no S3 client was given")
-        return _s3_files(S3Backend(s3_client, *split_s3_uri(root)), day)
-    folder = Path(root.removeprefix("file://")) / f"dt={day.isoformat()}"
-    if not folder.is_dir():
-        return []
-    files = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix == ".parquet" and not path.name.startswith((".", "_")):
-            stat = path.stat()
-            files.append(LabelFile(str(path), stat.st_size, str(stat.st_mtime_ns), lambda p=path: contextlib.nullcontext(p)))
-    return files
-
-
-def _s3_files(backend: S3Backend, day: dt.date) -> list[LabelFile]:
-    prefix = backend.key(f"dt={day.isoformat()}") + "/"
-    files = []
-    for page in backend.client.get_paginator("list_objects_v2").paginate(Bucket=backend.bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            name = item["Key"][len(prefix):]
-            if "/" in name or not name.endswith(".parquet") or name.startswith((".", "_")):
-                continue
-            files.append(
-                LabelFile(
-                    f"s3://{backend.bucket}/{item['Key']}",
-                    int(item["Size"]),
-                    f"{item['LastModified'].isoformat()}/{item.get('ETag', '')}",
-                    lambda key=item["Key"]: backend.open_part(key),
-                )
-            )
-    return sorted(files, key=lambda f: f.name)
-
-
-def files_fingerprint(files: Sequence[LabelFile]) -> str:
+def files_fingerprint(files: Sequence[DayFile]) -> str:
     """Changes whenever a file is added, removed, rewritten or touched: what the re-evaluation sensor watches."""
     digest = hashlib.sha256()
     for f in files:
@@ -187,8 +168,8 @@ def files_fingerprint(files: Sequence[LabelFile]) -> str:
     return f"{len(files)}:{digest.hexdigest()[:16]}"
 
 
-def read_label_files(files: Sequence[LabelFile]) -> DayLabels:
-    """Every label file of a day, checked and reduced to the latest label per id."""
+def read_label_files(files: Sequence[DayFile], day: dt.date | None = None, now: pd.Timestamp | None = None) -> DayLabels:
+    """Every label file of a day, checked and reduced to the latest plausible label per id (see `latest_labels`)."""
     frames = []
     for f in files:
         with f.open() as path:
@@ -201,7 +182,7 @@ def read_label_files(files: Sequence[LabelFile]) -> DayLabels:
                 raise LabelsDataError(f"labels file {f.name}: required column(s) missing: {', '.join(missing)}")
             table = pq.read_table(path, columns=list(LABEL_COLUMNS))
         frames.append(conform_labels(table.to_pandas(), source=f.name))
-    return latest_labels(frames, [f.name for f in files])
+    return latest_labels(frames, [f.name for f in files], day=day, now=now)
 
 
 def synthetic_label_schedule(day: dt.date, rows: int, seed: int) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,16 @@ def _cast(series: pd.Series, dtype: str) -> pd.Series:
     if dtype.startswith("datetime64"):
         if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
             raise TypeError("numbers are not timestamps")
-        values = pd.to_datetime(series, utc=True, errors="raise")
+        if not pd.api.types.is_datetime64_any_dtype(series):
+            # A date reads as midnight and text is parsed by guesswork: both would invent a time of day.
+            kind = pd.api.types.infer_dtype(series, skipna=True)
+            if kind == "empty":
+                return pd.Series(pd.NaT, index=series.index, dtype=dtype)
+            first = series.dropna()
+            example = f" (e.g. {first.iloc[0]!r})" if len(first) else ""
+            what = {"date": "dates without a time of day", "string": "text"}.get(kind, f"{kind} values")
+            raise TypeError(f"the values are {what}{example}; write a timestamp column (UTC, or naive meaning UTC)")
+        values = series.dt.tz_localize("UTC") if series.dt.tz is None else series.dt.tz_convert("UTC")
         return values.astype(dtype)
     if dtype == "float64":
         if pd.api.types.is_bool_dtype(series):
@@ -70,9 +80,13 @@ def _cast(series: pd.Series, dtype: str) -> pd.Series:
             example = f" (e.g. {first.iloc[0]!r})" if len(first) else ""
             raise TypeError(f"the values are text{example}; write a float64 or DECIMAL column")
         raise TypeError(f"expected numbers, found {series.dtype}")
-    if pd.api.types.is_string_dtype(series) or series.dtype == object:
+    # Arrow dictionary-encoded text arrives as a categorical: its categories are the values.
+    values = series.cat.categories if isinstance(series.dtype, pd.CategoricalDtype) else series
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in ("string", "empty"):
         return series.astype(dtype)
-    raise TypeError(f"expected text, found {series.dtype}")
+    # Bytes, numbers or dates turned into text would publish "b'...'" or "12.0" as if an upstream system wrote it.
+    raise TypeError(f"expected text, found {series.dtype} holding {kind} values")
 
 
 def is_bookkeeping(relative_name: str) -> bool:
@@ -91,49 +105,75 @@ def is_bookkeeping(relative_name: str) -> bool:
     return name.endswith(("manifest", "manifest.csv", "manifest.json")) or name.endswith(".crc")
 
 
+@dataclass(frozen=True)
+class DayFile:
+    """One data file of a day's folder: its name, what identifies its content, and how to get a local path to it."""
+
+    name: str
+    size: int
+    modified: str
+    open: Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+def day_files(root: str | Path, day: dt.date, s3_client: Any = None) -> tuple[str, bool, list[DayFile]]:
+    """`{root}/dt={day}/` (a local folder or an S3 prefix): its location, whether it exists, and its data files by name.
+
+    Every file below the day is data except writers' bookkeeping (`is_bookkeeping`): the landing zone and the labels
+    zone both find their files here, so a file one of them reads is never silently skipped by the other.
+    """
+    return (_s3_day if is_s3_uri(str(root)) else _local_day)(str(root), day, s3_client)
+
+
 def read_landing_day(root: str | Path, day: dt.date, s3_client: Any = None) -> pd.DataFrame:
     """All Parquet files of `{root}/dt={day}/` (a local folder or an S3 prefix), concatenated and conformed."""
-    folder, exists, files = (_s3_day if is_s3_uri(str(root)) else _local_day)(str(root), day, s3_client)
+    folder, exists, files = day_files(root, day, s3_client)
     if not exists:
         raise LandingDataError(f"no landing data for {day.isoformat()}: folder {folder} does not exist")
     if not files:
         raise LandingDataError(f"no landing data for {day.isoformat()}: no data files in {folder} (only writers' bookkeeping files)")
     frames = []
-    for name, open_file in files:
+    for file in files:
         # Opening (an S3 download) stays outside the try: a connection failure is transient, not bad data.
-        with open_file() as path:
+        with file.open() as path:
             try:
                 table = pq.read_table(path)
             except (pa.ArrowException, OSError) as exc:
                 raise LandingDataError(
-                    f"landing file {name} is not a readable Parquet file ({exc}); every file of a landing day is read "
+                    f"landing file {file.name} is not a readable Parquet file ({exc}); every file of a landing day is read "
                     "except writers' bookkeeping (names starting with _ or ., manifests): remove or move it"
                 ) from exc
-        frames.append(conform_landing_frame(table.to_pandas(), source=name))
+        frames.append(conform_landing_frame(table.to_pandas(), source=file.name))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-LandingFiles = tuple[str, bool, list[tuple[str, Callable[[], contextlib.AbstractContextManager[Any]]]]]
-
-
-def _local_day(root: str, day: dt.date, _client: Any) -> LandingFiles:
+def _local_day(root: str, day: dt.date, _client: Any) -> tuple[str, bool, list[DayFile]]:
     folder = Path(root.removeprefix("file://")) / f"dt={day.isoformat()}"
     if not folder.is_dir():
         return str(folder), False, []
     # Nested folders too: Spark's partitionBy writes `hour=01/part-...` under the day.
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not is_bookkeeping(p.relative_to(folder).as_posix()))
-    return str(folder), True, [(str(p), lambda p=p: contextlib.nullcontext(p)) for p in files]
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and not is_bookkeeping(p.relative_to(folder).as_posix()))
+    files = []
+    for path in paths:
+        stat = path.stat()
+        files.append(DayFile(str(path), stat.st_size, str(stat.st_mtime_ns), lambda p=path: contextlib.nullcontext(p)))
+    return str(folder), True, files
 
 
-def _s3_day(root: str, day: dt.date, client: Any) -> LandingFiles:
+def _s3_day(root: str, day: dt.date, client: Any) -> tuple[str, bool, list[DayFile]]:
     if client is None:
-        raise ValueError(f"landing URI {root!r} is on S3 but no S3 client was given")
+        raise ValueError(f"URI {root!r} is on S3 but no S3 client was given")
     backend = S3Backend(client, *split_s3_uri(root))
     prefix = backend.key(f"dt={day.isoformat()}") + "/"
     folder = f"s3://{backend.bucket}/{prefix}"
-    keys = backend.keys_under(prefix)
-    if not keys:
+    objects = backend.objects_under(prefix)
+    if not objects:
         return folder, False, []
-    # Keys ending in "/" are console-made folder markers (zero bytes), not files.
-    data = sorted(k for k in keys if not k.endswith("/") and not is_bookkeeping(k[len(prefix):]))
-    return folder, True, [(f"s3://{backend.bucket}/{key}", lambda key=key: backend.open_part(key)) for key in data]
+    files = []
+    for item in sorted(objects, key=lambda o: o["Key"]):
+        key = item["Key"]
+        # Keys ending in "/" are console-made folder markers (zero bytes), not files.
+        if key.endswith("/") or is_bookkeeping(key[len(prefix):]):
+            continue
+        modified = f"{item['LastModified'].isoformat()}/{item.get('ETag', '')}"
+        files.append(DayFile(f"s3://{backend.bucket}/{key}", int(item.get("Size", 0)), modified, lambda key=key: backend.open_part(key)))
+    return folder, True, files

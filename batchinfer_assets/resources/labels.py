@@ -95,7 +95,7 @@ class ParquetLabelsResource(LabelsResource):
         return (self.s3 or S3Resource()).get_client() if is_s3_uri(self.uri) else None
 
     def labels_for(self, day: dt.date) -> DayLabels:
-        return read_label_files(label_files(self.uri, day, s3_client=self._client()))
+        return read_label_files(label_files(self.uri, day, s3_client=self._client()), day=day, now=pd.Timestamp.now(tz="UTC"))
 
     def label_files_fingerprint(self, day: dt.date) -> str:
         return files_fingerprint(label_files(self.uri, day, s3_client=self._client()))

@@ -460,7 +460,32 @@ def _prepare(dt: str, rows: pa.Table) -> pa.Table:
         raise PredictionsRefusedError(
             f"predictions for {dt} repeat {len(repeated)} transaction_id(s), e.g. {repeated[0].as_py()!r}: {refused}"
         )
+    _refuse_unstorable(dt, table, refused)
     return table
+
+
+def _refuse_unstorable(dt: str, table: pa.Table, refused: str) -> None:
+    """Refuse text the table cannot hold (over the column's length, or with a NUL), naming the column and the first id.
+
+    Checked on every backend: SQLite would store both, PostgreSQL would fail the whole COPY without naming either.
+    """
+    ids = table.column("transaction_id")
+    for name, target in _INPUT_TYPES.items():
+        if target != pa.string():
+            continue
+        column = table.column(name)
+        length = predictions_table.c[name].type.length
+        problems = [(pc.match_substring(column, "\x00"), "hold a NUL character, which PostgreSQL text cannot store")]
+        if length is not None:
+            problems.insert(0, (pc.greater(pc.utf8_length(column), length), f"are longer than the {length} characters the column holds"))
+        for mask, what in problems:
+            count = pc.sum(mask).as_py() or 0
+            if count:
+                first = ids[pc.index(mask, True).as_py()].as_py()
+                shown = repr(first) if len(first) <= 64 else f"{first[:64]!r}... ({len(first)} characters)"
+                raise PredictionsRefusedError(
+                    f"predictions for {dt}: {count} {name} value(s) {what}, first at transaction_id {shown}: {refused}"
+                )
 
 
 def _adbc_error() -> type[Exception]:

@@ -100,6 +100,12 @@ def _as_probabilities(output: Any, rows: int, model_uri: str) -> Any:
 
     if not isinstance(output, torch.Tensor):
         raise ModelOutputError(f"Model {model_uri} returned {type(output).__name__}, expected a tensor")
+    if not output.is_floating_point():
+        # 0/1 class labels (int or bool) are in [0, 1] too, and would be published and evaluated as probabilities.
+        raise ModelOutputError(
+            f"Model {model_uri} returned a {output.dtype} tensor, expected floating-point probabilities: the contract asks "
+            "for P(positive) per row, not a class label; return the probability (e.g. the sigmoid of the logit)"
+        )
     if output.ndim == 2 and output.shape[1] == 1:
         output = output[:, 0]
     if tuple(output.shape) != (rows,):

@@ -187,6 +187,79 @@ def test_a_model_without_hold_out_metric_is_judged_against_a_configured_absolute
     )
 
 
+def test_labels_dated_in_the_future_or_before_the_transactions_day_are_ignored_and_counted(tmp_path, unloadable_registry):
+    store = PartitionedParquetStore(tmp_path / "storage")
+    labels_root = tmp_path / "labels"
+    ids = _write_predictions(store, DAY, np.array([0.9, 0.8, 0.3, 0.2]))
+    _land_labels(labels_root, DAY, "a.parquet", ids, [1, 0, 0, 0], "2025-03-12")
+    # A label stamped years ahead would win over the real one for good; one stamped before the day is impossible.
+    _land_labels(labels_root, DAY, "b.parquet", [ids[0], ids[1]], [0, 1], "2999-01-01")
+    _land_labels(labels_root, DAY, "c.parquet", [ids[2]], [1], "2025-03-09T23:59:59")
+
+    result = _evaluate(tmp_path / "storage", unloadable_registry, labels_root, partition_key=DAY)
+    meta = materializations(result, PERFORMANCE)[DAY].metadata
+    realized = _rows(store)["realized"]
+
+    assert meta["labels_in_future"].value == 2 and meta["labels_before_transaction_day"].value == 1
+    assert meta["latest_labelled_at"].value == "2025-03-12T00:00:00+00:00"
+    # The real labels stand: 0.9 is the one fraud, ranked above every legitimate row.
+    assert realized["n_labelled"] == 4 and realized["roc_auc"] == pytest.approx(1.0)
+
+
+def test_label_files_the_landing_reader_reads_are_read(tmp_path, unloadable_registry):
+    """Upper-case suffix, no extension, nested folders: data to the landing reader, so data to the labels reader."""
+    store = PartitionedParquetStore(tmp_path / "storage")
+    labels_root = tmp_path / "labels"
+    ids = _write_predictions(store, DAY, np.array([0.9, 0.8, 0.3, 0.2]))
+    _land_labels(labels_root, DAY, "Upload.PARQUET", ids[:1], [1])
+    _land_labels(labels_root, DAY, "000000_0", ids[1:2], [0])
+    (labels_root / f"dt={DAY}" / "hour=07").mkdir()
+    _land_labels(labels_root, DAY, "hour=07/part-00001.parquet", ids[2:], [0, 0])
+    (labels_root / f"dt={DAY}" / "_SUCCESS").write_text("")
+
+    result = _evaluate(tmp_path / "storage", unloadable_registry, labels_root, partition_key=DAY)
+    meta = materializations(result, PERFORMANCE)[DAY].metadata
+
+    assert meta["n_labelled"].value == 4 and meta["labels_read"].value == 4
+
+
+def test_a_deleted_model_version_does_not_block_label_based_metrics(tmp_path, tiny_model_store, unloadable_registry):
+    import uuid
+
+    from batchinfer_assets.lib.model_loading import make_client, mlflow_uris
+
+    client = make_client(tiny_model_store.tracking_uri)
+    name = f"tiny-deleted-{uuid.uuid4().hex[:8]}"
+    source = client.get_model_version("tiny-pickle", "1")
+    client.create_registered_model(name)
+    with mlflow_uris(tiny_model_store.tracking_uri):
+        version = client.create_model_version(name, source.source, run_id=source.run_id).version
+    store = PartitionedParquetStore(tmp_path / "storage")
+    labels_root = tmp_path / "labels"
+    ids = _write_predictions(store, DAY, np.array([0.9, 0.8, 0.3, 0.2]), version=str(version))
+    store.write_partition(
+        "predictions", DAY, store.read_partition("predictions", DAY).set_column(3, "model_name", pa.array([name] * 4))
+    )
+    _land_labels(labels_root, DAY, "a.parquet", ids, [1, 0, 1, 0])
+    client.delete_model_version(name, str(version))
+    resources = pipeline_resources(
+        tmp_path / "storage",
+        unloadable_registry,
+        labels=ParquetLabelsResource(uri=str(labels_root)),
+        performance_policy=PerformancePolicyResource(min_labelled_positives=1),
+    )
+
+    result = materialize_pipeline(resources, [PERFORMANCE], partition_key=DAY)
+
+    assert result.success
+    realized = _rows(store)["realized"]
+    assert realized["n_labelled"] == 4 and realized["roc_auc"] == pytest.approx(0.75)
+    (check,) = result.get_asset_check_evaluations()
+    assert check.description == (
+        f"performance within floor: version {version}: realized ROC AUC 0.750, no hold-out metric to compare against"
+    )
+
+
 # --- the real pipeline with the demo model ---------------------------------------------------------------------
 
 ROWS = 5000

@@ -54,6 +54,11 @@ def _duplicate_earlier_ids(frame: pd.DataFrame, rows: list[int]) -> None:
     frame.loc[rows, "transaction_id"] = frame.loc[[r - 1 for r in rows], "transaction_id"].to_numpy()
 
 
+def _blank_ids(frame: pd.DataFrame, rows: list[int]) -> None:
+    # Each a different blank (empty, spaces, a full-width space), so none is also a duplicate.
+    frame.loc[rows, "transaction_id"] = ["", "   ", "\u3000"][: len(rows)]
+
+
 def _outside_the_day(frame: pd.DataFrame, rows: list[int]) -> None:
     frame.loc[rows, "event_time"] = frame.loc[rows, "event_time"] + pd.Timedelta(days=1)
 
@@ -64,8 +69,12 @@ ROW_LEVEL_BREAKAGES = {
     "null amount": (_set("amount", None), "amount: not_null"),
     "negative amount": (_set("amount", -3.5), "amount: greater_than_or_equal_to(0)"),
     "unknown channel": (_set("channel", "telepathy"), "channel: isin(['pos', 'online', 'atm'])"),
-    "malformed currency": (_set("currency", "usd"), "currency: str_matches('^[A-Z]{3}$')"),
-    "malformed country": (_set("country", "USA"), "country: str_matches('^[A-Z]{2}$')"),
+    "malformed currency": (_set("currency", "usd"), "currency: str_fullmatch('[A-Z]{3}')"),
+    "malformed country": (_set("country", "USA"), "country: str_fullmatch('[A-Z]{2}')"),
+    "currency with a final newline": (_set("currency", "USD\n"), "currency: str_fullmatch('[A-Z]{3}')"),
+    "blank transaction_id": (_blank_ids, "transaction_id: not_blank"),
+    "NUL in customer_id": (_set("customer_id", "C\x000001"), "customer_id: no_control_characters"),
+    "merchant_category longer than the database holds": (_set("merchant_category", "m" * 65), "merchant_category: max_length(64)"),
     "timestamp outside the day": (_outside_the_day, f"event_time: within_day({DAY})"),
     "duplicate transaction_id": (_duplicate_earlier_ids, "transaction_id: unique"),
 }
@@ -186,6 +195,32 @@ def test_two_percent_bad_rows_blocks_the_day_and_keeps_its_previous_predictions(
     with sa.create_engine(settings.predictions_db_url).connect() as conn:
         published_after = pd.read_sql("select * from predictions order by transaction_id", conn)
     pd.testing.assert_frame_equal(published_before, published_after)
+
+
+def test_a_housekeeping_failure_at_the_end_of_a_run_never_replaces_its_stopped_days(settings):
+    """Pruning the snapshot archive runs after the days; its failure is a warning, the run's outcome stays the days'."""
+    landing = Path(settings.landing_uri)
+    land(landing, generate_day(dt.date(2025, 1, 3), 400), day="2025-01-03")
+    assert materialize(settings).success
+    # A prediction database another tool wrote to: a scoring run's snapshot hash is a BLOB, not text, so the
+    # archive cannot tell which snapshots are in use.
+    engine = sa.create_engine(settings.predictions_db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE scoring_runs SET input_snapshot_hash = X'00ff' WHERE dt = '2025-01-03'"))
+    engine.dispose()
+    land(landing, generate_day(dt.date(2025, 1, 4), 400), day="2025-01-04")
+    land(landing, corrupted_day("malformed country", n_bad=8, rows=400, day="2025-01-05")[0], day="2025-01-05")
+    tags = {"dagster/asset_partition_range_start": "2025-01-04", "dagster/asset_partition_range_end": "2025-01-05"}
+
+    result = materialize(settings, partition_key=None, tags=tags)
+
+    assert not result.success
+    assert materialized_days(result, "published_predictions") == ["2025-01-04"]
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "1 of 2 day(s) stopped" in message and "2025-01-05: invalid_share_within_limit: 8 of 400 rows" in message
+    archived = PartitionedParquetStore(settings.storage_uri).keyed_by("sha256").list_partitions("input_snapshot_archive")
+    assert len(archived) == 2, "both scored inputs stay archived"
 
 
 def test_a_bad_day_in_a_range_is_blocked_alone_and_stays_blocked_whatever_is_selected(settings):

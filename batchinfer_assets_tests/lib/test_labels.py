@@ -134,3 +134,17 @@ def test_synthetic_release_follows_the_clock():
     assert resource("2025-03-05T23:59").label_files_fingerprint(DAY) == early.label_files_fingerprint(DAY), "one drop a day"
     assert (early.labels_for(DAY).labels["labelled_at"] <= pd.Timestamp("2025-03-05", tz="UTC")).all()
     assert np.isin(early.labels_for(DAY).labels["transaction_id"], done.labels_for(DAY).labels["transaction_id"]).all()
+
+
+def test_a_label_from_the_future_or_before_the_day_never_wins_and_is_counted():
+    real = _labels(["a", "b"], [1, 0], ["2025-03-06", "2025-03-06"])
+    future = _labels(["a"], [0], ["2030-01-01"])
+    skewed = _labels(["b"], [1], ["2025-03-20 12:04"])  # within the clock-skew allowance of `now`
+    early = _labels(["b"], [1], ["2025-03-03 23:59"])
+    frames = [conform_labels(f, "f") for f in (real, future, skewed, early)]
+
+    day = latest_labels(frames, ["f1", "f2", "f3", "f4"], day=DAY, now=pd.Timestamp("2025-03-20 12:00", tz="UTC"))
+
+    assert day.labels.set_index("transaction_id")["is_fraud"].to_dict() == {"a": 1, "b": 1}
+    assert (day.future, day.before_transaction_day, day.rows_read) == (1, 1, 5)
+    assert day.latest_labelled_at == pd.Timestamp("2025-03-20 12:04", tz="UTC")

@@ -152,3 +152,47 @@ def test_a_decimal_amount_is_read_as_a_number_and_text_amounts_are_named(tmp_pat
     pq.write_table(pa.Table.from_pandas(frame.assign(amount=["1.5", "n/a", "2"]), preserve_index=False), folder / "part-0.parquet")
     with pytest.raises(LandingDataError, match=r"column 'amount'.*the values are text \(e.g. '1.5'\); write a float64 or DECIMAL column"):
         ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+
+
+def _land_arrow(root, column: str, values: pa.Array, n: int = 3) -> None:
+    frame = _landing_frame(n).drop(columns=[column])
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column(column, values)
+    folder = root / f"dt={DAY.isoformat()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "part-0.parquet")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param(pa.array([DAY] * 3, pa.date32()), r"the values are dates without a time of day", id="date32"),
+        pytest.param(pa.array([DAY] * 3, pa.date64()), r"the values are dates without a time of day", id="date64"),
+        pytest.param(pa.array(["2025-03-04"] * 3), r"the values are text \(e.g. '2025-03-04'\)", id="date as text"),
+        pytest.param(pa.array(["2025-03-04T10:00:00Z"] * 3), r"the values are text", id="timestamp as text"),
+    ],
+)
+def test_an_event_time_without_its_time_of_day_is_refused_naming_file_column_and_type(tmp_path, values, message):
+    """A date column read as midnight would put every row "at night"; text would be parsed by guesswork."""
+    _land_arrow(tmp_path, "event_time", values)
+    with pytest.raises(LandingDataError, match=rf"part-0\.parquet: column 'event_time' of type \w+ cannot be cast to datetime64.*{message}.*write a timestamp column"):
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        pytest.param(pa.array([b"c1", b"c2", b"c\x003"], pa.binary()), "bytes", id="binary"),
+        pytest.param(pa.array([DAY] * 3, pa.date32()), "date", id="dates"),
+    ],
+)
+def test_a_text_column_holding_other_values_is_refused_not_stringified(tmp_path, values, kind):
+    _land_arrow(tmp_path, "customer_id", values)
+    with pytest.raises(LandingDataError, match=rf"column 'customer_id' of type object cannot be cast to string: expected text, found object holding {kind} values"):
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+
+
+def test_dictionary_encoded_text_is_read_as_text(tmp_path):
+    _land_arrow(tmp_path, "merchant_category", pa.array(["grocery", "travel", "grocery"]).dictionary_encode())
+    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+    assert frame["merchant_category"].tolist() == ["grocery", "travel", "grocery"]
+    assert str(frame["merchant_category"].dtype) == "string"

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from batchinfer_assets.resources.prediction_db import (
     PredictionDatabaseConnectionError,
     PredictionDatabaseResource,
+    PredictionsRefusedError,
     predictions_table,
     scoring_runs_table,
 )
@@ -108,9 +109,54 @@ def test_a_failing_insert_rolls_back_the_delete(db_url, monkeypatch):
         with pytest.raises(sa.exc.DBAPIError, match="NOT NULL constraint failed"):
             db.replace_partition("2025-01-01", _predictions(["c", "d"]))
     else:
-        with pytest.raises(sa.exc.DataError):
-            db.replace_partition("2025-01-01", _predictions(["c"], version="v" * 100_000))
+        # Every value of the day fits (refused before the write otherwise): fail after the COPY, with a real
+        # constraint violation from PostgreSQL (a row without a score).
+        from batchinfer_assets.resources import prediction_db
+
+        copy_csv = prediction_db._copy_csv
+
+        def failing_copy(conn, dt, table, run_id):
+            copy_csv(conn, dt, table, run_id)
+            conn.execute(sa.text("INSERT INTO predictions (dt, transaction_id, label, model_version) VALUES (:dt, 'zz', 0, '1')"), {"dt": dt})
+
+        monkeypatch.setattr(prediction_db, "_copy_csv", failing_copy)
+        with pytest.raises(sa.exc.IntegrityError, match="score"):
+            db.replace_partition("2025-01-01", _predictions(["c"]))
     assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("transaction_id", "t" * 129, r"1 transaction_id value\(s\) are longer than the 128 characters the column holds, first at transaction_id 'tttt"),
+        ("customer_id", "c" * 129, r"1 customer_id value\(s\) are longer than the 128 characters"),
+        ("merchant_category", "é" * 65, r"1 merchant_category value\(s\) are longer than the 64 characters"),
+        ("model_version", "v" * 65, r"2 model_version value\(s\) are longer than the 64 characters the column holds, first at transaction_id 'a'"),
+        ("customer_id", "c\x001", r"1 customer_id value\(s\) hold a NUL character"),
+        ("merchant_category", "grocery\x00", r"1 merchant_category value\(s\) hold a NUL character"),
+    ],
+)
+def test_values_the_table_cannot_hold_are_refused_naming_column_and_row(db_url, column, value, message):
+    """PostgreSQL would fail the whole COPY on them without naming the column or the row; SQLite would keep them."""
+    db = PredictionDatabaseResource(url=db_url)
+    db.replace_partition("2025-01-01", _predictions(["a", "b"]))
+    rows = _predictions(["a", "b"])
+    values = rows.column(column).to_pylist()
+    values[-1] = value
+    if column == "model_version":
+        values = [value] * len(values)
+    bad = rows.set_column(rows.schema.get_field_index(column), column, pa.array(values, pa.string()))
+    with pytest.raises(PredictionsRefusedError, match=rf"predictions for 2025-01-01: {message}.*previous rows are kept"):
+        db.replace_partition("2025-01-01", bad)
+    assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
+
+
+def test_the_longest_values_the_table_holds_are_published(db_url):
+    db = PredictionDatabaseResource(url=db_url)
+    longest = {"customer_id": pa.array(["c" * 128], pa.string()), "merchant_category": pa.array(["é" * 64], pa.string())}
+    db.replace_partition("2025-01-01", _predictions(["t" * 128], version="v" * 64, **longest))
+    row = _read_back(db_url, "2025-01-01")["t" * 128]
+    assert (row.customer_id, row.merchant_category, row.model_version) == ("c" * 128, "é" * 64, "v" * 64)
 
 
 def test_null_scores_labels_or_versions_are_refused_naming_the_column(db_url):

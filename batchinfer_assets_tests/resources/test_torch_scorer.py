@@ -119,10 +119,25 @@ class _SlightlyNegative(torch.nn.Module):
         return torch.full((x.shape[0],), -1e-3)
 
 
+class _ClassLabels(torch.nn.Module):
+    """A classifier's decision, not its probability: every value in [0, 1], and still not a score."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return (x[:, 0] > 0).to(self.dtype)
+
+
 @pytest.mark.parametrize(
     ("module", "message"),
     [
         (_BadShape(), r"shape \(4, 2\)"),
+        (_ClassLabels(torch.int64), r"Model models:/tiny-pt2/1 returned a torch.int64 tensor, expected floating-point probabilities"),
+        (_ClassLabels(torch.int32), r"returned a torch.int32 tensor, expected floating-point probabilities"),
+        (_ClassLabels(torch.uint8), r"returned a torch.uint8 tensor"),
+        (_ClassLabels(torch.bool), r"returned a torch.bool tensor, expected floating-point probabilities"),
         (_NonFinite(), "non-finite"),
         (_Logits(), r"returned 4 score\(s\) of 4 outside \[0, 1\] \(e.g. -0.4 at row 0\)"),
         (_SlightlyNegative(), r"returned 4 score\(s\) of 4 outside \[0, 1\] \(e.g. -0.001 at row 0\)"),

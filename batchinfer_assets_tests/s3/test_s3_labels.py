@@ -39,15 +39,18 @@ def test_labels_on_s3_are_read_and_fingerprinted_like_local_ones(s3_env):
     _put(s3_env, "part-1.parquet", _labels(["a", "b"], [0, 0], [1_739_300_000_000_000] * 2))
     first = resource.label_files_fingerprint(DAY)
     _put(s3_env, "part-2.parquet", _labels(["a"], [1], [1_739_900_000_000_000]))
-    # Not a label file: a nested folder's object and a hidden one are ignored.
-    _put(s3_env, "old/part-0.parquet", _labels(["z"], [1], [0]))
+    # Files are found as the landing zone finds them: a nested folder's object is data (here one dated 1970, before
+    # the day: read, then ignored and counted), a writer's bookkeeping is not.
+    _put(s3_env, "hour=07/part-0.parquet", _labels(["z"], [1], [0]))
     _put(s3_env, "_SUCCESS.parquet", _labels(["z"], [1], [0]))
     second = resource.label_files_fingerprint(DAY)
 
-    assert len({empty, first, second}) == 3 and second.startswith("2:")
+    assert len({empty, first, second}) == 3 and second.startswith("3:")
     day = resource.labels_for(DAY)
     assert day.labels["is_fraud"].tolist() == [1, 0] and day.contradictory == 1
+    assert day.before_transaction_day == 1
     assert day.sources == (
+        f"s3://{s3_env.bucket}/labels/dt={DAY.isoformat()}/hour=07/part-0.parquet",
         f"s3://{s3_env.bucket}/labels/dt={DAY.isoformat()}/part-1.parquet",
         f"s3://{s3_env.bucket}/labels/dt={DAY.isoformat()}/part-2.parquet",
     )

@@ -1,0 +1,1 @@
+"""The built-in domains: card transactions (the default) and daily customer churn."""

@@ -36,6 +36,7 @@ from dagster._core.definitions.data_version import (
 )
 
 from batchinfer_assets.lib.model_loading import ModelResolutionError
+from batchinfer_assets.domain import Domain, load_domain
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
@@ -166,6 +167,8 @@ class PipelineRun:
     labels: LabelsResource
     performance_policy: PerformancePolicyResource
     snapshot_retention_days: float = 90.0
+    # What the run's data is: its columns, rules, features, business columns and labels.
+    domain: Domain = field(default_factory=lambda: load_domain(None))
     cache: dict[str, Any] = field(default_factory=dict)
     # "<day> <stage>: " while a day's stage runs, so an unexpected failure says where it happened.
     where: str = ""

@@ -28,7 +28,6 @@ from batchinfer_assets.tables import INPUT_SNAPSHOT_ARCHIVE, PREDICTIONS
 REPRODUCTIONS_FOLDER = "reproductions"
 # A reproduction's run tag with its verdict once compared (beside REPRODUCES_TAG, the run it reproduces).
 VERDICT_TAG = "batchinfer/reproduction"
-ID_COLUMN = "transaction_id"
 _REQUIRED = ("pinned_model_uri", "model_version", "model_artifact_checksum", "input_snapshot_hash", "batch_size")
 
 
@@ -116,7 +115,9 @@ def reproduce_predictions(
     loaded = scorer.load(resolved)
     own = table_storage.store.under(REPRODUCTIONS_FOLDER, context.run.run_id)
     source = SnapshotSource(archive.store, INPUT_SNAPSHOT_ARCHIVE, archive_key(str(meta["input_snapshot_hash"])))
-    scored = score_day(own, day, scorer, loaded, source=source)
+    # The snapshot's first column is the domain's id column (the snapshot stage writes it first).
+    id_column = source.store.column_names(source.table, source.key)[0]
+    scored = score_day(own, day, scorer, loaded, source=source, id_column=id_column)
     where = own.partition_uri(PREDICTIONS, day)
 
     original_files = _original_files_sha256(context.instance, table_storage, original, meta, day)
@@ -186,7 +187,7 @@ def _difference(
         notes.append(f"scored on {device}, the original on {meta['device']}")
     live = table_storage.store
     if live.has_partition(PREDICTIONS, day) and live.files_sha256(PREDICTIONS, day) == original_files:
-        notes.append(describe_difference(live.read_partition(PREDICTIONS, day), own.read_partition(PREDICTIONS, day), ID_COLUMN))
+        notes.append(describe_difference(live.read_partition(PREDICTIONS, day), own.read_partition(PREDICTIONS, day), own.column_names(PREDICTIONS, day)[0]))
     else:
         if int(meta.get("row_count", scored.rows)) != scored.rows:
             notes.append(f"{scored.rows:,} rows where the original has {meta['row_count']:,}")

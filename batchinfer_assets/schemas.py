@@ -1,62 +1,27 @@
-"""Pandera schemas for landed transactions and model-ready features, and the quarantine split."""
+"""The pipeline's validation of any domain: its row rules plus the rules every domain shares, and the quarantine split."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from batchinfer_assets.lib.features import FEATURE_COLUMNS
+from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib.landing import LandingDataError
-from batchinfer_assets.resources.prediction_db import predictions_table
+from batchinfer_assets.rules import finite, max_length, no_control_characters, not_blank, utc_dtype
 
-CHANNELS = ("pos", "online", "atm")
 REASON_COLUMN = "reason"
 
 # pandera's built-in names for its structural checks, renamed for the quarantine reason.
 _READABLE_CHECK_NAMES = {"not_nullable": "not_null", "field_uniqueness": "unique"}
 
 
-def _finite() -> pa.Check:
-    return pa.Check(lambda s: s.abs() < np.inf, name="finite")
-
-
-def _full_match(pattern: str) -> pa.Check:
-    """The whole value matches `pattern` (pandera's str_matches anchors only the start, and `$` allows a final newline)."""
-    return pa.Check(lambda s: s.str.fullmatch(pattern), name=f"str_fullmatch('{pattern}')")
-
-
-def _not_blank() -> pa.Check:
-    return pa.Check(lambda s: s.str.strip().str.len() > 0, name="not_blank")
-
-
-def _no_control_characters() -> pa.Check:
-    # NUL and other control characters break CSV exports and PostgreSQL text, and hide in logs.
-    return pa.Check(lambda s: ~s.str.contains(r"[\x00-\x1f\x7f]", regex=True), name="no_control_characters")
-
-
-def _fits_published(column: str) -> pa.Check:
-    """At most as long as the prediction database's column: such a row is quarantined here, not refused at publish."""
-    length = predictions_table.c[column].type.length
-    return pa.Check(lambda s: s.str.len() <= length, name=f"max_length({length})")
-
-
-def _key_text(column: str) -> list[pa.Check]:
-    """The rules of a text key: not blank, no control characters, and storable where it is published."""
-    checks = [_not_blank(), _no_control_characters()]
-    return checks + ([_fits_published(column)] if column in predictions_table.c else [])
-
-
 def _is_utc() -> pa.Check:
-    return pa.Check(_utc_dtype, name="utc_timestamp")
-
-
-def _utc_dtype(s: pd.Series) -> bool:
-    return isinstance(s.dtype, pd.DatetimeTZDtype) and str(s.dtype.tz) == "UTC"
+    return pa.Check(utc_dtype, name="utc_timestamp")
 
 
 def _within_day(day: dt.date) -> pa.Check:
@@ -65,52 +30,51 @@ def _within_day(day: dt.date) -> pa.Check:
 
     def check(s: pd.Series) -> pd.Series | bool:
         # A non-UTC column already fails utc_timestamp for every row; comparing it would only raise.
-        if not _utc_dtype(s):
+        if not utc_dtype(s):
             return True
         return (s >= start) & (s < end)
 
     return pa.Check(check, name=f"within_day({day:%Y-%m-%d})")
 
 
-def _landing_schema(day: dt.date | None) -> pa.DataFrameSchema:
-    event_time_checks = [_is_utc()] if day is None else [_is_utc(), _within_day(day)]
-    return pa.DataFrameSchema(
-        {
-            # Later duplicates are quarantined; the first occurrence of an id stays valid.
-            "transaction_id": pa.Column(
-                nullable=False, unique=True, report_duplicates="exclude_first", checks=_key_text("transaction_id")
-            ),
-            "event_time": pa.Column(nullable=False, checks=event_time_checks),
-            "customer_id": pa.Column(nullable=False, checks=_key_text("customer_id")),
-            "merchant_category": pa.Column(nullable=False, checks=_key_text("merchant_category")),
-            "amount": pa.Column(float, nullable=False, checks=[pa.Check.greater_than_or_equal_to(0), _finite()]),
-            "currency": pa.Column(nullable=False, checks=_full_match("[A-Z]{3}")),
-            "channel": pa.Column(nullable=False, checks=pa.Check.isin(list(CHANNELS))),
-            "country": pa.Column(nullable=False, checks=_full_match("[A-Z]{2}")),
-        },
-        strict=False,
-        name="raw_transactions",
-    )
-
-
-# Every landing rule except the day bounds, which are only known per partition.
-RawTransactionSchema = _landing_schema(None)
-
-
-def raw_transaction_schema(day: dt.date) -> pa.DataFrameSchema:
-    """The landing contract for one partition day: RawTransactionSchema plus event_time inside the day."""
-    return _landing_schema(day)
+def row_schema(domain: Domain, day: dt.date | None, text_lengths: Mapping[str, int] | None = None) -> pa.DataFrameSchema:
+    """The domain's row rules plus the shared ones: a non-blank unique id, the event time inside `day` (None: UTC
+    only), and text no longer than where it is published (`text_lengths`: column -> the database's length)."""
+    own = domain.row_schema
+    columns = dict(own.columns)
+    extra: dict[str, list[pa.Check]] = {
+        # Later duplicates are quarantined; the first occurrence of an id stays valid.
+        domain.id_column: [not_blank(), no_control_characters()],
+    }
+    if domain.event_time_column is not None:
+        extra.setdefault(domain.event_time_column, []).extend([_is_utc()] if day is None else [_is_utc(), _within_day(day)])
+    for column, length in (text_lengths or {}).items():
+        extra.setdefault(column, []).append(max_length(length))
+    for column, checks in extra.items():
+        existing = columns.get(column)
+        id_rules = {"nullable": False, "unique": True, "report_duplicates": "exclude_first"} if column == domain.id_column else {}
+        nullable = False if column in (domain.id_column, domain.event_time_column) else (existing.nullable if existing else True)
+        columns[column] = pa.Column(
+            existing.dtype if existing is not None else None,
+            checks=[*(existing.checks if existing is not None else []), *checks],
+            nullable=nullable,
+            **({"unique": existing.unique} if existing is not None and not id_rules else {}),
+            **id_rules,
+        )
+    return pa.DataFrameSchema(columns, checks=own.checks, unique=own.unique, strict=False, name=own.name or domain.name)
 
 
 class ColumnLevelSchemaError(ValueError):
     """A whole column breaks the schema (missing, wrong dtype, not UTC): a structural fault, not bad rows."""
 
 
-def split_valid_rows(frame: pd.DataFrame, day: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_valid_rows(
+    frame: pd.DataFrame, day: dt.date, domain: Domain, text_lengths: Mapping[str, int] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a landed day into (valid rows, quarantined rows with a `reason`), both in input order."""
     frame = frame.reset_index(drop=True)
     try:
-        reasons = failure_reasons(frame, raw_transaction_schema(day))
+        reasons = failure_reasons(frame, row_schema(domain, day, text_lengths))
     except ColumnLevelSchemaError as exc:
         # Quarantining every row would hide a broken export behind a "too many bad rows" block.
         raise LandingDataError(f"landing data for {day.isoformat()} is structurally invalid: {exc}") from exc
@@ -157,18 +121,12 @@ def failure_reasons(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.Serie
     return pd.Series(pd.array(out, dtype="string"), index=frame.index)
 
 
-def feature_schema(columns: Iterable[str] = FEATURE_COLUMNS) -> pa.DataFrameSchema:
-    """Schema of a feature table: unique non-blank `transaction_id`, each feature float32 and finite."""
-    spec = {"transaction_id": pa.Column(nullable=False, unique=True, checks=[_is_string(), _not_blank()])}
-    spec.update({name: pa.Column(np.float32, nullable=False, checks=_finite()) for name in columns})
+def feature_schema(columns: Iterable[str], id_column: str) -> pa.DataFrameSchema:
+    """Schema of a feature table: unique non-blank string id, each feature float32 and finite."""
+    spec = {id_column: pa.Column(nullable=False, unique=True, checks=[_is_string(), not_blank()])}
+    spec.update({name: pa.Column(np.float32, nullable=False, checks=finite()) for name in columns})
     return pa.DataFrameSchema(spec, strict=False, name="features")
 
 
 def _is_string() -> pa.Check:
-    return pa.Check(
-        lambda s: pd.api.types.is_string_dtype(s.dtype),
-        name="string_dtype",
-    )
-
-
-FeatureSchema = feature_schema(FEATURE_COLUMNS)
+    return pa.Check(lambda s: pd.api.types.is_string_dtype(s.dtype), name="string_dtype")

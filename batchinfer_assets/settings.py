@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL_URI = "models:/fraud-detector@champion"
+from batchinfer_assets.domain import BUILT_IN_DOMAIN, DOMAIN_VARIABLE, load_domain
+from batchinfer_assets.partitions import START_DATE_VARIABLE, start_date
+
 DEFAULT_ROWS_PER_DAY = 20_000
 DEFAULT_MAX_INVALID_FRACTION = 0.01
 DEFAULT_SNAPSHOT_RETENTION_DAYS = 90
@@ -38,6 +40,8 @@ class Settings:
     # `local` (the step's process) or `ray` (Ray Data on the cluster `ray_address` names; unset: a Ray for the run).
     scoring_engine: str = "local"
     ray_address: str | None = None
+    # `module.path:attribute` of the domain (what the data is); the built-in card-transactions domain by default.
+    domain: str = BUILT_IN_DOMAIN
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -50,15 +54,30 @@ class Settings:
 
         home = Path(get("BATCHINFER_HOME") or (cwd or Path.cwd()) / ".batchinfer").absolute()
         batch_size = get("BATCHINFER_BATCH_SIZE")
+        domain_reference = get(DOMAIN_VARIABLE) or BUILT_IN_DOMAIN
+        domain = load_domain(domain_reference)
+        start_date(get(START_DATE_VARIABLE))
+        landing_uri = _location("BATCHINFER_LANDING_URI", get("BATCHINFER_LANDING_URI"))
+        if landing_uri is None and domain.synthetic is None:
+            raise ValueError(
+                f"{DOMAIN_VARIABLE}={domain_reference}: domain {domain.name!r} has no synthetic source; "
+                "set BATCHINFER_LANDING_URI to its landing zone"
+            )
+        default_model = domain.demo_model_uri
+        model_uri = _model_uri(get("BATCHINFER_MODEL_URI")) or default_model
+        if model_uri is None:
+            raise ValueError(
+                f"domain {domain.name!r} has no demo model: set BATCHINFER_MODEL_URI to the model to score with"
+            )
         return cls(
             home=home,
             storage_uri=_location("BATCHINFER_STORAGE_URI", get("BATCHINFER_STORAGE_URI")) or str(home / "storage"),
-            landing_uri=_location("BATCHINFER_LANDING_URI", get("BATCHINFER_LANDING_URI")),
+            landing_uri=landing_uri,
             labels_uri=_location("BATCHINFER_LABELS_URI", get("BATCHINFER_LABELS_URI")),
             rows_per_day=_positive_int("BATCHINFER_DEMO_ROWS_PER_DAY", get("BATCHINFER_DEMO_ROWS_PER_DAY"))
             or DEFAULT_ROWS_PER_DAY,
             tracking_uri=get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
-            model_uri=_model_uri(get("BATCHINFER_MODEL_URI")) or DEFAULT_MODEL_URI,
+            model_uri=model_uri,
             device=_device(get("BATCHINFER_DEVICE")),
             batch_size=_positive_int("BATCHINFER_BATCH_SIZE", batch_size),
             max_invalid_fraction=_fraction(get("BATCHINFER_MAX_INVALID_FRACTION")),
@@ -68,6 +87,7 @@ class Settings:
             or DEFAULT_SNAPSHOT_RETENTION_DAYS,
             scoring_engine=_scoring_engine(get("BATCHINFER_SCORING_ENGINE")),
             ray_address=get("RAY_ADDRESS"),
+            domain=domain_reference,
         )
 
     @property

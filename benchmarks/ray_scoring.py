@@ -73,10 +73,10 @@ def child(engine: str, actors: int, storage: str, tracking_uri: str, address: st
 
     started = time.perf_counter()
     if engine == "local":
-        result = score_day(store, DAY, scorer, loaded, on_rows=on_rows)
+        result = score_day(store, DAY, scorer, loaded, on_rows=on_rows, id_column="transaction_id")
         per_actor = None
     else:
-        result = ray_engine.score_day(_Context(), store, DAY, scorer, resolved, predictions_schema(), on_rows)
+        result = ray_engine.score_day(_Context(), store, DAY, scorer, resolved, predictions_schema("transaction_id"), on_rows)
         per_actor = result.rows_per_second_per_actor
     seconds = time.perf_counter() - started
     return {

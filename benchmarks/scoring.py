@@ -87,9 +87,9 @@ def child(variant: str, storage: str, tracking_uri: str, out: str) -> dict:
     baseline = _status_mib("VmRSS")
     started = time.perf_counter()
     if variant == "a":
-        rows = score_day(store, DAY, scorer, loaded).rows
+        rows = score_day(store, DAY, scorer, loaded, id_column="transaction_id").rows
     elif variant == "b":
-        module, schema = loaded.module, predictions_schema()
+        module, schema = loaded.module, predictions_schema("transaction_id")
         rows = 0
         with open(Path(out) / "b.parquet", "wb") as sink, pq.ParquetWriter(sink, schema, compression="zstd") as writer:
             for path in files:

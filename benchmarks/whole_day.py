@@ -596,9 +596,10 @@ def child_land(rows: int, day: str, landing: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from batchinfer_assets.domain import load_domain
     from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
 
-    frame = SyntheticLandingZoneResource(rows_per_day=rows).load_day(dt.date.fromisoformat(day))
+    frame = SyntheticLandingZoneResource(rows_per_day=rows).load_day(dt.date.fromisoformat(day), load_domain(None))
     folder = Path(landing) / f"dt={day}"
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "part-00000.parquet")
@@ -609,10 +610,11 @@ def child_generate(rows: int, day: str) -> dict:
     """How long the synthetic landing zone takes to produce the day (part of the pipeline's raw_transactions stage)."""
     import datetime as dt
 
+    from batchinfer_assets.domain import load_domain
     from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
 
     started = time.perf_counter()
-    frame = SyntheticLandingZoneResource(rows_per_day=rows).load_day(dt.date.fromisoformat(day))
+    frame = SyntheticLandingZoneResource(rows_per_day=rows).load_day(dt.date.fromisoformat(day), load_domain(None))
     return {"generate_s": time.perf_counter() - started, "rows": len(frame)}
 
 

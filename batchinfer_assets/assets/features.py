@@ -9,8 +9,8 @@ import pyarrow as pa
 
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.assets.ingest import raw_of
-from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
 from batchinfer_assets.partitions import daily_partitions
+from batchinfer_assets.resources.prediction_db import published_text_lengths
 from batchinfer_assets.schemas import split_valid_rows
 from batchinfer_assets.tables import (
     INPUT_SNAPSHOT,
@@ -22,21 +22,24 @@ from batchinfer_assets.tables import (
 
 _SAMPLE_ROWS = 10
 
-FEATURE_SPECS = [
-    dg.AssetSpec(
-        TRANSACTION_FEATURES,
-        deps=[RAW_TRANSACTIONS],
-        description="Model-ready numeric features, one row per valid transaction.",
-        kinds={"parquet"},
-        metadata={"features": dg.MetadataValue.json(FEATURE_DESCRIPTIONS)},
-    ),
-    dg.AssetSpec(
-        QUARANTINED_TRANSACTIONS,
-        deps=[RAW_TRANSACTIONS],
-        description="Raw rows that failed validation, with the reason for each row.",
-        kinds={"parquet"},
-    ),
-]
+def feature_specs(domain) -> list[dg.AssetSpec]:
+    """The features and the quarantine of the domain's days."""
+    return [
+        dg.AssetSpec(
+            TRANSACTION_FEATURES,
+            deps=[RAW_TRANSACTIONS],
+            description=f"Model-ready numeric features of the {domain.name} domain, one row per valid row.",
+            kinds={"parquet"},
+            metadata={"features": dg.MetadataValue.json(dict(domain.feature_descriptions))},
+        ),
+        dg.AssetSpec(
+            QUARANTINED_TRANSACTIONS,
+            deps=[RAW_TRANSACTIONS],
+            description="Raw rows that failed validation, with the reason for each row.",
+            kinds={"parquet"},
+        ),
+    ]
+
 
 INVALID_SHARE_CHECK_SPEC = dg.AssetCheckSpec(
     INVALID_SHARE_CHECK,
@@ -52,12 +55,13 @@ INVALID_SHARE_CHECK_SPEC = dg.AssetCheckSpec(
 
 def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Validate the day's raw rows, quarantine the bad ones, build features from the rest, and gate the day."""
+    domain = run.domain
     raw = raw_of(run, state)
-    valid, bad = split_valid_rows(raw, state.date)
+    valid, bad = split_valid_rows(raw, state.date, domain, published_text_lengths(domain))
     reasons = reason_counts(bad)
     share = len(bad) / len(raw) if len(raw) else 0.0
     if len(bad):
-        run.context.log.warning(f"{state.day}: quarantined {len(bad):,} of {len(raw):,} rows: {reasons}")
+        run.context.log.warning(f"{state.day}: quarantined {len(bad):,} of {len(raw):,} {domain.rows_name}: {reasons}")
 
     if run.wants(QUARANTINED_TRANSACTIONS, state.day):
         uri = run.store.write_partition(QUARANTINED_TRANSACTIONS, state.day, pa.Table.from_pandas(bad, preserve_index=False))
@@ -69,15 +73,21 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
         )
     if not run.wants(TRANSACTION_FEATURES, state.day):
         return
-    features = build_features(valid)
+    features = domain_features(domain, valid, state.day)
+    unknown = vocabulary_misses(domain, valid)
+    for column, count in unknown.items():
+        share = count / len(valid) if len(valid) else 0.0
+        if share > domain.vocabulary_warn_share:
+            run.context.log.warning(
+                f"{state.day}: {count:,} of {len(valid):,} {domain.rows_name} ({share:.1%}) have a {column} outside the "
+                f"domain's vocabulary (over {domain.vocabulary_warn_share:.0%}): the features treat them all alike"
+            )
     uri = run.store.write_partition(TRANSACTION_FEATURES, state.day, pa.Table.from_pandas(features, preserve_index=False))
     state.features = features
-    yield run.materialization(
-        TRANSACTION_FEATURES,
-        state,
-        {"row_count": len(features), "feature_count": len(FEATURE_COLUMNS), "uri": dg.MetadataValue.path(uri)},
-        inputs=(RAW_TRANSACTIONS,),
-    )
+    metadata = {"row_count": len(features), "feature_count": len(domain.feature_columns), "uri": dg.MetadataValue.path(uri)}
+    if domain.vocabularies:
+        metadata["outside_vocabulary"] = dg.MetadataValue.json(unknown)
+    yield run.materialization(TRANSACTION_FEATURES, state, metadata, inputs=(RAW_TRANSACTIONS,))
     limit = run.validation_policy.max_invalid_fraction
     blocked = share > limit
     yield run.check(
@@ -105,6 +115,32 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
             INVALID_SHARE_CHECK,
             f"{len(bad):,} of {len(raw):,} rows ({share:.3%}) failed validation, over the {limit:.2%} limit ({reasons})",
         )
+
+
+def domain_features(domain, valid: pd.DataFrame, day: str) -> pd.DataFrame:
+    """The domain's features of the day's valid rows, or an error naming what its feature function got wrong."""
+    features = domain.features(valid)
+    where = f"{day}: the {domain.name} domain's features"
+    if not isinstance(features, pd.DataFrame):
+        raise FeatureFunctionError(f"{where} returned a {type(features).__name__}, not a pandas DataFrame")
+    missing = [c for c in domain.snapshot_columns if c not in features.columns]
+    if missing:
+        raise FeatureFunctionError(f"{where} lack column(s) {missing} (declared in feature_descriptions)")
+    if len(features) != len(valid):
+        raise FeatureFunctionError(f"{where} have {len(features):,} rows for {len(valid):,} valid rows (one row per row)")
+    return features.loc[:, list(domain.snapshot_columns)].reset_index(drop=True)
+
+
+def vocabulary_misses(domain, valid: pd.DataFrame) -> dict[str, int]:
+    """Per vocabulary column of the domain: how many valid rows hold a value outside its declared vocabulary."""
+    return {
+        column: int((~valid[column].isin(list(vocabulary)) & valid[column].notna()).sum())
+        for column, vocabulary in domain.vocabularies.items()
+    }
+
+
+class FeatureFunctionError(ValueError):
+    """A domain's feature function returned something the pipeline cannot snapshot (a bug in the domain's code)."""
 
 
 def stored_invalid_share(run: PipelineRun, state: DayState) -> tuple[float, int, int]:

@@ -1,4 +1,4 @@
-"""Raw transactions as they landed."""
+"""The day's raw rows as they landed."""
 
 from collections.abc import Iterator
 
@@ -9,21 +9,23 @@ from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.tables import RAW_TRANSACTIONS
 
-RAW_TRANSACTIONS_SPEC = dg.AssetSpec(
-    RAW_TRANSACTIONS,
-    description="The day's transactions as they landed, conformed to the contract's columns and types.",
-    kinds={"parquet"},
-)
+def raw_spec(domain) -> dg.AssetSpec:
+    """The day's landed rows of the domain."""
+    return dg.AssetSpec(
+        RAW_TRANSACTIONS,
+        description=f"The day's {domain.rows_name} as they landed, conformed to the {domain.name} domain's columns and types.",
+        kinds={"parquet"},
+    )
 
 
 def ingest_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
     """Read the day from the landing zone and store it; its content hash is its data version."""
-    frame = run.landing_zone.load_day(state.date)
+    frame = run.landing_zone.load_day(state.date, run.domain)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     uri = run.store.write_partition(RAW_TRANSACTIONS, state.day, table)
     state.raw = frame
     source = run.landing_zone.location(state.date)
-    run.context.log.info(f"{state.day}: {len(frame):,} transactions from {source}")
+    run.context.log.info(f"{state.day}: {len(frame):,} {run.domain.rows_name} from {source}")
     content_hash = table_content_hash(table)
     yield run.materialization(
         RAW_TRANSACTIONS,

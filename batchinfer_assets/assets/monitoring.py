@@ -29,7 +29,6 @@ from batchinfer_assets.lib.drift import (
     summarize_drift,
 )
 from batchinfer_assets.lib.drift_report import render_drift_report
-from batchinfer_assets.lib.features import CALENDAR_FEATURES
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.model_registry import ResolvedModel
@@ -66,7 +65,7 @@ def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializa
     """Compare the day with the references, store the table and the HTML report, and give the day a verdict."""
     day = state.day
     model = run.scored_with(state)
-    columns = [c for c in model.input_columns if c not in CALENDAR_FEATURES]
+    columns = [c for c in model.input_columns if c not in run.domain.calendar_features]
     current, versions = _current_day(run, state, columns)
     training, prepared_training, notes = _training_reference(run, model, [*columns, SCORE_COLUMN])
     notes = list(notes)
@@ -164,12 +163,13 @@ def _current_day(run: PipelineRun, state: DayState, columns: Sequence[str]) -> t
     lacking = [c for c in columns if c not in snapshot.columns]
     if lacking:
         raise DriftInputError(f"{state.day}: input_snapshot lacks column(s) {lacking} the model needs; re-materialize it")
-    scored = run.store.read_partition(PREDICTIONS, state.day, columns=["transaction_id", SCORE_COLUMN, "model_version"])
-    ids = scored.column("transaction_id").to_numpy(zero_copy_only=False)
-    if len(snapshot) != len(ids) or not (snapshot["transaction_id"].to_numpy() == ids).all():
+    id_column = run.domain.id_column
+    scored = run.store.read_partition(PREDICTIONS, state.day, columns=[id_column, SCORE_COLUMN, "model_version"])
+    ids = scored.column(id_column).to_numpy(zero_copy_only=False)
+    if len(snapshot) != len(ids) or not (snapshot[id_column].to_numpy() == ids).all():
         raise DriftInputError(
             f"{state.day}: predictions ({len(ids)} rows) do not line up with input_snapshot ({len(snapshot)} rows) "
-            f"by transaction_id; re-materialize predictions for {state.day}"
+            f"by {id_column}; re-materialize predictions for {state.day}"
         )
     versions = frozenset(str(v) for v in scored.column("model_version").unique().to_pylist())
     current = snapshot.loc[:, list(columns)].assign(**{SCORE_COLUMN: scored.column(SCORE_COLUMN).to_numpy()})
@@ -200,16 +200,17 @@ def _training_reference(run: PipelineRun, resolved: ResolvedModel, columns: Sequ
 def _trailing(run: PipelineRun, columns: Sequence[str]) -> _TrailingWeek:
     key = f"trailing_week:{','.join(columns)}"
     if key not in run.cache:
-        run.cache[key] = _TrailingWeek(run.store, [*columns, SCORE_COLUMN])
+        run.cache[key] = _TrailingWeek(run.store, [*columns, SCORE_COLUMN], run.domain.id_column)
     return run.cache[key]
 
 
 class _TrailingWeek:
     """Samples of the previous seven days' snapshots and scores, each day read once per run."""
 
-    def __init__(self, store: PartitionedParquetStore, columns: Sequence[str]):
+    def __init__(self, store: PartitionedParquetStore, columns: Sequence[str], id_column: str):
         self.store = store
         self.columns = list(columns)
+        self.id_column = id_column
         self._days: dict[str, tuple[pd.DataFrame, frozenset[str]] | None] = {}
 
     def remember(self, day: str, frame: pd.DataFrame, versions: frozenset[str]) -> None:
@@ -221,6 +222,7 @@ class _TrailingWeek:
         window = [(dt.date.fromisoformat(day) - dt.timedelta(days=k)).isoformat() for k in range(TRAILING_DAYS, 0, -1)]
         for old in [d for d in self._days if d < window[0]]:
             del self._days[old]
+        self._require_columns([d for d in window if d not in self._days], day)
         frames, used, notes = [], [], []
         for previous in window:
             if previous not in self._days:
@@ -243,21 +245,38 @@ class _TrailingWeek:
         week = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=self.columns)
         return week, used, notes
 
+    def _require_columns(self, days: Sequence[str], day: str) -> None:
+        """One error naming every earlier day whose snapshot lacks a column the model reads, and the backfill that fixes them.
+
+        A model version that needs a new feature meets snapshots written before the feature existed: each would
+        fail drift one day at a time, so all of the window's are named at once.
+        """
+        features = [c for c in self.columns if c != SCORE_COLUMN]
+        lacking = {}
+        for previous in days:
+            if self.store.has_partition(INPUT_SNAPSHOT, previous):
+                missing = [c for c in features if c not in self.store.column_names(INPUT_SNAPSHOT, previous)]
+                if missing:
+                    lacking[previous] = missing
+        if lacking:
+            columns = sorted({c for missing in lacking.values() for c in missing})
+            first, last = min(lacking), max(lacking)
+            raise DriftInputError(
+                f"{day}: the trailing reference's snapshots of {len(lacking)} day(s) ({', '.join(sorted(lacking))}) lack "
+                f"column(s) {columns} the model reads (written before the feature existed); rebuild them with "
+                f"dg launch --assets 'transaction_features+' --partition-range {first}...{last}"
+            )
+
     def _read(self, day: str) -> tuple[pd.DataFrame, frozenset[str]] | None:
         if not self.store.has_partition(INPUT_SNAPSHOT, day):
             return None
         features = [c for c in self.columns if c != SCORE_COLUMN]
         snapshot = self.store.read_partition(INPUT_SNAPSHOT, day)
-        lacking = [c for c in features if c not in snapshot.column_names]
-        if lacking:
-            raise DriftInputError(
-                f"input_snapshot dt={day} lacks column(s) {lacking} the model needs; re-materialize input_snapshot for {day}"
-            )
-        frame = snapshot.select(["transaction_id", *features]).to_pandas()
+        frame = snapshot.select([self.id_column, *features]).to_pandas()
         if not self.store.has_partition(PREDICTIONS, day):
             return _sample(frame.assign(**{SCORE_COLUMN: np.float32("nan")})[self.columns], day), frozenset()
-        scored = self.store.read_partition(PREDICTIONS, day, columns=["transaction_id", SCORE_COLUMN, "model_version"]).to_pandas()
-        merged = frame.merge(scored[["transaction_id", SCORE_COLUMN]], on="transaction_id", how="left")
+        scored = self.store.read_partition(PREDICTIONS, day, columns=[self.id_column, SCORE_COLUMN, "model_version"]).to_pandas()
+        merged = frame.merge(scored[[self.id_column, SCORE_COLUMN]], on=self.id_column, how="left")
         versions = frozenset(scored["model_version"].astype(str).unique())
         return _sample(merged[self.columns], day), versions
 

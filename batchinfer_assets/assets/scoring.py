@@ -77,11 +77,11 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
 
     engine = run.scoring_engine
     if isinstance(engine, RemoteScoringEngine):
-        result = engine.score_day(run.context, run.store, day, scorer, run.resolved, predictions_schema(), on_rows)
+        result = engine.score_day(run.context, run.store, day, scorer, run.resolved, predictions_schema(run.domain.id_column), on_rows)
         device, actors, per_actor = result.device, result.actors, result.rows_per_second_per_actor
         engine_name = engine.engine
     else:
-        result = score_day(run.store, day, scorer, run.model, on_rows=on_rows, source=source)
+        result = score_day(run.store, day, scorer, run.model, on_rows=on_rows, source=source, id_column=run.domain.id_column)
         device, actors, per_actor, engine_name = run.model.device, 1, None, "local"
     if archive.keep(day, snapshot_hash):
         run.context.log.info(f"{day}: archived the scored input snapshot at {archive.uri(snapshot_hash)}")
@@ -168,11 +168,11 @@ class DayScored:
     files_sha256: dict[str, str]
 
 
-def predictions_schema() -> pa.Schema:
-    """The Arrow schema of a predictions partition, with the pandas metadata the IO manager reads dtypes from."""
+def predictions_schema(id_column: str) -> pa.Schema:
+    """The Arrow schema of a predictions partition (the domain's id column first), with the pandas metadata."""
     empty = pd.DataFrame(
         {
-            "transaction_id": pd.array([], dtype="string"),
+            id_column: pd.array([], dtype="string"),
             "score": np.array([], dtype=np.float32),
             "label": np.array([], dtype=np.int8),
             "model_name": pd.array([], dtype="string"),
@@ -195,6 +195,8 @@ def score_day(
     model: LoadedModel,
     on_rows: Optional[Callable[[int], None]] = None,
     source: SnapshotSource | None = None,
+    *,
+    id_column: str,
 ) -> DayScored:
     """Stream the day's snapshot (or `source`) through the model and replace the day's predictions, in bounded memory."""
     source = source or SnapshotSource(store, SNAPSHOT_TABLE, day)
@@ -207,7 +209,7 @@ def score_day(
             model.resolved.pinned_uri,
             where=f"input_snapshot dt={day} ({source.store.partition_uri(source.table, source.key)})",
         )
-    schema = predictions_schema()
+    schema = predictions_schema(id_column)
     name = model.resolved.name or ""
     version = model.resolved.version
     rows = positives = backoffs = 0
@@ -215,13 +217,13 @@ def score_day(
     constant_columns: dict[int, tuple[pa.Array, pa.Array]] = {}
     with store.partition_writer(PREDICTIONS_TABLE, day, schema) as writer:
         batches = source.store.iter_batches(
-            source.table, source.key, batch_size=read_rows_for(torch_scorer, model), columns=["transaction_id", *columns]
+            source.table, source.key, batch_size=read_rows_for(torch_scorer, model), columns=[id_column, *columns]
         )
         for batch in batches:
             try:
                 scores, run = torch_scorer.score_matrix(model, record_batch_matrix(batch, columns), on_rows)
             except ModelOutputError as error:
-                raise error.naming(f"input_snapshot dt={day}", batch.column("transaction_id").to_pylist()) from None
+                raise error.naming(f"input_snapshot dt={day}", id_column, batch.column(id_column).to_pylist()) from None
             labels = torch_scorer.labels(scores)
             n = batch.num_rows
             if n not in constant_columns:
@@ -233,7 +235,7 @@ def score_day(
             writer.write(
                 pa.RecordBatch.from_arrays(
                     [
-                        batch.column("transaction_id").cast(pa.large_string()),
+                        batch.column(id_column).cast(pa.large_string()),
                         pa.array(scores, pa.float32()),
                         pa.array(labels, pa.int8()),
                         names,

@@ -11,9 +11,8 @@ from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE, SCORING_RUN_FIELDS
 from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL
 
-# What a downstream app needs to act on a score without a join back to the raw data.
-BUSINESS_COLUMNS = ("customer_id", "event_time", "amount", "merchant_category")
-PREDICTION_COLUMNS = ("transaction_id", "score", "label", "model_name", "model_version")
+# Beside the domain's id column and business columns (what an app needs to act on a score without a join back).
+SCORE_COLUMNS = ("score", "label", "model_name", "model_version")
 
 PUBLISHED_PREDICTIONS_SPEC = dg.AssetSpec(
     PUBLISHED_PREDICTIONS,
@@ -37,7 +36,7 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
             "rows are published without a scoring_runs link"
         )
     rows = publishable_rows(run, state)
-    written = run.prediction_db.replace_partition(state.day, rows, lineage)
+    written = run.prediction_db.replace_partition(state.day, rows, lineage, domain=run.domain)
     del rows
     run.prediction_db.release_connections()
     run.context.log.info(f"{state.day}: published {written:,} rows to {run.prediction_db.safe_url()}")
@@ -75,15 +74,16 @@ def scoring_run(scored: Mapping[str, Any], dagster_run_id: str | None) -> dict[s
 
 
 def publishable_rows(run: PipelineRun, state: DayState) -> pa.Table:
-    """The day's predictions joined by transaction_id with the raw rows' business columns."""
-    predictions = run.store.read_partition(PREDICTIONS, state.day, columns=list(PREDICTION_COLUMNS))
+    """The day's predictions joined by the domain's id column with the raw rows' business columns."""
+    id_column, business_columns = run.domain.id_column, list(run.domain.business_columns)
+    predictions = run.store.read_partition(PREDICTIONS, state.day, columns=[id_column, *SCORE_COLUMNS])
     if state.raw is not None:
-        raw = pa.Table.from_pandas(state.raw.loc[:, ["transaction_id", *BUSINESS_COLUMNS]], preserve_index=False)
+        raw = pa.Table.from_pandas(state.raw.loc[:, [id_column, *business_columns]], preserve_index=False)
     else:
-        raw = run.store.read_partition(RAW_TRANSACTIONS, state.day, columns=["transaction_id", *BUSINESS_COLUMNS])
-    ids = predictions.column("transaction_id")
-    raw_ids = raw.column("transaction_id").cast(ids.type)
-    business = raw.select(list(BUSINESS_COLUMNS))
+        raw = run.store.read_partition(RAW_TRANSACTIONS, state.day, columns=[id_column, *business_columns])
+    ids = predictions.column(id_column)
+    raw_ids = raw.column(id_column).cast(ids.type)
+    business = raw.select(business_columns)
     if not (len(raw_ids) == len(ids) and raw_ids.equals(ids)):
         # Predictions keep the order of the day's valid raw rows, a subsequence of the raw ones; a lookup of each
         # id's first raw row (repeated ids are quarantined, never scored) keeps that order, where a hash join

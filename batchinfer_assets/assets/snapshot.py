@@ -9,7 +9,6 @@ from pandera.errors import SchemaErrors
 
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.assets.features import features_of
-from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.model_loading import mlflow_uris
 from batchinfer_assets.partitions import daily_partitions
@@ -17,17 +16,20 @@ from batchinfer_assets.resources.model_registry import ResolvedModel
 from batchinfer_assets.schemas import feature_schema
 from batchinfer_assets.tables import INPUT_SNAPSHOT, SIGNATURE_CHECK, TRANSACTION_FEATURES
 
-SNAPSHOT_COLUMNS = ("transaction_id", *FEATURE_COLUMNS)
 # Signature types the scorer's float32 feature matrix satisfies without losing information.
 _FLOAT32_COMPATIBLE_TYPES = frozenset({"float", "double"})
 _SAMPLE_ROWS = 10
 
-INPUT_SNAPSHOT_SPEC = dg.AssetSpec(
-    INPUT_SNAPSHOT,
-    deps=[TRANSACTION_FEATURES],
-    description="The day's validated model input (transaction_id + feature columns); its content hash is its data version.",
-    kinds={"pandera", "parquet"},
-)
+def snapshot_spec(domain) -> dg.AssetSpec:
+    """The day's validated model input."""
+    return dg.AssetSpec(
+        INPUT_SNAPSHOT,
+        deps=[TRANSACTION_FEATURES],
+        description=(
+            f"The day's validated model input ({domain.id_column} + feature columns); its content hash is its data version."
+        ),
+        kinds={"pandera", "parquet"},
+    )
 
 SIGNATURE_CHECK_SPEC = dg.AssetCheckSpec(
     SIGNATURE_CHECK,
@@ -40,7 +42,7 @@ SIGNATURE_CHECK_SPEC = dg.AssetCheckSpec(
 
 def snapshot_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Validate the day's features into its snapshot, record its hash, and check it fits the run's model."""
-    snapshot = validated_snapshot(features_of(run, state), state.day)
+    snapshot = validated_snapshot(features_of(run, state), state.day, run.domain)
     table = pa.Table.from_pandas(snapshot, preserve_index=False)
     content_hash = table_content_hash(table)
     uri = run.store.write_partition(INPUT_SNAPSHOT, state.day, table)
@@ -51,7 +53,7 @@ def snapshot_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterial
         {
             "row_count": len(snapshot),
             "content_hash": content_hash,
-            "columns": dg.MetadataValue.json(list(SNAPSHOT_COLUMNS)),
+            "columns": dg.MetadataValue.json(list(run.domain.snapshot_columns)),
             "uri": dg.MetadataValue.path(uri),
         },
         inputs=(TRANSACTION_FEATURES,),
@@ -83,13 +85,19 @@ def snapshot_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterial
         raise DayBlocked(SIGNATURE_CHECK, f"the snapshot cannot feed {resolved.pinned_uri}: {'; '.join(problems)}")
 
 
-def validated_snapshot(features: pd.DataFrame, day: str) -> pd.DataFrame:
+def validated_snapshot(features: pd.DataFrame, day: str, domain) -> pd.DataFrame:
     """The snapshot columns of one day, or a failure naming each broken column and check (NaN and inf included)."""
-    missing = [c for c in SNAPSHOT_COLUMNS if c not in features.columns]
+    columns = list(domain.snapshot_columns)
+    missing = [c for c in columns if c not in features.columns]
     if missing:
-        raise DayBlocked(INPUT_SNAPSHOT, f"feature column(s) missing: {', '.join(missing)}")
+        raise DayBlocked(
+            INPUT_SNAPSHOT,
+            f"feature column(s) missing: {', '.join(missing)}; the stored transaction_features predate them: "
+            f"dg launch --assets 'transaction_features*' --partition {day}",
+        )
     try:
-        return feature_schema(FEATURE_COLUMNS).validate(features.loc[:, list(SNAPSHOT_COLUMNS)], lazy=True).reset_index(drop=True)
+        schema = feature_schema(domain.feature_columns, domain.id_column)
+        return schema.validate(features.loc[:, columns], lazy=True).reset_index(drop=True)
     except SchemaErrors as errors:
         cases = errors.failure_cases
         counts = cases.groupby(["column", "check"], dropna=False).size()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,30 +15,33 @@ import pyarrow.parquet as pq
 
 from batchinfer_assets.lib.parquet_store import S3Backend, is_s3_uri, split_s3_uri
 
-# The contract's landing columns and the pandas dtype each is cast to; extra columns are dropped.
-LANDING_DTYPES: dict[str, str] = {
-    "transaction_id": "string",
-    "event_time": "datetime64[us, UTC]",
-    "customer_id": "string",
-    "merchant_category": "string",
-    "amount": "float64",
-    "currency": "string",
-    "channel": "string",
-    "country": "string",
-}
-
-
 class LandingDataError(ValueError):
     """The landing data of a day cannot be used at all (as opposed to individual bad rows)."""
 
 
-def conform_landing_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """The contract's columns in contract order and types, or an error naming what is wrong."""
-    missing = [c for c in LANDING_DTYPES if c not in frame.columns]
+def pandas_dtype(column: str, type_: pa.DataType) -> str:
+    """The pandas dtype a landing column of Arrow type `type_` is read into."""
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "string"
+    if pa.types.is_timestamp(type_):
+        return "datetime64[us, UTC]"
+    if pa.types.is_floating(type_):
+        return "float64"
+    if pa.types.is_integer(type_):
+        return "Int64"
+    if pa.types.is_boolean(type_):
+        return "boolean"
+    raise ValueError(f"landing column {column!r}: type {type_} is not supported (string, timestamp, float, integer, boolean)")
+
+
+def conform_landing_frame(frame: pd.DataFrame, source: str, columns: Mapping[str, pa.DataType]) -> pd.DataFrame:
+    """The domain's landing `columns` in declaration order and types, or an error naming what is wrong."""
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise LandingDataError(f"{source}: required column(s) missing: {', '.join(missing)}")
     out = {}
-    for column, dtype in LANDING_DTYPES.items():
+    for column, type_ in columns.items():
+        dtype = pandas_dtype(column, type_)
         try:
             out[column] = _cast(frame[column], dtype)
         except (TypeError, ValueError, OverflowError, pa.ArrowException) as exc:
@@ -49,6 +52,8 @@ def conform_landing_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 def _cast(series: pd.Series, dtype: str) -> pd.Series:
+    if dtype in ("Int64", "boolean"):
+        return _cast_number(series, dtype)
     if dtype.startswith("datetime64"):
         if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
             raise TypeError("numbers are not timestamps")
@@ -89,6 +94,24 @@ def _cast(series: pd.Series, dtype: str) -> pd.Series:
     raise TypeError(f"expected text, found {series.dtype} holding {kind} values")
 
 
+def _cast_number(series: pd.Series, dtype: str) -> pd.Series:
+    """Integers (nullable Int64) or booleans (nullable boolean): only casts that lose nothing."""
+    if dtype == "boolean":
+        if pd.api.types.is_bool_dtype(series) or series.isna().all():
+            return series.astype("boolean")
+        raise TypeError(f"expected booleans, found {series.dtype}")
+    if pd.api.types.is_bool_dtype(series):
+        raise TypeError("booleans are not integers")
+    if pd.api.types.is_integer_dtype(series) or series.isna().all():
+        return series.astype("Int64")
+    if pd.api.types.is_float_dtype(series):
+        whole = series.dropna()
+        if (whole == whole.round()).all() and (whole.abs() < 2**53).all():
+            return series.astype("Int64")
+        raise TypeError("the values have fractions; write an integer column")
+    raise TypeError(f"expected integers, found {series.dtype}")
+
+
 def is_bookkeeping(relative_name: str) -> bool:
     """Whether a file in a landing day is a writer's bookkeeping, not data.
 
@@ -124,8 +147,10 @@ def day_files(root: str | Path, day: dt.date, s3_client: Any = None) -> tuple[st
     return (_s3_day if is_s3_uri(str(root)) else _local_day)(str(root), day, s3_client)
 
 
-def read_landing_day(root: str | Path, day: dt.date, s3_client: Any = None) -> pd.DataFrame:
-    """All Parquet files of `{root}/dt={day}/` (a local folder or an S3 prefix), concatenated and conformed."""
+def read_landing_day(
+    root: str | Path, day: dt.date, columns: Mapping[str, pa.DataType], s3_client: Any = None
+) -> pd.DataFrame:
+    """All Parquet files of `{root}/dt={day}/` (a local folder or an S3 prefix), concatenated and conformed to `columns`."""
     folder, exists, files = day_files(root, day, s3_client)
     if not exists:
         raise LandingDataError(f"no landing data for {day.isoformat()}: folder {folder} does not exist")
@@ -136,13 +161,15 @@ def read_landing_day(root: str | Path, day: dt.date, s3_client: Any = None) -> p
         # Opening (an S3 download) stays outside the try: a connection failure is transient, not bad data.
         with file.open() as path:
             try:
-                table = pq.read_table(path)
+                present = set(pq.read_schema(path).names)
+                # Only the declared columns are read: other columns of the export are ignored anyway.
+                table = pq.read_table(path, columns=[c for c in columns if c in present])
             except (pa.ArrowException, OSError) as exc:
                 raise LandingDataError(
                     f"landing file {file.name} is not a readable Parquet file ({exc}); every file of a landing day is read "
                     "except writers' bookkeeping (names starting with _ or ., manifests): remove or move it"
                 ) from exc
-        frames.append(conform_landing_frame(table.to_pandas(), source=file.name))
+        frames.append(conform_landing_frame(table.to_pandas(), source=file.name, columns=columns))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 

@@ -1,4 +1,4 @@
-"""Landing zones: where a day's raw transactions come from."""
+"""Landing zones: where a day's raw rows come from, in the columns the domain declares."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ import pandas as pd
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame, read_landing_day
 from batchinfer_assets.lib.parquet_store import is_s3_uri
-from batchinfer_assets.lib.synthetic import DEFAULT_SEED, generate_day
+from batchinfer_assets.lib.synthetic import DEFAULT_SEED
 from batchinfer_assets.resources.storage import S3_FIELD_DESCRIPTION
 
 
 class LandingZoneResource(dg.ConfigurableResource, ABC):
-    """A source of one day of transactions in the contract's landing columns."""
+    """A source of one day of rows in the domain's landing columns."""
 
     allow_empty_days: bool = Field(
-        default=False, description="Accept a day with zero transactions instead of failing it."
+        default=False, description="Accept a day with zero rows instead of failing it."
     )
 
     @abstractmethod
@@ -29,12 +30,12 @@ class LandingZoneResource(dg.ConfigurableResource, ABC):
         """Where the day's data is read from, for messages and metadata."""
 
     @abstractmethod
-    def _read_day(self, day: dt.date) -> pd.DataFrame:
-        """The day's rows, conformed to the landing columns."""
+    def _read_day(self, day: dt.date, domain: Domain) -> pd.DataFrame:
+        """The day's rows, conformed to the domain's landing columns."""
 
-    def load_day(self, day: dt.date) -> pd.DataFrame:
-        """The day's transactions; an empty day is an error unless allowed."""
-        frame = self._read_day(day)
+    def load_day(self, day: dt.date, domain: Domain) -> pd.DataFrame:
+        """The day's rows; an empty day is an error unless allowed."""
+        frame = self._read_day(day, domain)
         if frame.empty and not self.allow_empty_days:
             raise LandingDataError(
                 f"landing data for {day.isoformat()} at {self.location(day)} has no rows "
@@ -44,16 +45,21 @@ class LandingZoneResource(dg.ConfigurableResource, ABC):
 
 
 class SyntheticLandingZoneResource(LandingZoneResource):
-    """The built-in deterministic card-traffic generator: the same rows for the same day everywhere."""
+    """The domain's built-in deterministic generator (its `synthetic` source): the same rows for the same day everywhere."""
 
-    rows_per_day: int = Field(default=20_000, gt=0, description="Transactions generated per day.")
+    rows_per_day: int = Field(default=20_000, gt=0, description="Rows generated per day.")
     seed: int = Field(default=DEFAULT_SEED, description="Seed of the customer population and every day's draw.")
 
     def location(self, day: dt.date) -> str:
         return f"synthetic://seed={self.seed}/rows={self.rows_per_day}/dt={day.isoformat()}"
 
-    def _read_day(self, day: dt.date) -> pd.DataFrame:
-        return conform_landing_frame(generate_day(day, self.rows_per_day, seed=self.seed), source=self.location(day))
+    def _read_day(self, day: dt.date, domain: Domain) -> pd.DataFrame:
+        if domain.synthetic is None:
+            raise LandingDataError(
+                f"domain {domain.name!r} has no synthetic source: set BATCHINFER_LANDING_URI to its landing zone"
+            )
+        frame = domain.synthetic.generate_day(day, self.rows_per_day, self.seed)
+        return conform_landing_frame(frame, source=self.location(day), columns=domain.landing_columns)
 
 
 class ParquetLandingZoneResource(LandingZoneResource):
@@ -65,6 +71,6 @@ class ParquetLandingZoneResource(LandingZoneResource):
     def location(self, day: dt.date) -> str:
         return f"{self.uri.rstrip('/')}/dt={day.isoformat()}/"
 
-    def _read_day(self, day: dt.date) -> pd.DataFrame:
+    def _read_day(self, day: dt.date, domain: Domain) -> pd.DataFrame:
         client = (self.s3 or S3Resource()).get_client() if is_s3_uri(self.uri) else None
-        return read_landing_day(self.uri, day, s3_client=client)
+        return read_landing_day(self.uri, day, domain.landing_columns, s3_client=client)

@@ -252,7 +252,7 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
             with conn.begin():
                 yield conn
 
-    def replace_partition(self, dt: str, rows: pa.Table, scoring_run: Mapping[str, Any] | None = None) -> int:
+    def replace_partition(self, dt: str, rows: pa.Table, scoring_run: Mapping[str, Any] | None = None, *, domain=None) -> int:
         """Delete the day's rows and insert `rows` atomically; returns rows written.
 
         `rows` holds transaction_id, score, label, model_name, model_version, customer_id, event_time,
@@ -315,6 +315,16 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
             return conn.execute(
                 sa.select(sa.func.count()).select_from(predictions_table).where(predictions_table.c.dt == dt)
             ).scalar_one()
+
+
+def published_text_lengths(domain) -> dict[str, int]:
+    """The database's length of each text column the domain publishes (its id and business columns)."""
+    published = {domain.id_column, *domain.business_columns}
+    return {
+        c.name: c.type.length
+        for c in predictions_table.columns
+        if c.name in published and isinstance(c.type, sa.String) and c.type.length
+    }
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:

@@ -212,7 +212,7 @@ class RayScoringEngine(RemoteScoringEngine):
         data_context.enable_progress_bars = False
         dataset = (
             ray.data.read_parquet(paths, filesystem=filesystem, partitioning=None)
-            .select_columns(["transaction_id", *columns])
+            .select_columns([schema.names[0], *columns])
             # Blocks of one call each (streaming, order kept): a file's rows then spread over the whole pool instead
             # of one actor taking the block its read task produced.
             .repartition(target_num_rows_per_block=self.rows_per_batch)
@@ -340,6 +340,8 @@ class DayScorer:
         self.schema = schema
         self.output_schema = pa.schema([*schema, *_STATS_SCHEMA, *_ERROR_SCHEMA])
         self.columns = list(resolved.input_columns)
+        # The predictions' first column is the domain's id column.
+        self.id_column = schema.names[0]
         self.actor = ray.get_runtime_context().get_actor_id() or "driver"
         self.model: Optional[LoadedModel] = None
         self.load_error: Optional[ModelResolutionError] = None
@@ -357,12 +359,12 @@ class DayScorer:
         try:
             scores, run = self.scorer.score_matrix(self.model, record_batch_matrix(batch, self.columns))
         except ModelOutputError as error:
-            return self._error(error.naming(f"input_snapshot dt={self.day}", batch.column("transaction_id").to_pylist()))
+            return self._error(error.naming(f"input_snapshot dt={self.day}", self.id_column, batch.column(self.id_column).to_pylist()))
         labels = self.scorer.labels(scores)
         n = batch.num_rows
         name, version = self.model.resolved.name or "", self.model.resolved.version
         predictions = [
-            batch.column("transaction_id").cast(pa.large_string()),
+            batch.column(self.id_column).cast(pa.large_string()),
             pa.array(scores, pa.float32()),
             pa.array(labels, pa.int8()),
             pa.array(np.full(n, name, dtype=object), pa.large_string()),

@@ -41,9 +41,9 @@ class ModelOutputError(RuntimeError):
         super().__init__(message)
         self.row = row
 
-    def naming(self, where: str, ids: Sequence[str]) -> ModelOutputError:
+    def naming(self, where: str, id_column: str, ids: Sequence[str]) -> ModelOutputError:
         """The same error naming where the rows came from and, when known, the first offending row's id."""
-        example = f", e.g. transaction_id {ids[self.row]!r}" if self.row is not None and self.row < len(ids) else ""
+        example = f", e.g. {id_column} {ids[self.row]!r}" if self.row is not None and self.row < len(ids) else ""
         return ModelOutputError(f"{self.args[0]} in {where}{example}", row=self.row)
 
 

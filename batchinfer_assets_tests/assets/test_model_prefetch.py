@@ -62,11 +62,11 @@ class WatchedLandingZone(SyntheticLandingZoneResource):
 
     token: str = Field(description="Key of the test's Watch.")
 
-    def _read_day(self, day: dt.date) -> pd.DataFrame:
+    def _read_day(self, day: dt.date, domain) -> pd.DataFrame:
         watch = WATCHES[self.token]
         watch.raw_thread = threading.current_thread()
         watch.raw_began.set()
-        return super()._read_day(day)
+        return super()._read_day(day, domain)
 
 
 class WatchedScorer(TorchScorerResource):

@@ -100,7 +100,7 @@ def test_streaming_spans_many_read_batches_and_files(tiny_model_store, tmp_path,
     store = PartitionedParquetStore(tmp_path)
     scorer = TorchScorerResource(device="cpu", batch_size=512)
     loaded = scorer.load(MlflowModelRegistryResource(tracking_uri=tiny_model_store.tracking_uri, model_uri="models:/tiny-pickle/1").resolve())
-    scored = score_day(store, DAY, scorer, loaded)
+    scored = score_day(store, DAY, scorer, loaded, id_column="transaction_id")
 
     assert scored.rows == 7001
     files = store.partition_files("predictions", DAY)

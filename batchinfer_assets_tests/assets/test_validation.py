@@ -27,6 +27,7 @@ from batchinfer_assets.schemas import REASON_COLUMN, feature_schema, split_valid
 from batchinfer_assets.settings import Settings
 from batchinfer_assets.tables import INVALID_SHARE_CHECK, SIGNATURE_CHECK
 from batchinfer_assets_tests.support import check_verdicts, materialized_days
+from batchinfer_assets.domains.card_transactions import domain as CARD
 
 DAY = "2025-01-03"
 ROWS = 1000
@@ -352,7 +353,7 @@ def test_random_corruptions_are_quarantined_or_rejected_never_scored(tmp_path_fa
     land(root, frame)
 
     try:
-        landed = ParquetLandingZoneResource(uri=str(root)).load_day(dt.date.fromisoformat(DAY))
+        landed = ParquetLandingZoneResource(uri=str(root)).load_day(dt.date.fromisoformat(DAY), CARD)
     except LandingDataError as rejected:
         assert column is not None and COLUMN_CORRUPTIONS[column][0] in str(rejected)
         return

@@ -5,8 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchinfer_assets.lib.landing import LANDING_DTYPES, LandingDataError
+from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame
 from batchinfer_assets.resources.landing import ParquetLandingZoneResource, SyntheticLandingZoneResource
+from batchinfer_assets.domains.card_transactions import domain as CARD
 
 DAY = dt.date(2025, 3, 4)
 
@@ -38,51 +39,58 @@ def test_parquet_landing_reads_all_files_and_drops_extra_columns(tmp_path):
     _land(tmp_path, _landing_frame(4), "a.parquet")
     _land(tmp_path, _landing_frame(2).assign(transaction_id=["x0", "x1"]), "b.parquet")
 
-    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
-    assert list(frame.columns) == list(LANDING_DTYPES)
+    assert list(frame.columns) == list(CARD.landing_columns)
     assert len(frame) == 6
     assert frame["transaction_id"].tolist()[-2:] == ["x0", "x1"]
     assert str(frame["event_time"].dtype) == "datetime64[us, UTC]"
 
 
 def test_synthetic_landing_conforms_to_contract_types():
-    frame = SyntheticLandingZoneResource(rows_per_day=300).load_day(DAY)
+    frame = SyntheticLandingZoneResource(rows_per_day=300).load_day(DAY, CARD)
     assert len(frame) == 300
     assert {c: str(frame[c].dtype) for c in frame.columns} == {
-        c: ("string" if t == "string" else t) for c, t in LANDING_DTYPES.items()
+        "transaction_id": "string",
+        "event_time": "datetime64[us, UTC]",
+        "customer_id": "string",
+        "merchant_category": "string",
+        "amount": "float64",
+        "currency": "string",
+        "channel": "string",
+        "country": "string",
     }
 
 
 def test_missing_day_names_the_day_and_the_place(tmp_path):
     with pytest.raises(LandingDataError, match=rf"no landing data for 2025-03-04: folder {tmp_path}/dt=2025-03-04"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 def test_missing_column_is_named(tmp_path):
     _land(tmp_path, _landing_frame().drop(columns=["channel"]))
     with pytest.raises(LandingDataError, match="required column.*missing: channel"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 def test_uncastable_column_is_named(tmp_path):
     _land(tmp_path, _landing_frame().assign(amount=["a", "b", "c", "d"]))
     with pytest.raises(LandingDataError, match="column 'amount'.*cannot be cast to float64"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 def test_corrupt_file_is_named(tmp_path):
     folder = _land(tmp_path, _landing_frame())
     (folder / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(LandingDataError, match=r"landing file .*broken\.parquet is not a readable Parquet file"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 def test_empty_day_fails_unless_allowed(tmp_path):
     _land(tmp_path, _landing_frame().head(0))
     with pytest.raises(LandingDataError, match="has no rows"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
-    assert ParquetLandingZoneResource(uri=str(tmp_path), allow_empty_days=True).load_day(DAY).empty
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
+    assert ParquetLandingZoneResource(uri=str(tmp_path), allow_empty_days=True).load_day(DAY, CARD).empty
 
 
 @pytest.mark.parametrize(
@@ -95,7 +103,7 @@ def test_empty_day_fails_unless_allowed(tmp_path):
 def test_event_times_in_any_zone_are_conformed_to_utc(tmp_path, event_time, expected):
     _land(tmp_path, _landing_frame(1).assign(event_time=[event_time]))
 
-    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
     assert frame.loc[0, "event_time"] == expected and str(frame["event_time"].dtype) == "datetime64[us, UTC]"
 
@@ -103,7 +111,7 @@ def test_event_times_in_any_zone_are_conformed_to_utc(tmp_path, event_time, expe
 def test_timestamps_as_numbers_are_named(tmp_path):
     _land(tmp_path, _landing_frame().assign(event_time=[1, 2, 3, 4]))
     with pytest.raises(LandingDataError, match="column 'event_time'.*cannot be cast to datetime64"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 def test_every_writers_file_names_are_read_and_their_bookkeeping_is_not(tmp_path):
@@ -126,7 +134,7 @@ def test_every_writers_file_names_are_read_and_their_bookkeeping_is_not(tmp_path
     (day / ".hive-staging_hive_2025").mkdir()
     (day / ".hive-staging_hive_2025" / "000000_0").write_text("in flight")
 
-    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
     assert sorted(frame["transaction_id"]) == sorted(f"{p}{i}" for p in names.values() for i in (0, 1))
 
 
@@ -134,7 +142,7 @@ def test_a_file_that_is_neither_data_nor_bookkeeping_fails_the_day_naming_it(tmp
     folder = _land(tmp_path, _landing_frame(3))
     (folder / "notes.csv").write_text("transaction_id,amount\nt9,1.0\n")
     with pytest.raises(LandingDataError, match=r"landing file .*notes\.csv is not a readable Parquet file.*remove or move it"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 def test_a_decimal_amount_is_read_as_a_number_and_text_amounts_are_named(tmp_path):
@@ -147,11 +155,11 @@ def test_a_decimal_amount_is_read_as_a_number_and_text_amounts_are_named(tmp_pat
     folder = tmp_path / f"dt={DAY.isoformat()}"
     folder.mkdir(parents=True)
     pq.write_table(table, folder / "part-0.parquet")
-    assert ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)["amount"].tolist() == [12.5, 0.01, 1999.99]
+    assert ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)["amount"].tolist() == [12.5, 0.01, 1999.99]
 
     pq.write_table(pa.Table.from_pandas(frame.assign(amount=["1.5", "n/a", "2"]), preserve_index=False), folder / "part-0.parquet")
     with pytest.raises(LandingDataError, match=r"column 'amount'.*the values are text \(e.g. '1.5'\); write a float64 or DECIMAL column"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 def _land_arrow(root, column: str, values: pa.Array, n: int = 3) -> None:
@@ -175,7 +183,7 @@ def test_an_event_time_without_its_time_of_day_is_refused_naming_file_column_and
     """A date column read as midnight would put every row "at night"; text would be parsed by guesswork."""
     _land_arrow(tmp_path, "event_time", values)
     with pytest.raises(LandingDataError, match=rf"part-0\.parquet: column 'event_time' of type \w+ cannot be cast to datetime64.*{message}.*write a timestamp column"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 @pytest.mark.parametrize(
@@ -188,11 +196,27 @@ def test_an_event_time_without_its_time_of_day_is_refused_naming_file_column_and
 def test_a_text_column_holding_other_values_is_refused_not_stringified(tmp_path, values, kind):
     _land_arrow(tmp_path, "customer_id", values)
     with pytest.raises(LandingDataError, match=rf"column 'customer_id' of type object cannot be cast to string: expected text, found object holding {kind} values"):
-        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+        ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
 
 
 def test_dictionary_encoded_text_is_read_as_text(tmp_path):
     _land_arrow(tmp_path, "merchant_category", pa.array(["grocery", "travel", "grocery"]).dictionary_encode())
-    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY)
+    frame = ParquetLandingZoneResource(uri=str(tmp_path)).load_day(DAY, CARD)
     assert frame["merchant_category"].tolist() == ["grocery", "travel", "grocery"]
     assert str(frame["merchant_category"].dtype) == "string"
+
+
+INTEGER_DOMAIN_COLUMNS = {"id": pa.string(), "visits": pa.int64(), "active": pa.bool_()}
+
+
+def test_a_domains_integer_and_boolean_columns_are_read_without_loss():
+    frame = pd.DataFrame({"id": ["a", "b"], "visits": pd.array([3, None], dtype="Int32"), "active": [True, False]})
+    conformed = conform_landing_frame(frame, "x.parquet", INTEGER_DOMAIN_COLUMNS)
+    assert [str(t) for t in conformed.dtypes] == ["string", "Int64", "boolean"]
+    assert conformed["visits"].tolist()[0] == 3 and conformed["visits"].isna().tolist() == [False, True]
+    # Whole floats are integers; fractions would be truncated, so they are refused naming the column.
+    assert conform_landing_frame(frame.assign(visits=[3.0, 4.0]), "x.parquet", INTEGER_DOMAIN_COLUMNS)["visits"].tolist() == [3, 4]
+    with pytest.raises(LandingDataError, match="x.parquet: column 'visits' .* fractions"):
+        conform_landing_frame(frame.assign(visits=[3.5, 4.0]), "x.parquet", INTEGER_DOMAIN_COLUMNS)
+    with pytest.raises(LandingDataError, match="column 'active' .* expected booleans"):
+        conform_landing_frame(frame.assign(active=["yes", "no"]), "x.parquet", INTEGER_DOMAIN_COLUMNS)

@@ -1,0 +1,1 @@
+"""The built-in domains: each module exposes `domain`, a `batchinfer_assets.Domain`."""

@@ -133,3 +133,37 @@ def test_credential_settings_reach_resources_as_variable_names(leaky_settings, m
     for name, resource in resources.items():
         # What the UI and GraphQL's `configuredValues` show of the resource.
         _assert_no_secret(f"resource {name}'s config", str(resource.get_resource_definition().config_schema.as_field().default_value))
+
+
+RESOURCES_QUERY = """
+query Resources($selector: RepositorySelector!) {
+  allTopLevelResourceDetailsOrError(repositorySelector: $selector) {
+    __typename
+    ... on ResourceDetailsList { results { name configuredValues { key value type } nestedResources { name type } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def test_the_ui_shows_credential_settings_as_variable_names(leaky_settings, monkeypatch):
+    """GraphQL's `configuredValues` (what the UI's resource pages show) of the code location as `dagster dev` loads it."""
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    import batchinfer_assets.definitions
+
+    monkeypatch.setenv("BATCHINFER_SCORING_ENGINE", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", f"ray://scorer:{RAY_SECRET}@raycluster-head-svc:10001")
+    with dg.instance_for_test() as instance, define_out_of_process_context(
+        batchinfer_assets.definitions.__file__, "defs", instance
+    ) as context:
+        [location] = context.code_location_names
+        answer = execute_dagster_graphql(
+            context, RESOURCES_QUERY, variables={"selector": {"repositoryLocationName": location, "repositoryName": "__repository__"}}
+        )
+    assert answer.errors is None
+    results = answer.data["allTopLevelResourceDetailsOrError"]["results"]
+    configured = {(r["name"], v["key"]): (v["type"], v["value"]) for r in results for v in r["configuredValues"]}
+    assert configured[("model_registry", "tracking_uri")] == ("ENV_VAR", "MLFLOW_TRACKING_URI")
+    assert configured[("prediction_db", "url")] == ("ENV_VAR", "BATCHINFER_PREDICTIONS_DB_URL")
+    _assert_no_secret("GraphQL's resource details", str(answer.data))

@@ -127,6 +127,21 @@ def step_failure(error: BaseException, where: str = "") -> Exception:
     return TransientStepError(description) if is_transient(error) else dg.Failure(description=description, allow_retries=False)
 
 
+def masked_failures(fn: F) -> F:
+    """Turns any error an op or asset raises into `step_failure(error)`: one that names it, credentials masked."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except dg.Failure:
+            raise
+        except Exception as error:
+            raise step_failure(error) from redacted_error(error)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def final_on_bad_data(fn: F) -> F:
     """Turns bad-data errors raised by an asset into failures that `TRANSIENT_RETRY` does not retry."""
     if inspect.isgeneratorfunction(fn):

@@ -235,7 +235,7 @@ def prune_snapshot_archive(run: PipelineRun) -> None:
     try:
         removed = SnapshotArchive(run.store).prune(referenced, run.snapshot_retention_days)
     except Exception as error:  # noqa: BLE001 - see the docstring; a later run prunes what this one left
-        run.context.log.warning(f"snapshot archive not pruned: {type(error).__name__}: {error}")
+        run.context.log.warning(redact(f"snapshot archive not pruned: {type(error).__name__}: {error}"))
         return
     if removed:
         run.context.log.info(

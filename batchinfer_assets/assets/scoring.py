@@ -14,14 +14,14 @@ from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.lib.redaction import redact, redacted_error
+from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.lib.runtime_info import runtime_metadata
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
-from batchinfer_assets.retries import step_failure
+from batchinfer_assets.retries import masked_failures
 from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
 from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
 from batchinfer_assets.tables import SCORING_MODEL
@@ -33,12 +33,10 @@ MIN_READ_ROWS = 65_536
 @dg.observable_source_asset(
     name=SCORING_MODEL, group_name=PIPELINE_GROUP, description="The registered model the scorer resolves."
 )
+@masked_failures
 def scoring_model(model_registry: MlflowModelRegistryResource) -> dg.ObserveResult:
     """Observes which model version the configured URI resolves to; that version is the data version."""
-    try:
-        resolved = model_registry.resolve()
-    except Exception as error:
-        raise step_failure(error) from redacted_error(error)
+    resolved = model_registry.resolve()
     return dg.ObserveResult(
         data_version=dg.DataVersion(resolved.version),
         metadata={

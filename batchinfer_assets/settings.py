@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchinfer_assets.domain import BUILT_IN_DOMAIN, DOMAIN_VARIABLE, load_domain
+from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.partitions import START_DATE_VARIABLE, start_date
 
 DEFAULT_ROWS_PER_DAY = 20_000
@@ -135,10 +136,10 @@ def _location(name: str, raw: str | None) -> str | None:
         return None
     if raw.startswith("s3://"):
         if not _S3_URI.match(raw):
-            raise ValueError(f"{name}={raw!r} is not s3://<bucket>/<prefix> with a valid bucket name")
+            raise ValueError(f"{name}={redact(raw)!r} is not s3://<bucket>/<prefix> with a valid bucket name")
         return raw
     if "://" in raw and not raw.startswith("file://"):
-        raise ValueError(f"{name}={raw!r}: only local paths, file:// and s3://bucket/prefix are supported")
+        raise ValueError(f"{name}={redact(raw)!r}: only local paths, file:// and s3://bucket/prefix are supported")
     return raw
 
 

@@ -7,7 +7,8 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from batchinfer_assets.assets.pipeline import daily_pipeline
+from batchinfer_assets.assets.pipeline import build_daily_pipeline
+from batchinfer_assets.domain import load_domain
 from batchinfer_assets.assets.scoring import scoring_model
 from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policies
@@ -86,6 +87,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             model_uri=settings.model_uri,
             artifact_location=settings.artifact_location,
             cache_dir=str(settings.model_cache_dir),
+            demo_domain=settings.domain,
         ),
         "torch_scorer": TorchScorerResource(
             device=settings.device, batch_size=settings.batch_size, state_dir=str(settings.state_dir)
@@ -112,7 +114,7 @@ def build_scoring_engine(settings: Settings) -> ScoringEngineResource:
 def build_definitions(settings: Settings) -> dg.Definitions:
     """All definitions of the project, wired to the given settings."""
     return dg.Definitions(
-        assets=with_freshness_policies([scoring_model, daily_pipeline]),
+        assets=with_freshness_policies([scoring_model, build_daily_pipeline(load_domain(settings.domain))]),
         asset_checks=[*ASSET_CHECKS, *FRESHNESS_CHECKS],
         jobs=[daily_scoring_job, reproduce_predictions_job],
         schedules=[daily_scoring_schedule],

@@ -140,10 +140,28 @@ class Domain:
         """The input snapshot's columns: the id, then every feature."""
         return (self.id_column, *self.feature_columns)
 
+    def feature_frame(self, valid: pd.DataFrame, day: str) -> pd.DataFrame:
+        """The features of one day's valid rows (`id_column` then the feature columns, in input order), or an error
+        naming what the domain's feature function got wrong."""
+        features = self.features(valid)
+        where = f"{day}: the {self.name} domain's features"
+        if not isinstance(features, pd.DataFrame):
+            raise FeatureFunctionError(f"{where} returned a {type(features).__name__}, not a pandas DataFrame")
+        missing = [c for c in self.snapshot_columns if c not in features.columns]
+        if missing:
+            raise FeatureFunctionError(f"{where} lack column(s) {missing} (declared in feature_descriptions)")
+        if len(features) != len(valid):
+            raise FeatureFunctionError(f"{where} have {len(features):,} rows for {len(valid):,} valid rows (one row per row)")
+        return features.loc[:, list(self.snapshot_columns)].reset_index(drop=True)
+
     @property
     def demo_model_uri(self) -> str | None:
         """The default model URI of the domain's demo model."""
         return f"models:/{self.demo_model_name}@champion" if self.demo_model_name else None
+
+
+class FeatureFunctionError(ValueError):
+    """A domain's feature function returned something the pipeline cannot snapshot (a bug in the domain's code)."""
 
 
 def load_domain(reference: str | None) -> Domain:

@@ -5,7 +5,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from batchinfer_assets.settings import DEFAULT_MODEL_URI, Settings
+from batchinfer_assets.lib.model_loading import DEFAULT_MODEL_URI
+from batchinfer_assets.settings import Settings
 
 
 def test_embedded_defaults_live_under_the_working_directory(tmp_path):

@@ -73,7 +73,7 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
         )
     if not run.wants(TRANSACTION_FEATURES, state.day):
         return
-    features = domain_features(domain, valid, state.day)
+    features = domain.feature_frame(valid, state.day)
     unknown = vocabulary_misses(domain, valid)
     for column, count in unknown.items():
         share = count / len(valid) if len(valid) else 0.0
@@ -117,30 +117,12 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
         )
 
 
-def domain_features(domain, valid: pd.DataFrame, day: str) -> pd.DataFrame:
-    """The domain's features of the day's valid rows, or an error naming what its feature function got wrong."""
-    features = domain.features(valid)
-    where = f"{day}: the {domain.name} domain's features"
-    if not isinstance(features, pd.DataFrame):
-        raise FeatureFunctionError(f"{where} returned a {type(features).__name__}, not a pandas DataFrame")
-    missing = [c for c in domain.snapshot_columns if c not in features.columns]
-    if missing:
-        raise FeatureFunctionError(f"{where} lack column(s) {missing} (declared in feature_descriptions)")
-    if len(features) != len(valid):
-        raise FeatureFunctionError(f"{where} have {len(features):,} rows for {len(valid):,} valid rows (one row per row)")
-    return features.loc[:, list(domain.snapshot_columns)].reset_index(drop=True)
-
-
 def vocabulary_misses(domain, valid: pd.DataFrame) -> dict[str, int]:
     """Per vocabulary column of the domain: how many valid rows hold a value outside its declared vocabulary."""
     return {
         column: int((~valid[column].isin(list(vocabulary)) & valid[column].notna()).sum())
         for column, vocabulary in domain.vocabularies.items()
     }
-
-
-class FeatureFunctionError(ValueError):
-    """A domain's feature function returned something the pipeline cannot snapshot (a bug in the domain's code)."""
 
 
 def stored_invalid_share(run: PipelineRun, state: DayState) -> tuple[float, int, int]:

@@ -11,8 +11,10 @@ eight assets runs (`can_subset`): a stage whose upstream is not selected reads i
 
 import ctypes
 import gc
+import hashlib
+import inspect
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import pyarrow as pa
@@ -20,7 +22,8 @@ import pyarrow as pa
 from batchinfer_assets import schemas
 from batchinfer_assets.assets import _run, features, ingest, monitoring, performance, scoring, serving, snapshot
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
-from batchinfer_assets.lib import drift, features as feature_lib, hashing, labels as labels_lib, parquet_store
+from batchinfer_assets.domain import Domain, load_domain
+from batchinfer_assets.lib import drift, hashing, labels as labels_lib, parquet_store
 from batchinfer_assets.lib import performance as performance_lib
 from batchinfer_assets.lib.code_version import code_version_of
 from batchinfer_assets.lib.redaction import redact, redacted_error
@@ -69,86 +72,122 @@ STAGES: tuple[tuple[tuple[str, ...], Stage, tuple[str, ...]], ...] = (
 )
 
 
-def _code_versions() -> dict[str, str]:
+def code_versions(domain: Domain) -> dict[str, str]:
+    """Each asset's code version: the stage's modules, and for the data side the domain's declaration and feature code."""
     shared = (_run, parquet_store, hashing)
+    declared = domain_fingerprint(domain)
+    features_code = tuple({inspect.getmodule(domain.features)} - {None})
+
+    def of(*modules, with_domain: bool = False) -> str:
+        version = code_version_of(*shared, *modules)
+        return hashlib.sha256(f"{version}:{declared}".encode()).hexdigest()[:12] if with_domain else version
+
     return {
-        RAW_TRANSACTIONS: code_version_of(*shared, ingest),
-        TRANSACTION_FEATURES: code_version_of(*shared, features, feature_lib, schemas),
-        QUARANTINED_TRANSACTIONS: code_version_of(*shared, features, schemas),
-        INPUT_SNAPSHOT: code_version_of(*shared, snapshot, schemas),
-        PREDICTIONS: code_version_of(*shared, scoring),
-        DRIFT_METRICS: code_version_of(*shared, monitoring, drift),
-        PUBLISHED_PREDICTIONS: code_version_of(*shared, serving),
-        PREDICTION_PERFORMANCE: code_version_of(*shared, performance, performance_lib, labels_lib),
+        RAW_TRANSACTIONS: of(ingest, with_domain=True),
+        TRANSACTION_FEATURES: of(features, schemas, *features_code, with_domain=True),
+        QUARANTINED_TRANSACTIONS: of(features, schemas, with_domain=True),
+        INPUT_SNAPSHOT: of(snapshot, schemas, with_domain=True),
+        PREDICTIONS: of(scoring),
+        DRIFT_METRICS: of(monitoring, drift),
+        PUBLISHED_PREDICTIONS: of(serving, with_domain=True),
+        PREDICTION_PERFORMANCE: of(performance, performance_lib, labels_lib, with_domain=True),
     }
 
 
-CODE_VERSIONS: Mapping[str, str] = _code_versions()
-
-SPECS = [
-    spec.replace_attributes(partitions_def=daily_partitions, group_name=PIPELINE_GROUP, code_version=CODE_VERSIONS[spec.key.to_user_string()])
-    for spec in (
-        ingest.RAW_TRANSACTIONS_SPEC,
-        *features.FEATURE_SPECS,
-        snapshot.INPUT_SNAPSHOT_SPEC,
-        scoring.PREDICTIONS_SPEC,
-        monitoring.DRIFT_METRICS_SPEC,
-        serving.PUBLISHED_PREDICTIONS_SPEC,
-        performance.PREDICTION_PERFORMANCE_SPEC,
+def domain_fingerprint(domain: Domain) -> str:
+    """What in a domain's declaration decides its tables' content (columns, rules, features, labels)."""
+    parts = (
+        domain.name,
+        domain.id_column,
+        repr(sorted((c, str(t)) for c, t in domain.landing_columns.items())),
+        repr(domain.row_schema),
+        repr(domain.event_time_column),
+        repr(domain.group_column),
+        repr(list(domain.feature_descriptions)),
+        repr(domain.business_columns),
+        domain.label_column,
+        repr(sorted((c, sorted(v)) for c, v in domain.vocabularies.items())),
     )
-]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-@dg.multi_asset(
-    name="daily_pipeline",
-    specs=SPECS,
-    check_specs=[
-        features.INVALID_SHARE_CHECK_SPEC,
-        snapshot.SIGNATURE_CHECK_SPEC,
-        monitoring.DRIFT_CHECK_SPEC,
-        performance.PERFORMANCE_CHECK_SPEC,
-    ],
-    can_subset=True,
-    partitions_def=daily_partitions,
-    # One run per backfill range: the model is loaded once, and days go through one at a time.
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    retry_policy=TRANSIENT_RETRY,
-    pool="scoring",
-)
-def daily_pipeline(
-    context: dg.AssetExecutionContext,
-    landing_zone: LandingZoneResource,
-    validation_policy: ValidationPolicyResource,
-    model_registry: MlflowModelRegistryResource,
-    torch_scorer: TorchScorerResource,
-    scoring_engine: ScoringEngineResource,
-    table_storage: TableStorageResource,
-    prediction_db: PredictionDatabaseResource,
-    labels: LabelsResource,
-    performance_policy: PerformancePolicyResource,
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """Ingest, validate, featurize, snapshot, score, measure drift, publish and evaluate each day of the run."""
-    run = PipelineRun(
-        context=context,
-        store=table_storage.store,
-        landing_zone=landing_zone,
-        validation_policy=validation_policy,
-        model_registry=model_registry,
-        torch_scorer=torch_scorer,
-        scoring_engine=scoring_engine,
-        prediction_db=prediction_db,
-        code_versions=CODE_VERSIONS,
-        labels=labels,
-        performance_policy=performance_policy,
-        snapshot_retention_days=table_storage.snapshot_retention_days,
+def build_daily_pipeline(domain: Domain) -> dg.AssetsDefinition:
+    """The daily pipeline's one multi-asset for `domain`: every stage of each day, the model loaded once per run."""
+    versions = code_versions(domain)
+    specs = [
+        spec.replace_attributes(
+            partitions_def=daily_partitions, group_name=PIPELINE_GROUP, code_version=versions[spec.key.to_user_string()]
+        )
+        for spec in (
+            ingest.raw_spec(domain),
+            *features.feature_specs(domain),
+            snapshot.snapshot_spec(domain),
+            scoring.PREDICTIONS_SPEC,
+            monitoring.DRIFT_METRICS_SPEC,
+            serving.PUBLISHED_PREDICTIONS_SPEC,
+            performance.PREDICTION_PERFORMANCE_SPEC,
+        )
+    ]
+
+    @dg.multi_asset(
+        name="daily_pipeline",
+        specs=specs,
+        check_specs=[
+            features.INVALID_SHARE_CHECK_SPEC,
+            snapshot.SIGNATURE_CHECK_SPEC,
+            monitoring.DRIFT_CHECK_SPEC,
+            performance.PERFORMANCE_CHECK_SPEC,
+        ],
+        can_subset=True,
+        partitions_def=daily_partitions,
+        # One run per backfill range: the model is loaded once, and days go through one at a time.
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=TRANSIENT_RETRY,
+        pool="scoring",
     )
+    def daily_pipeline(
+        context: dg.AssetExecutionContext,
+        landing_zone: LandingZoneResource,
+        validation_policy: ValidationPolicyResource,
+        model_registry: MlflowModelRegistryResource,
+        torch_scorer: TorchScorerResource,
+        scoring_engine: ScoringEngineResource,
+        table_storage: TableStorageResource,
+        prediction_db: PredictionDatabaseResource,
+        labels: LabelsResource,
+        performance_policy: PerformancePolicyResource,
+    ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+        """Ingest, validate, featurize, snapshot, score, measure drift, publish and evaluate each day of the run."""
+        run = PipelineRun(
+            context=context,
+            store=table_storage.store,
+            landing_zone=landing_zone,
+            validation_policy=validation_policy,
+            model_registry=model_registry,
+            torch_scorer=torch_scorer,
+            scoring_engine=scoring_engine,
+            prediction_db=prediction_db,
+            code_versions=versions,
+            labels=labels,
+            performance_policy=performance_policy,
+            snapshot_retention_days=table_storage.snapshot_retention_days,
+            domain=domain,
+        )
+        yield from run_pipeline(run)
+
+    return daily_pipeline
+
+
+def run_pipeline(run: PipelineRun) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """The step: each day of the run through the selected stages; the step fails at the end naming each stopped day."""
+    context = run.context
     # The Runs list shows tags: a range run names its days there (one-day runs carry dagster/partition).
     # The worker's host and pid let `orphaned_runs_sensor` tell a killed run from a running one.
-    context.instance.add_run_tags(context.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}", WORKER_TAG: this_worker()})
+    context.instance.add_run_tags(context.run.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}", WORKER_TAG: this_worker()})
     stopped: dict[str, str] = {}
     stages = [(assets, stage, inputs) for assets, stage, inputs in STAGES if any(a in run.selected for a in assets)]
     context.log.info(
-        f"{len(run.days)} day(s) {run.days[0]}..{run.days[-1]}: "
+        f"{run.domain.name}: {len(run.days)} day(s) {run.days[0]}..{run.days[-1]}: "
         + ", ".join(a for assets, _, _ in stages for a in assets if a in run.selected)
     )
     try:
@@ -168,6 +207,10 @@ def daily_pipeline(
             metadata={"stopped_days": dg.MetadataValue.json(dict(sorted(stopped.items())))},
             allow_retries=False,
         )
+
+
+# The pipeline of the built-in domain; the code location builds its own from the settings' domain.
+daily_pipeline = build_daily_pipeline(load_domain(None))
 
 
 def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:

@@ -1,4 +1,8 @@
-"""The demo fraud model: a small standardising MLP trained on pre-2025 synthetic days and registered in MLflow."""
+"""A domain's demo model: a small standardising MLP trained on pre-2025 synthetic days and registered in MLflow.
+
+It trains on the domain's training set (`batchinfer_assets.training_set`), the rows and features the pipeline
+serves, with the labels the domain's synthetic source has released by now.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from batchinfer_assets.lib.features import FEATURE_COLUMNS, build_features
+from batchinfer_assets.domain import Domain, load_domain
 from batchinfer_assets.lib.model_loading import (
     REFERENCE_ARTIFACT_PATH,
     ensure_experiment,
@@ -18,10 +22,9 @@ from batchinfer_assets.lib.model_loading import (
     make_client,
     mlflow_uris,
 )
-from batchinfer_assets.lib.synthetic import DEFAULT_SEED, LABEL_COLUMN, generate_day
+from batchinfer_assets.lib.synthetic import DEFAULT_SEED
 
 DEMO_EXPERIMENT = "batchinfer-demo"
-DEMO_MODEL_NAME = "fraud-detector"
 DEMO_ALIAS = "champion"
 DEFAULT_TRAIN_START = dt.date(2024, 10, 1)
 # Partitions start on 2025-01-01: training must end before it so the synthetic slow shift has
@@ -31,7 +34,7 @@ REFERENCE_SAMPLE_ROWS = 20_000
 
 
 class FraudMLP(torch.nn.Module):
-    """Standardise features with training statistics, then a two-hidden-layer MLP; returns P(fraud), shape (N,)."""
+    """Standardise features with training statistics, then a two-hidden-layer MLP; returns P(label = 1), shape (N,)."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, hidden: int = 64) -> None:
         super().__init__()
@@ -82,20 +85,25 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _labelled_features(days: list[dt.date], rows_per_day: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
-    for day in days:
-        # One day at a time, the way the pipeline builds features, so training sees the serving distribution.
-        transactions = generate_day(day, rows_per_day, seed=seed)
-        features = build_features(transactions)
-        if not features["transaction_id"].equals(transactions["transaction_id"]):
-            raise AssertionError("build_features must keep the transactions' row order")
-        xs.append(features.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype=np.float32))
-        ys.append(transactions[LABEL_COLUMN].to_numpy(dtype=np.float32))
-    return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
+def _labelled_features(domain: Domain, days: list[dt.date], rows_per_day: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled rows of the domain's training set over `days` of its synthetic source."""
+    import tempfile
+    from pathlib import Path
+
+    from batchinfer_assets.resources.labels import SyntheticLabelsResource
+    from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+    from batchinfer_assets.training_set import read_training_set, write_training_set
+
+    landing = SyntheticLandingZoneResource(rows_per_day=rows_per_day, seed=seed)
+    labels = SyntheticLabelsResource(rows_per_day=rows_per_day, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "training.parquet"
+        write_training_set(domain, landing, labels, days[0], days[-1], path)
+        return read_training_set(path, domain)
 
 
 def train_demo_model(
+    domain: Domain | None = None,
     *,
     train_start: dt.date = DEFAULT_TRAIN_START,
     train_days: int = 84,
@@ -106,15 +114,19 @@ def train_demo_model(
     learning_rate: float = 2e-3,
     seed: int = DEFAULT_SEED,
 ) -> DemoTrainingResult:
-    """Train the demo MLP on `train_days` synthetic days, holding out the last `holdout_days` for ROC AUC."""
+    """Train the domain's demo MLP on `train_days` synthetic days, holding out the last `holdout_days` for ROC AUC."""
+    domain = domain or load_domain(None)
+    if domain.synthetic is None:
+        raise ValueError(f"domain {domain.name!r} has no synthetic source to train a demo model on")
+    feature_columns = domain.feature_columns
     started = time.perf_counter()
     if holdout_days < 1 or train_days <= holdout_days:
         raise ValueError("need train_days > holdout_days >= 1")
     days = [train_start + dt.timedelta(days=i) for i in range(train_days)]
     if days[-1] >= TRAINING_CUTOFF:
         raise ValueError(f"training days must end before {TRAINING_CUTOFF}; got {days[-1]}")
-    x_train, y_train = _labelled_features(days[:-holdout_days], rows_per_day, seed)
-    x_hold, y_hold = _labelled_features(days[-holdout_days:], rows_per_day, seed)
+    x_train, y_train = _labelled_features(domain, days[:-holdout_days], rows_per_day, seed)
+    x_hold, y_hold = _labelled_features(domain, days[-holdout_days:], rows_per_day, seed)
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -122,7 +134,7 @@ def train_demo_model(
     y = torch.from_numpy(y_train)
     model = FraudMLP(x.mean(dim=0), x.std(dim=0))
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    # Fraud is a few percent of rows; weighting positives keeps the gradient from ignoring them.
+    # Positives are a few percent of rows; weighting them keeps the gradient from ignoring them.
     pos_weight = torch.tensor(max(1.0, float((1 - y_train.mean()) / max(y_train.mean(), 1e-6))) ** 0.5)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -152,7 +164,7 @@ def train_demo_model(
 
     sample_rng = np.random.default_rng(seed)
     take = np.sort(sample_rng.choice(x_train.shape[0], size=min(REFERENCE_SAMPLE_ROWS, x_train.shape[0]), replace=False))
-    reference = pd.DataFrame(x_train[take], columns=list(FEATURE_COLUMNS))
+    reference = pd.DataFrame(x_train[take], columns=list(feature_columns))
     with torch.inference_mode():
         reference["score"] = model(torch.from_numpy(x_train[take])).numpy().astype(np.float32)
 
@@ -167,11 +179,12 @@ def train_demo_model(
         "learning_rate": learning_rate,
         "hidden": 64,
         "seed": seed,
+        "domain": domain.name,
         "pos_weight": round(float(pos_weight), 4),
     }
     return DemoTrainingResult(
         module=model,
-        feature_columns=tuple(FEATURE_COLUMNS),
+        feature_columns=tuple(feature_columns),
         holdout_auc=auc,
         train_rows=int(x_train.shape[0]),
         holdout_rows=int(x_hold.shape[0]),
@@ -186,23 +199,28 @@ def register_demo_model(
     tracking_uri: str,
     artifact_location: str | None,
     registry_uri: str | None = None,
-    model_name: str = DEMO_MODEL_NAME,
+    domain: Domain | None = None,
+    model_name: str | None = None,
     alias: str = DEMO_ALIAS,
     serialization_format: str = "pt2",
     training: DemoTrainingResult | None = None,
 ) -> str:
-    """Train (unless given a result), log and register the demo model, point `alias` at it; return the version."""
+    """Train (unless given a result), log and register the domain's demo model, point `alias` at it; return the version."""
+    domain = domain or load_domain(None)
+    model_name = model_name or domain.demo_model_name
+    if model_name is None:
+        raise ValueError(f"domain {domain.name!r} names no demo model (demo_model_name)")
     import tempfile
     from pathlib import Path
 
     import mlflow
 
-    result = training if training is not None else train_demo_model()
+    result = training if training is not None else train_demo_model(domain)
     client = make_client(tracking_uri, registry_uri)
     experiment_id = ensure_experiment(client, DEMO_EXPERIMENT, artifact_location)
     example = result.reference.loc[:, list(result.feature_columns)].to_numpy(dtype=np.float32)[:8]
     with mlflow_uris(tracking_uri, registry_uri):
-        with mlflow.start_run(experiment_id=experiment_id, run_name="demo-fraud-mlp"):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"demo-{domain.name}-mlp"):
             mlflow.log_params(result.params)
             mlflow.log_metrics(
                 {

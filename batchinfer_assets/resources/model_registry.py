@@ -13,6 +13,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field, PrivateAttr
 
+from batchinfer_assets.domain import BUILT_IN_DOMAIN, load_domain
+
 from batchinfer_assets.lib.model_loading import (
     DEFAULT_MODEL_URI,
     ModelNotFoundError,
@@ -67,9 +69,13 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
     demo_when_missing: bool = Field(
         default=True,
         description=(
-            f"Train and register the demo model when model_uri is the default ({DEFAULT_MODEL_URI}) and the "
-            "registry lacks it. Any other missing model is an error."
+            "Train and register the domain's demo model when model_uri is that model's default URI (the built-in "
+            f"domain's: {DEFAULT_MODEL_URI}) and the registry lacks it. Any other missing model is an error."
         ),
+    )
+    demo_domain: str = Field(
+        default=BUILT_IN_DOMAIN,
+        description="`module.path:attribute` of the domain whose demo model is trained when it is missing.",
     )
 
     _described: dict[str, ResolvedModel] = PrivateAttr(default_factory=dict)
@@ -85,7 +91,7 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
         try:
             pinned = pin_model_uri(client, requested, self.tracking_uri)
         except ModelNotFoundError:
-            if not (version is None and self.demo_when_missing and self.model_uri == DEFAULT_MODEL_URI):
+            if not (version is None and self.demo_when_missing and self.model_uri == load_domain(self.demo_domain).demo_model_uri):
                 raise
             with demo_registration_lock(self.tracking_uri):
                 # Another run may have registered it while this one waited for the lock.
@@ -117,13 +123,13 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
     def _register_demo(self) -> str:
         # Imported here: the demo pulls in the synthetic source and training code, which a user's
         # own model never needs.
-        from batchinfer_assets.lib.demo_model import DEMO_ALIAS, DEMO_MODEL_NAME, register_demo_model
+        from batchinfer_assets.lib.demo_model import DEMO_ALIAS, register_demo_model
 
         return register_demo_model(
             tracking_uri=self.tracking_uri,
             registry_uri=self.registry_uri,
             artifact_location=self.artifact_location or default_artifact_location(self.tracking_uri),
-            model_name=DEMO_MODEL_NAME,
+            domain=load_domain(self.demo_domain),
             alias=DEMO_ALIAS,
         )
 

@@ -116,7 +116,8 @@ WHERE p.transaction_id = :transaction_id
 def test_which_model_and_input_scored_a_transaction_is_one_sql_join(pipeline_settings):
     import sqlalchemy as sa
 
-    from batchinfer_assets.assets.pipeline import CODE_VERSIONS
+    from batchinfer_assets.assets.pipeline import code_versions
+    from batchinfer_assets.domain import load_domain
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert " ".join(README_LINEAGE_QUERY.split()) in " ".join(readme.split()), "the README documents this query"
@@ -137,7 +138,7 @@ def test_which_model_and_input_scored_a_transaction_is_one_sql_join(pipeline_set
     assert row.pinned_model_uri == "models:/fraud-detector/1"
     assert row.artifact_checksum == scored.metadata["model_artifact_checksum"].value
     assert row.input_snapshot_hash == snapshot.tags[DATA_VERSION_TAG] == scored.metadata["input_snapshot_hash"].value
-    assert (row.code_version, row.engine, row.device) == (CODE_VERSIONS["predictions"], "local", "cpu")
+    assert (row.code_version, row.engine, row.device) == (code_versions(load_domain(None))["predictions"], "local", "cpu")
     assert row.dagster_run_id == result.run_id
 
 

@@ -12,7 +12,8 @@ from pandera.errors import SchemaErrors
 
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.landing import LandingDataError
-from batchinfer_assets.resources.prediction_db import predictions_table
+from batchinfer_assets.domains.card_transactions import domain as card_transactions
+from batchinfer_assets.resources.prediction_db import published_text_lengths
 
 CHANNELS = ("pos", "online", "atm")
 REASON_COLUMN = "reason"
@@ -39,16 +40,20 @@ def _no_control_characters() -> pa.Check:
     return pa.Check(lambda s: ~s.str.contains(r"[\x00-\x1f\x7f]", regex=True), name="no_control_characters")
 
 
+# The card columns' lengths in the prediction database.
+_PUBLISHED_LENGTHS = published_text_lengths(card_transactions)
+
+
 def _fits_published(column: str) -> pa.Check:
     """At most as long as the prediction database's column: such a row is quarantined here, not refused at publish."""
-    length = predictions_table.c[column].type.length
+    length = _PUBLISHED_LENGTHS[column]
     return pa.Check(lambda s: s.str.len() <= length, name=f"max_length({length})")
 
 
 def _key_text(column: str) -> list[pa.Check]:
     """The rules of a text key: not blank, no control characters, and storable where it is published."""
     checks = [_not_blank(), _no_control_characters()]
-    return checks + ([_fits_published(column)] if column in predictions_table.c else [])
+    return checks + ([_fits_published(column)] if column in _PUBLISHED_LENGTHS else [])
 
 
 def _is_utc() -> pa.Check:

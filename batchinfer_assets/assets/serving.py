@@ -37,7 +37,7 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
             "rows are published without a scoring_runs link"
         )
     rows = publishable_rows(run, state)
-    written = run.prediction_db.replace_partition(state.day, rows, lineage)
+    written = run.prediction_db.replace_partition(state.day, rows, lineage, domain=run.domain)
     del rows
     run.prediction_db.release_connections()
     run.context.log.info(f"{state.day}: published {written:,} rows to {run.prediction_db.safe_url()}")

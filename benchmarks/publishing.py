@@ -41,7 +41,10 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from batchinfer_assets.lib.synthetic import MERCHANT_CATEGORIES  # noqa: E402
-from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource, predictions_table  # noqa: E402
+from batchinfer_assets.domains.card_transactions import domain as CARD  # noqa: E402
+from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource, _layout  # noqa: E402
+
+predictions_table = _layout(CARD).table
 
 FIRST_DAY = dt.date(2025, 1, 1)
 
@@ -174,7 +177,7 @@ def single_table_replace_partition(engine: sa.Engine, dt_: str, rows: pa.Table) 
 
     from batchinfer_assets.resources.prediction_db import _prepare
 
-    table = _prepare(dt_, rows)
+    table = _prepare(dt_, rows, _layout(CARD))
     with engine.begin() as conn:
         conn.execute(sa.delete(predictions_table).where(predictions_table.c.dt == dt_))
         values = [repeat(dt_, table.num_rows)]
@@ -290,8 +293,8 @@ def publish_section(args, workdir: Path, backends: set[str], pg: Postgres | None
                 url = new_url()
                 if variant == "new":
                     db = PredictionDatabaseResource(url=url)
-                    db.engine  # noqa: B018 - create the schema outside the timings
-                    run = lambda day, i: db.replace_partition(day.isoformat(), days[i])  # noqa: E731
+                    db.ensure_schema(domain=CARD)  # create the schema outside the timings
+                    run = lambda day, i: db.replace_partition(day.isoformat(), days[i], domain=CARD)  # noqa: E731
                     engine = db.engine
                 elif variant == "single":
                     engine = single_table_engine(url)
@@ -306,7 +309,9 @@ def publish_section(args, workdir: Path, backends: set[str], pg: Postgres | None
                         if backend == "sqlite":  # the single ten-column table (SQLite now keeps a table per day)
                             predictions_table.to_metadata(sa.MetaData()).create(engine)
                         else:
-                            PredictionDatabaseResource(url=url).engine.dispose()  # the current schema
+                            current = PredictionDatabaseResource(url=url)
+                            current.ensure_schema(domain=CARD)  # the current schema
+                            current.engine.dispose()
                     run = lambda day, i, t=table, e=engine: old_replace_partition(  # noqa: E731
                         e, t, day.isoformat(), frames[i] if t is predictions_table else frames[i][list(OLD_COLUMNS[1:])]
                     )
@@ -357,7 +362,7 @@ def floor_section(args, workdir: Path) -> None:
         if day_table:
             from batchinfer_assets.resources.prediction_db import _sqlite_day_ddl
 
-            conn.execute(_sqlite_day_ddl("predictions"))
+            conn.execute(_sqlite_day_ddl("predictions", _layout(CARD)))
         else:
             conn.execute(ddl)
         for statement in indexes:
@@ -425,7 +430,7 @@ def lookup_section(args, workdir: Path, backends: set[str], pg: Postgres | None)
         for offset in range(args.days):
             day = FIRST_DAY + dt.timedelta(days=offset)
             rows = make_day(day, args.rows, seed=100 + offset)
-            last = _timed(lambda d=day, r=rows: db.replace_partition(d.isoformat(), r))[0]
+            last = _timed(lambda d=day, r=rows: db.replace_partition(d.isoformat(), r, domain=CARD))[0]
             print(f"  {backend}: day {offset + 1}/{args.days} published in {last:.1f} s", file=sys.stderr, flush=True)
         build = time.perf_counter() - build_start
         db.engine.dispose()

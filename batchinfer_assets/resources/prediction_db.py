@@ -1,18 +1,19 @@
 """The prediction database downstream apps query.
 
-A day's rows go in as one Arrow table and are bulk-loaded without Python code per row.
+A day's rows go in as one Arrow table and are bulk-loaded without Python code per row. The table's layout comes
+from the domain: its id column (the key, with the day), the score columns, then its business columns. One
+database holds one domain's predictions.
 
-PostgreSQL: one table `predictions` (primary key `(dt, transaction_id)`, indexes on `transaction_id` and
-`(dt, score)`), loaded through COPY in CSV that pyarrow writes chunk by chunk, rows sorted by `transaction_id`
-so two of its three B-trees fill in key order.
+PostgreSQL: one table `predictions` (primary key `(dt, id)`, indexes on the id and `(dt, score)`), loaded through
+COPY in CSV that pyarrow writes chunk by chunk, rows sorted by the id so two of its three B-trees fill in key order.
 
-SQLite: `predictions` is a view over one table per day (`predictions_day_YYYYMMDD`, keyed by `transaction_id`,
-indexed by `score`), grouped by year (`predictions_year_YYYY`). A single table cannot be loaded under SQLite's
-own floor of 2.8 s per million rows: whatever order the rows come in, one of its indexes fills in random order
-(BENCHMARKS.md, "Publishing"). A day of its own is filled in key order and indexed by a sort, and replacing it
-drops a table instead of deleting a million index entries one by one. Rows are handed to SQLite from Arrow in C
-by the ADBC SQLite driver. Queries read the view as they would the table: SQLite pushes `WHERE transaction_id
-= ?` into every day's primary key and `WHERE dt = ? ORDER BY score DESC LIMIT n` into that day's score index.
+SQLite: `predictions` is a view over one table per day (`predictions_day_YYYYMMDD`, keyed by the id, indexed by
+`score`), grouped by year (`predictions_year_YYYY`). A single table cannot be loaded under SQLite's own floor of
+2.8 s per million rows: whatever order the rows come in, one of its indexes fills in random order (BENCHMARKS.md,
+"Publishing"). A day of its own is filled in key order and indexed by a sort, and replacing it drops a table
+instead of deleting a million index entries one by one. Rows are handed to SQLite from Arrow in C by the ADBC
+SQLite driver. Queries read the view as they would the table: SQLite pushes `WHERE transaction_id = ?` into every
+day's primary key and `WHERE dt = ? ORDER BY score DESC LIMIT n` into that day's score index.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from __future__ import annotations
 import datetime as dt_
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pyarrow as pa
@@ -33,7 +35,8 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from batchinfer_assets.lib.redaction import redact
+if TYPE_CHECKING:
+    from batchinfer_assets.domain import Domain
 
 PREDICTIONS_TABLE = "predictions"
 SCORING_RUNS_TABLE = "scoring_runs"
@@ -73,30 +76,6 @@ class UtcDateTime(sa.types.TypeDecorator):
 
 
 _metadata = sa.MetaData()
-predictions_table = sa.Table(
-    PREDICTIONS_TABLE,
-    _metadata,
-    sa.Column("dt", sa.String(10), primary_key=True),
-    sa.Column("transaction_id", sa.String(128), primary_key=True),
-    sa.Column("score", sa.Float, nullable=False),
-    sa.Column("label", sa.SmallInteger, nullable=False),
-    sa.Column("model_name", sa.String(256)),
-    sa.Column("model_version", sa.String(64), nullable=False),
-    # Business columns; nullable so that a table created by an older version gains them in place.
-    sa.Column("customer_id", sa.String(128)),
-    sa.Column("event_time", UtcDateTime()),
-    sa.Column("amount", sa.Float),
-    sa.Column("merchant_category", sa.String(64)),
-    # Which scoring produced the row: scoring_runs.id (model, version, artifact checksum, input snapshot, code).
-    sa.Column("scoring_run_id", sa.Integer),
-    # One transaction_id, day unknown.
-    sa.Index("ix_predictions_transaction_id", "transaction_id"),
-    # A day's highest scores: WHERE dt = ? ORDER BY score DESC LIMIT n walks this index backwards.
-    sa.Index("ix_predictions_dt_score", "dt", "score"),
-    # SQLite: rows live in the primary key's B-tree, so a day's rows are contiguous and there is
-    # no separate rowid tree to maintain. Ignored by PostgreSQL.
-    sqlite_with_rowid=False,
-)
 # One row per scoring of a day that was published: what "model name + version" cannot say alone (three registries
 # can each hold a "fraud-detector v1"), so a score traces back to exact bytes of model and input with one join.
 scoring_runs_table = sa.Table(
@@ -124,38 +103,121 @@ scoring_runs_table = sa.Table(
     sa.UniqueConstraint("dagster_run_id", "dt", name="uq_scoring_runs_run_dt"),
 )
 SCORING_RUN_FIELDS = tuple(c.name for c in scoring_runs_table.columns if c.name not in ("id", "dt", "published_at"))
-_COLUMNS = tuple(c.name for c in predictions_table.columns)
-# The columns the caller's Arrow table must hold (dt comes from the partition key) and their types here.
-_INPUT_TYPES: dict[str, pa.DataType] = {
-    "transaction_id": pa.string(),
-    "score": pa.float64(),  # float32 scores widen exactly; both backends store them as double
-    "label": pa.int16(),
-    "model_name": pa.string(),
-    "model_version": pa.string(),
-    "customer_id": pa.string(),
-    "event_time": pa.timestamp("us", tz="UTC"),
-    "amount": pa.float64(),
-    "merchant_category": pa.string(),
-}
+
+# Text lengths in the prediction database: the id and text business columns hold this many characters, except
+# columns that existing databases already hold with another length (the card domain's merchant category).
+_TEXT_LENGTH = 128
+_TEXT_LENGTHS = {"merchant_category": 64}
 # Indexes an earlier version created that the current definition covers (the primary key leads with dt).
 _RETIRED_INDEXES = ("ix_predictions_dt",)
+# PostgreSQL's limit on an identifier's length (an index named after a long id column is cut to it).
+_PG_MAX_IDENTIFIER = 63
 
 # SQLite: one table per day under the `predictions` view (see the module's docstring).
 _SQLITE_DAY_PREFIX = "predictions_day_"
 _SQLITE_YEAR_PREFIX = "predictions_year_"
-# The columns of a day's table: the view adds `dt` from the table's name.
-_SQLITE_DAY_COLUMNS = (
-    ("transaction_id", "TEXT NOT NULL PRIMARY KEY"),
-    ("score", "REAL NOT NULL"),
-    ("label", "INTEGER NOT NULL"),
-    ("model_name", "TEXT"),
-    ("model_version", "TEXT NOT NULL"),
-    ("customer_id", "TEXT"),
-    ("event_time", "TEXT"),
-    ("amount", "REAL"),
-    ("merchant_category", "TEXT"),
-    ("scoring_run_id", "INTEGER"),
-)
+_SQLITE_QUOTE = sa_sqlite.dialect().identifier_preparer.quote
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Table `predictions` for one domain: its definition, the caller's columns and the SQLite day tables."""
+
+    domain: str
+    id_column: str
+    # The PostgreSQL table; reading SQLite's view through it gives the same types back.
+    table: sa.Table
+    # The columns the caller's Arrow table must hold (dt comes from the partition key) and their types here.
+    input_types: dict[str, pa.DataType]
+    # The columns of a day's SQLite table and their declarations: the view adds `dt` from the table's name.
+    sqlite_columns: tuple[tuple[str, str], ...]
+
+
+_LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
+
+
+def _layout(domain: Domain) -> _Layout:
+    """The domain's layout of table `predictions`, built once per domain (name, id and business columns)."""
+    business = tuple((name, domain.landing_columns[name]) for name in domain.business_columns)
+    key = (domain.name, domain.id_column, business)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = _build_layout(domain.name, domain.id_column, business)
+    return _LAYOUTS[key]
+
+
+def _build_layout(domain: str, id_column: str, business: tuple[tuple[str, pa.DataType], ...]) -> _Layout:
+    stored = [_stored_type(domain, name, type_) for name, type_ in business]
+    table = sa.Table(
+        PREDICTIONS_TABLE,
+        sa.MetaData(),
+        sa.Column("dt", sa.String(10), primary_key=True),
+        sa.Column(id_column, sa.String(_TEXT_LENGTH), primary_key=True),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("label", sa.SmallInteger, nullable=False),
+        sa.Column("model_name", sa.String(256)),
+        sa.Column("model_version", sa.String(64), nullable=False),
+        # Business columns; nullable so that a table created by an older version gains them in place.
+        *(sa.Column(name, sql_type) for (name, _), (sql_type, _, _) in zip(business, stored, strict=True)),
+        # Which scoring produced the row: scoring_runs.id (model, version, artifact checksum, input snapshot, code).
+        sa.Column("scoring_run_id", sa.Integer),
+        # One id, day unknown.
+        sa.Index(f"ix_predictions_{id_column}"[:_PG_MAX_IDENTIFIER], id_column),
+        # A day's highest scores: WHERE dt = ? ORDER BY score DESC LIMIT n walks this index backwards.
+        sa.Index("ix_predictions_dt_score", "dt", "score"),
+        # SQLite: rows live in the primary key's B-tree, so a day's rows are contiguous and there is
+        # no separate rowid tree to maintain. Ignored by PostgreSQL.
+        sqlite_with_rowid=False,
+    )
+    input_types = {
+        id_column: pa.string(),
+        "score": pa.float64(),  # float32 scores widen exactly; both backends store them as double
+        "label": pa.int16(),
+        "model_name": pa.string(),
+        "model_version": pa.string(),
+        **{name: arrow_type for (name, _), (_, arrow_type, _) in zip(business, stored, strict=True)},
+    }
+    sqlite_columns = (
+        (id_column, "TEXT NOT NULL PRIMARY KEY"),
+        ("score", "REAL NOT NULL"),
+        ("label", "INTEGER NOT NULL"),
+        ("model_name", "TEXT"),
+        ("model_version", "TEXT NOT NULL"),
+        *((name, declared) for (name, _), (_, _, declared) in zip(business, stored, strict=True)),
+        ("scoring_run_id", "INTEGER"),
+    )
+    return _Layout(domain, id_column, table, input_types, sqlite_columns)
+
+
+def _stored_type(domain: str, column: str, type_: pa.DataType) -> tuple[sa.types.TypeEngine, pa.DataType, str]:
+    """How a business column is stored: its SQL type, the Arrow type it is loaded as, its SQLite declaration."""
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return sa.String(_TEXT_LENGTHS.get(column, _TEXT_LENGTH)), pa.string(), "TEXT"
+    if pa.types.is_timestamp(type_):
+        return UtcDateTime(), pa.timestamp("us", tz="UTC"), "TEXT"
+    if pa.types.is_floating(type_):
+        return sa.Float(), pa.float64(), "REAL"
+    if pa.types.is_integer(type_):
+        return sa.BigInteger(), pa.int64(), "INTEGER"
+    if pa.types.is_boolean(type_):
+        return sa.Boolean(), pa.bool_(), "INTEGER"
+    raise ValueError(
+        f"domain {domain!r}: business column {column!r} of type {type_} cannot be published to the prediction"
+        " database (string, timestamp, floating point, integer and boolean columns can)"
+    )
+
+
+def predictions_table(domain: Domain) -> sa.Table:
+    """Table `predictions` as the domain publishes it (PostgreSQL's table; SQLite's view reads back the same)."""
+    return _layout(domain).table
+
+
+def published_text_lengths(domain: Domain) -> dict[str, int]:
+    """The most characters the database holds in the domain's id and text business columns, by column."""
+    table = _layout(domain).table
+    names = (domain.id_column, *domain.business_columns)
+    return {name: table.c[name].type.length for name in names if isinstance(table.c[name].type, sa.String)}
+
+
 _DAY_KEY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 _COPY_CHUNK_ROWS = 65_536
@@ -169,6 +231,10 @@ _SQLITE_CACHE_KIB = 256 * 1024
 _SQLITE_JOURNAL_MODE = "WAL"
 _SQLITE_WAL_LIMIT_BYTES = 64 * 1024 * 1024
 _SCHEMA_LOCK_KEY = zlib.crc32(b"batchinfer:predictions:schema")
+
+
+# The columns every domain's table has that reading what is published needs.
+_PUBLISHED = sa.table(PREDICTIONS_TABLE, sa.column("dt"), sa.column("scoring_run_id"))
 
 
 class PredictionDatabaseConnectionError(ConnectionError):
@@ -185,6 +251,12 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
     url: str = Field(description="SQLAlchemy URL of the prediction database (sqlite:/// or postgresql+psycopg://).")
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
+    # Layouts whose table this resource has created or checked (once per domain and resource).
+    _ready: set[int] = PrivateAttr(default_factory=set)
+
+    def safe_url(self) -> str:
+        """The URL with any password masked, for logs and metadata."""
+        return sa.make_url(self.url).render_as_string(hide_password=True)
 
     def _is_postgres(self) -> bool:
         return sa.make_url(self.url).get_backend_name() == "postgresql"
@@ -194,7 +266,7 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
         database = sa.make_url(self.url).database
         if database in (None, "", ":memory:") or database.startswith("file::memory:"):
             raise ValueError(
-                f"prediction database {redact(self.url)} is in memory: downstream apps could not query it and it would "
+                f"prediction database {self.safe_url()} is in memory: downstream apps could not query it and it would "
                 "be gone with the process; give a file (sqlite:////path/to/predictions.db)"
             )
         return database
@@ -211,7 +283,7 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
 
     @property
     def engine(self) -> sa.Engine:
-        """A pooled engine, created on first use (creating or upgrading the table) and reused for the run."""
+        """A pooled engine, created on first use (creating or upgrading table `scoring_runs`) and reused for the run."""
         if self._engine is None:
             url = sa.make_url(self.url)
             connect_args: dict[str, object] = {}
@@ -243,42 +315,61 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
             conn = engine.connect()
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise PredictionDatabaseConnectionError(
-                f"cannot connect to the prediction database ({self._where()}): {redact(str(exc.orig).strip())}"
+                f"cannot connect to the prediction database ({self._where()}): {str(exc.orig).strip()}"
             ) from None
         with conn:
             conn = conn.execution_options(batchinfer_sqlite_begin=sqlite_begin)
             with conn.begin():
                 yield conn
 
-    def replace_partition(self, dt: str, rows: pa.Table, scoring_run: Mapping[str, Any] | None = None, *, domain=None) -> int:
+    def ensure_schema(self, *, domain: Domain) -> None:
+        """Create table `predictions` for the domain, or bring one an earlier version created up to date.
+
+        Done by the first publication otherwise. Refused when the table holds another domain's predictions.
+        """
+        layout = _layout(domain)
+        engine = self.engine
+        if id(layout) in self._ready:
+            return
+        with self._begin(engine, sqlite_begin="BEGIN IMMEDIATE") as conn:
+            if self._is_postgres():
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+            _ensure_predictions(conn, layout, self._where())
+        self._ready.add(id(layout))
+
+    def replace_partition(
+        self, dt: str, rows: pa.Table, scoring_run: Mapping[str, Any] | None = None, *, domain: Domain
+    ) -> int:
         """Delete the day's rows and insert `rows` atomically; returns rows written.
 
-        `rows` holds transaction_id, score, label, model_name, model_version, customer_id, event_time,
-        amount and merchant_category (more columns are ignored). `scoring_run` (the SCORING_RUN_FIELDS of the
-        scoring that produced them) is recorded in `scoring_runs` in the same transaction and each row links
-        to it. Nothing is written, and the day's previous rows are kept, when a column is missing or a
-        transaction_id is null or repeated.
+        `rows` holds the domain's id column, score, label, model_name, model_version and the domain's business
+        columns (more columns are ignored). `scoring_run` (the SCORING_RUN_FIELDS of the scoring that produced
+        them) is recorded in `scoring_runs` in the same transaction and each row links to it. Nothing is written,
+        and the day's previous rows are kept, when a column is missing, an id is null or repeated, or a value
+        cannot be stored.
         """
-        table = _prepare(dt, rows)
+        layout = _layout(domain)
+        table = _prepare(dt, rows, layout)
         if scoring_run is not None:
             missing = [name for name in SCORING_RUN_FIELDS if name not in scoring_run]
             if missing:
                 raise PredictionsRefusedError(f"scoring run of {dt} lacks {missing}: nothing was published")
+        # Creates or upgrades the tables first (on SQLite through sqlite3; closed again).
+        self.ensure_schema(domain=domain)
         if not self._is_postgres():
-            engine = self.engine  # creates or upgrades the schema first (through sqlite3; closed again)
             try:
-                _replace_sqlite_day(self._sqlite_path(), dt, table, scoring_run)
+                _replace_sqlite_day(self._sqlite_path(), dt, table, scoring_run, layout)
             except _adbc_error() as exc:
                 # Raise what SQLAlchemy raises for the same failure, so callers and the retry policy see one kind.
                 raise sa.exc.DBAPIError.instance(
-                    f"bulk load into {PREDICTIONS_TABLE} for {dt}", None, exc, _adbc_error(), dialect=engine.dialect
+                    f"bulk load into {PREDICTIONS_TABLE} for {dt}", None, exc, _adbc_error(), dialect=self.engine.dialect
                 ) from exc
             return table.num_rows
         with self._begin(self.engine) as conn:
             # Two runs replacing the same day would interleave their deletes and inserts and collide.
             day_lock = zlib.crc32(f"batchinfer:predictions:{dt}".encode())
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(day_lock)))
-            conn.execute(sa.delete(predictions_table).where(predictions_table.c.dt == dt))
+            conn.execute(sa.delete(layout.table).where(layout.table.c.dt == dt))
             run_id = None if scoring_run is None else _record_scoring_run(conn, dt, scoring_run)
             try:
                 _copy_csv(conn, dt, table, run_id)
@@ -300,29 +391,23 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
 
     def published_snapshot_hashes(self) -> set[str]:
         """The input snapshot hashes behind the rows published now (one scoring run per published day)."""
-        runs, rows = scoring_runs_table, predictions_table
+        runs, rows = scoring_runs_table, _PUBLISHED
         days = sa.select(runs.c.dt).distinct().subquery()
         current = sa.select(rows.c.scoring_run_id).where(rows.c.dt == days.c.dt).limit(1).scalar_subquery()
         query = sa.select(runs.c.input_snapshot_hash).where(runs.c.id.in_(sa.select(current).select_from(days))).distinct()
         with self._begin(self.engine) as conn:
+            if not sa.inspect(conn).has_table(PREDICTIONS_TABLE):
+                return set()
             return set(conn.execute(query).scalars())
 
     def count_partition(self, dt: str) -> int:
         """Rows currently published for the day."""
         with self._begin(self.engine) as conn:
+            if not sa.inspect(conn).has_table(PREDICTIONS_TABLE):
+                return 0  # nothing published yet
             return conn.execute(
-                sa.select(sa.func.count()).select_from(predictions_table).where(predictions_table.c.dt == dt)
+                sa.select(sa.func.count()).select_from(_PUBLISHED).where(_PUBLISHED.c.dt == dt)
             ).scalar_one()
-
-
-def published_text_lengths(domain) -> dict[str, int]:
-    """The database's length of each text column the domain publishes (its id and business columns)."""
-    published = {domain.id_column, *domain.business_columns}
-    return {
-        c.name: c.type.length
-        for c in predictions_table.columns
-        if c.name in published and isinstance(c.type, sa.String) and c.type.length
-    }
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
@@ -366,20 +451,28 @@ def _record_scoring_run(conn: sa.Connection, dt: str, scoring_run: Mapping[str, 
 
 
 def _ensure_schema(conn: sa.Connection) -> None:
-    """Create the tables, or bring tables an earlier version created up to date: add columns and indexes (PostgreSQL),
-    split the single table into day tables (SQLite)."""
+    """Create table `scoring_runs`, or bring the one an earlier version created up to date."""
     inspector = sa.inspect(conn)
     scoring_runs_table.create(conn, checkfirst=True)
     _widen_string_columns(conn, inspector, scoring_runs_table)
+
+
+def _ensure_predictions(conn: sa.Connection, layout: _Layout, where: str) -> None:
+    """Create table `predictions` for the layout, or bring one an earlier version created up to date: add columns and
+    indexes (PostgreSQL), split the single table into day tables (SQLite). Another domain's table is refused."""
     if conn.dialect.name == "sqlite":
-        _ensure_sqlite_schema(conn)
+        _ensure_sqlite_schema(conn, layout, where)
         return
+    inspector = sa.inspect(conn)
+    table = layout.table
     if not inspector.has_table(PREDICTIONS_TABLE):
-        predictions_table.create(conn)
+        table.create(conn)
         return
+    key = [name for name in inspector.get_pk_constraint(PREDICTIONS_TABLE)["constrained_columns"] if name != "dt"]
+    _refuse_other_domain(key, layout, where)
     present = {column["name"] for column in inspector.get_columns(PREDICTIONS_TABLE)}
     preparer = conn.dialect.identifier_preparer
-    for column in predictions_table.columns:
+    for column in table.columns:
         if column.name in present:
             continue
         if not column.nullable:
@@ -397,9 +490,21 @@ def _ensure_schema(conn: sa.Connection) -> None:
     for name in _RETIRED_INDEXES:
         if name in indexes:
             conn.execute(sa.text(f"DROP INDEX {preparer.quote(name)}"))
-    for index in predictions_table.indexes:
+    for index in table.indexes:
         if index.name not in indexes:
             index.create(conn)
+
+
+def _refuse_other_domain(key: list[str], layout: _Layout, where: str) -> None:
+    """Refuse a `predictions` table keyed by another column than the domain's id: another domain's predictions."""
+    if key != [layout.id_column]:
+        shown = ", ".join(repr(name) for name in key) or "nothing"
+        raise PredictionsRefusedError(
+            f"table {PREDICTIONS_TABLE} in the prediction database ({where}) is keyed by {shown} (besides dt), but"
+            f" domain {layout.domain!r} identifies its rows by {layout.id_column!r}: a prediction database holds one"
+            " domain's predictions; nothing was published. Set BATCHINFER_PREDICTIONS_DB_URL to another database for"
+            " this domain"
+        )
 
 
 def _widen_string_columns(conn: sa.Connection, inspector: sa.Inspector, table: sa.Table) -> None:
@@ -423,20 +528,20 @@ def _widen_string_columns(conn: sa.Connection, inspector: sa.Inspector, table: s
             )
 
 
-def _prepare(dt: str, rows: pa.Table) -> pa.Table:
-    """The input columns in their storage types, sorted by transaction_id; refuses what cannot be published."""
+def _prepare(dt: str, rows: pa.Table, layout: _Layout) -> pa.Table:
+    """The input columns in their storage types, sorted by the id; refuses what cannot be published."""
     if isinstance(rows, pa.RecordBatch):
         rows = pa.Table.from_batches([rows])
     if not isinstance(rows, pa.Table):
         raise TypeError(f"predictions for {dt} must be a pyarrow.Table, got {type(rows).__name__}")
     refused = "nothing was published, the day's previous rows are kept"
-    missing = [name for name in _INPUT_TYPES if name not in rows.column_names]
+    missing = [name for name in layout.input_types if name not in rows.column_names]
     if missing:
         raise PredictionsRefusedError(
             f"predictions for {dt} lack column(s) {', '.join(repr(name) for name in missing)}: {refused}"
         )
     columns = {}
-    for name, target in _INPUT_TYPES.items():
+    for name, target in layout.input_types.items():
         column = rows.column(name)
         try:
             if pa.types.is_timestamp(target) and not pa.types.is_timestamp(column.type):
@@ -453,36 +558,37 @@ def _prepare(dt: str, rows: pa.Table) -> pa.Table:
         columns[name] = column
     table = pa.table(columns)
 
-    ids = table.column("transaction_id")
-    for name in ("transaction_id", "score", "label", "model_version"):
+    id_column = layout.id_column
+    ids = table.column(id_column)
+    for name in (id_column, "score", "label", "model_version"):
         nulls = table.column(name).null_count
         if nulls:
             raise PredictionsRefusedError(f"predictions for {dt} have {nulls} null {name}(s): {refused}")
     if len(ids) > 1 and pc.any(pc.less(ids[1:], ids[:-1])).as_py():
         table = table.take(pc.sort_indices(ids))
-        ids = table.column("transaction_id")
+        ids = table.column(id_column)
     # Sorted: a repeated id sits next to itself. Counted (for the message) only when there is one.
     if len(ids) > 1 and pc.any(pc.equal(ids[1:], ids[:-1])).as_py():
-        counts = pc.value_counts(rows.column("transaction_id"))
+        counts = pc.value_counts(rows.column(id_column))
         repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
         raise PredictionsRefusedError(
-            f"predictions for {dt} repeat {len(repeated)} transaction_id(s), e.g. {repeated[0].as_py()!r}: {refused}"
+            f"predictions for {dt} repeat {len(repeated)} {id_column}(s), e.g. {repeated[0].as_py()!r}: {refused}"
         )
-    _refuse_unstorable(dt, table, refused)
+    _refuse_unstorable(dt, table, refused, layout)
     return table
 
 
-def _refuse_unstorable(dt: str, table: pa.Table, refused: str) -> None:
+def _refuse_unstorable(dt: str, table: pa.Table, refused: str, layout: _Layout) -> None:
     """Refuse text the table cannot hold (over the column's length, or with a NUL), naming the column and the first id.
 
     Checked on every backend: SQLite would store both, PostgreSQL would fail the whole COPY without naming either.
     """
-    ids = table.column("transaction_id")
-    for name, target in _INPUT_TYPES.items():
+    ids = table.column(layout.id_column)
+    for name, target in layout.input_types.items():
         if target != pa.string():
             continue
         column = table.column(name)
-        length = predictions_table.c[name].type.length
+        length = layout.table.c[name].type.length
         problems = [(pc.match_substring(column, "\x00"), "hold a NUL character, which PostgreSQL text cannot store")]
         if length is not None:
             problems.insert(0, (pc.greater(pc.utf8_length(column), length), f"are longer than the {length} characters the column holds"))
@@ -492,7 +598,7 @@ def _refuse_unstorable(dt: str, table: pa.Table, refused: str) -> None:
                 first = ids[pc.index(mask, True).as_py()].as_py()
                 shown = repr(first) if len(first) <= 64 else f"{first[:64]!r}... ({len(first)} characters)"
                 raise PredictionsRefusedError(
-                    f"predictions for {dt}: {count} {name} value(s) {what}, first at transaction_id {shown}: {refused}"
+                    f"predictions for {dt}: {count} {name} value(s) {what}, first at {layout.id_column} {shown}: {refused}"
                 )
 
 
@@ -507,8 +613,8 @@ def _day_table(dt: str) -> str:
     return _SQLITE_DAY_PREFIX + dt.replace("-", "")
 
 
-def _sqlite_day_ddl(name: str) -> str:
-    columns = ", ".join(f"{column} {declared}" for column, declared in _SQLITE_DAY_COLUMNS)
+def _sqlite_day_ddl(name: str, layout: _Layout) -> str:
+    columns = ", ".join(f"{_SQLITE_QUOTE(column)} {declared}" for column, declared in layout.sqlite_columns)
     return f"CREATE TABLE {name} ({columns}) WITHOUT ROWID"
 
 
@@ -516,31 +622,42 @@ def _sqlite_day_index(name: str) -> str:
     return f"CREATE INDEX {name}_score ON {name} (score)"
 
 
-def _sqlite_views(day_tables: list[str]) -> list[str]:
-    """DDL that (re)creates the `predictions` view over the days' tables, through one view per year.
+def _sqlite_views(day_tables: Mapping[str, set[str]], layout: _Layout) -> list[str]:
+    """DDL that (re)creates the `predictions` view over the days' tables (name -> its columns), through one view per
+    year; a column a day's table lacks (published before the domain gained it) reads as null.
 
     A compound SELECT takes at most 500 terms in SQLite; a year has at most 366 days, and SQLite flattens the
     nested views so queries still reach each day's indexes.
     """
-    columns = ", ".join(column for column, _ in _SQLITE_DAY_COLUMNS)
+    names = [_SQLITE_QUOTE(column) for column, _ in layout.sqlite_columns]
+    columns = ", ".join(names)
     by_year: dict[str, list[str]] = {}
     for name in sorted(day_tables):
         by_year.setdefault(name[len(_SQLITE_DAY_PREFIX):][:4], []).append(name)
     statements = [f"DROP VIEW IF EXISTS {PREDICTIONS_TABLE}"]
     years = []
-    for year, names in by_year.items():
+    for year, tables in by_year.items():
         view = f"{_SQLITE_YEAR_PREFIX}{year}"
         arms = " UNION ALL ".join(
-            f"SELECT '{_day_of(name)}' AS dt, {columns} FROM {name}" for name in names
+            f"SELECT '{_day_of(name)}' AS dt, {_selected(layout, day_tables[name])} FROM {name}" for name in tables
         )
         statements += [f"DROP VIEW IF EXISTS {view}", f"CREATE VIEW {view} AS {arms}"]
         years.append(view)
     if years:
         body = " UNION ALL ".join(f"SELECT dt, {columns} FROM {view}" for view in years)
     else:  # nothing published yet: the columns, no rows
-        nulls = ", ".join(f"CAST(NULL AS {declared.split()[0]}) AS {column}" for column, declared in _SQLITE_DAY_COLUMNS)
+        nulls = ", ".join(
+            f"CAST(NULL AS {declared.split()[0]}) AS {quoted}"
+            for quoted, (_, declared) in zip(names, layout.sqlite_columns, strict=True)
+        )
         body = f"SELECT CAST(NULL AS TEXT) AS dt, {nulls} WHERE 0"
     return [*statements, f"CREATE VIEW {PREDICTIONS_TABLE} AS {body}"]
+
+
+def _selected(layout: _Layout, present: set[str]) -> str:
+    """The layout's day-table columns as a SELECT list, null for those `present` lacks."""
+    quoted = [(column, _SQLITE_QUOTE(column)) for column, _ in layout.sqlite_columns]
+    return ", ".join(q if column in present else f"NULL AS {q}" for column, q in quoted)
 
 
 def _day_of(table: str) -> str:
@@ -548,29 +665,46 @@ def _day_of(table: str) -> str:
     return f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
 
 
-_SQLITE_DAY_TABLES = f"SELECT name FROM sqlite_schema WHERE type = 'table' AND name GLOB '{_SQLITE_DAY_PREFIX}[0-9]*'"
+# Every day table's columns, as (table, column) rows.
+_SQLITE_DAY_TABLE_COLUMNS = (
+    "SELECT m.name, c.name FROM sqlite_schema AS m JOIN pragma_table_info(m.name) AS c"
+    f" WHERE m.type = 'table' AND m.name GLOB '{_SQLITE_DAY_PREFIX}[0-9]*'"
+)
 
 
-def _ensure_sqlite_schema(conn: sa.Connection) -> None:
-    """The `predictions` view over the day tables; a `predictions` table of an earlier version is split into them."""
+def _by_table(rows: Iterable[Sequence[str]]) -> dict[str, set[str]]:
+    tables: dict[str, set[str]] = {}
+    for table, column in rows:
+        tables.setdefault(table, set()).add(column)
+    return tables
+
+
+def _ensure_sqlite_schema(conn: sa.Connection, layout: _Layout, where: str) -> None:
+    """The `predictions` view over the day tables with the layout's columns; a `predictions` table of an earlier
+    version is split into them. Another domain's view or table is refused."""
     kind = conn.exec_driver_sql("SELECT type FROM sqlite_schema WHERE name = ?", (PREDICTIONS_TABLE,)).scalar()
+    info = conn.exec_driver_sql(f"PRAGMA table_info({PREDICTIONS_TABLE})").all()  # cid, name, type, notnull, default, pk
     if kind == "view":
-        return
+        # The view's columns are dt, then the key.
+        _refuse_other_domain([row[1] for row in info[1:2]], layout, where)
+        if [row[1] for row in info] == ["dt", *(column for column, _ in layout.sqlite_columns)]:
+            return
     if kind == "table":
-        present = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({PREDICTIONS_TABLE})")}
-        selected = ", ".join(c if c in present else f"NULL AS {c}" for c, _ in _SQLITE_DAY_COLUMNS)
+        _refuse_other_domain([row[1] for row in sorted(info, key=lambda row: row[5]) if row[5] and row[1] != "dt"], layout, where)
+        selected = _selected(layout, {row[1] for row in info})
         days = conn.exec_driver_sql(f"SELECT DISTINCT dt FROM {PREDICTIONS_TABLE} ORDER BY dt").scalars().all()
         for day in days:
             name = _day_table(_checked_day(day))
-            conn.exec_driver_sql(_sqlite_day_ddl(name))
+            conn.exec_driver_sql(_sqlite_day_ddl(name, layout))
             conn.exec_driver_sql(
-                f"INSERT INTO {name} SELECT {selected} FROM {PREDICTIONS_TABLE} WHERE dt = ? ORDER BY transaction_id",
+                f"INSERT INTO {name} SELECT {selected} FROM {PREDICTIONS_TABLE} WHERE dt = ?"
+                f" ORDER BY {_SQLITE_QUOTE(layout.id_column)}",
                 (day,),
             )
             conn.exec_driver_sql(_sqlite_day_index(name))
         conn.exec_driver_sql(f"DROP TABLE {PREDICTIONS_TABLE}")
-    day_tables = conn.exec_driver_sql(_SQLITE_DAY_TABLES).scalars().all()
-    for statement in _sqlite_views(list(day_tables)):
+    day_tables = _by_table(conn.exec_driver_sql(_SQLITE_DAY_TABLE_COLUMNS).all())
+    for statement in _sqlite_views(day_tables, layout):
         conn.exec_driver_sql(statement)
 
 
@@ -581,7 +715,9 @@ def _checked_day(dt: str) -> str:
     return dt
 
 
-def _replace_sqlite_day(path: str, dt: str, table: pa.Table, scoring_run: Mapping[str, Any] | None) -> None:
+def _replace_sqlite_day(
+    path: str, dt: str, table: pa.Table, scoring_run: Mapping[str, Any] | None, layout: _Layout
+) -> None:
     """Replace the day's table in one transaction: drop it, create it, load it from Arrow, index it."""
     import adbc_driver_sqlite.dbapi as adbc_sqlite
 
@@ -596,15 +732,16 @@ def _replace_sqlite_day(path: str, dt: str, table: pa.Table, scoring_run: Mappin
         cursor.execute("BEGIN IMMEDIATE")  # waits (busy_timeout) while another run publishes
         try:
             run_id = None if scoring_run is None else _record_scoring_run_sqlite(cursor, dt, scoring_run)
-            cursor.execute(f"{_SQLITE_DAY_TABLES} AND name = ?", (name,))
-            new_day = not cursor.fetchall()
+            cursor.execute("SELECT name FROM pragma_table_info(?)", (name,))
+            previous = {row[0] for row in cursor.fetchall()}  # empty: a new day
             cursor.execute(f"DROP TABLE IF EXISTS {name}")
-            cursor.execute(_sqlite_day_ddl(name))
-            cursor.adbc_ingest(name, _sqlite_rows(table, run_id), mode="append")
+            cursor.execute(_sqlite_day_ddl(name, layout))
+            cursor.adbc_ingest(name, _sqlite_rows(table, run_id, layout), mode="append")
             _index_day_table(cursor, name)
-            if new_day:
-                cursor.execute(_SQLITE_DAY_TABLES)
-                for statement in _sqlite_views([row[0] for row in cursor.fetchall()]):
+            # The views name every day's table and its columns: a new day, or a day of other columns, redoes them.
+            if previous != {column for column, _ in layout.sqlite_columns}:
+                cursor.execute(_SQLITE_DAY_TABLE_COLUMNS)
+                for statement in _sqlite_views(_by_table(cursor.fetchall()), layout):
                     cursor.execute(statement)
             cursor.execute("COMMIT")
         except BaseException:
@@ -622,16 +759,18 @@ def _index_day_table(cursor: Any, name: str) -> None:
     cursor.execute(_sqlite_day_index(name))
 
 
-def _sqlite_rows(table: pa.Table, scoring_run_id: int | None) -> pa.Table:
-    """The day's rows as the day table stores them: event_time as UTC ISO text, the scoring run's id."""
-    # Arrow formats naive (UTC wall clock) timestamps fast; zoned ones go through tz lookups.
-    event_time = pc.binary_join_element_wise(
-        pc.cast(pc.cast(table.column("event_time"), pa.timestamp("us")), pa.string()), "+00:00", ""
-    )
-    columns = {name: table.column(name) for name, _ in _SQLITE_DAY_COLUMNS if name not in ("event_time", "scoring_run_id")}
-    columns["event_time"] = event_time
-    columns["scoring_run_id"] = pa.repeat(pa.scalar(scoring_run_id, pa.int64()), table.num_rows)
-    return pa.table({name: columns[name] for name, _ in _SQLITE_DAY_COLUMNS})
+def _sqlite_rows(table: pa.Table, scoring_run_id: int | None, layout: _Layout) -> pa.Table:
+    """The day's rows as the day table stores them: timestamps as UTC ISO text, booleans as 0/1, the scoring run's id."""
+    columns = {"scoring_run_id": pa.repeat(pa.scalar(scoring_run_id, pa.int64()), table.num_rows)}
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_timestamp(column.type):
+            # Arrow formats naive (UTC wall clock) timestamps fast; zoned ones go through tz lookups.
+            column = pc.binary_join_element_wise(pc.cast(pc.cast(column, pa.timestamp("us")), pa.string()), "+00:00", "")
+        elif pa.types.is_boolean(column.type):
+            column = pc.cast(column, pa.int64())
+        columns[name] = column
+    return pa.table({name: columns[name] for name, _ in layout.sqlite_columns})
 
 
 def _record_scoring_run_sqlite(cursor: Any, dt: str, scoring_run: Mapping[str, Any]) -> int:
@@ -667,9 +806,10 @@ def _copy_csv(conn: sa.Connection, dt: str, table: pa.Table, scoring_run_id: int
     """
     table = table.append_column("scoring_run_id", pa.repeat(pa.scalar(scoring_run_id, pa.int64()), table.num_rows))
     table = pa.table({"dt": pa.repeat(pa.scalar(dt, pa.string()), table.num_rows), **{
-        name: table.column(name) for name in _COLUMNS[1:]
+        name: table.column(name) for name in table.column_names
     }})
-    sql = f"COPY {PREDICTIONS_TABLE} ({', '.join(_COLUMNS)}) FROM STDIN WITH (FORMAT csv, ENCODING 'UTF8')"
+    columns = ", ".join(conn.dialect.identifier_preparer.quote(name) for name in table.column_names)
+    sql = f"COPY {PREDICTIONS_TABLE} ({columns}) FROM STDIN WITH (FORMAT csv, ENCODING 'UTF8')"
     chunks = _csv_chunks(table)
     driver = conn.connection.driver_connection
     if sa.make_url(conn.engine.url).get_driver_name() == "psycopg2":

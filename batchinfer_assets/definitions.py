@@ -13,6 +13,7 @@ from batchinfer_assets.assets.scoring import scoring_model
 from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policies
 from batchinfer_assets.jobs import daily_scoring_job, reproduce_predictions_job
+from batchinfer_assets.resources.domain import DomainResource
 from batchinfer_assets.resources.labels import (
     LabelsResource,
     NoLabelsResource,
@@ -99,6 +100,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         ),
         "labels": labels,
         "performance_policy": PerformancePolicyResource(),
+        "domain": DomainResource(),
     }
 
 

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import math
 
 import dagster as dg
 
@@ -12,10 +13,12 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from batchinfer_assets import tables
 from batchinfer_assets.assets.performance import LABELS_FINGERPRINT_KEY
+from batchinfer_assets.domain import Domain
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
+from batchinfer_assets.resources.domain import DomainResource
 from batchinfer_assets.resources.labels import LabelsResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.run_worker import WORKER_TAG, is_alive
@@ -25,7 +28,7 @@ REPRODUCES_TAG = "batchinfer/reproduces"
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
 PREDICTION_PERFORMANCE = dg.AssetKey(tables.PREDICTION_PERFORMANCE)
-# Scored days whose labels are watched: the synthetic source releases its last labels 60 days after a transaction.
+# Scored days whose labels are watched: the card's synthetic source releases its last labels 60 days after a transaction.
 LABELS_WINDOW_DAYS = 60
 _BATCH = 1000
 
@@ -98,10 +101,10 @@ def publish_predictions_sensor(context: dg.SensorEvaluationContext):
     asset_selection=[PREDICTION_PERFORMANCE],
     description="Re-evaluates exactly the scored days whose labels changed, or that were scored again, since their last evaluation.",
 )
-def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: LabelsResource):
+def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: LabelsResource, domain: DomainResource):
     """Requests `prediction_performance` for each recent scored day whose labels or predictions changed, as one backfill.
 
-    Watches the most recent LABELS_WINDOW_DAYS days that have predictions. A day is requested when
+    Watches the most recent `labels_window_days(domain)` days that have predictions. A day is requested when
     - its labels changed: their fingerprint (file names, sizes and modification times; for the synthetic source,
       the last daily drop that can have released labels for the day) differs from the cursor's, or, for a day the
       cursor does not know yet, from the one recorded on the day's latest evaluation; or
@@ -112,7 +115,8 @@ def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: L
     """
     instance = context.instance
     previous: dict[str, list] = json.loads(context.cursor) if context.cursor else {}
-    scored = sorted(instance.get_materialized_partitions(PREDICTIONS))[-LABELS_WINDOW_DAYS:]
+    watched = domain.load()
+    scored = sorted(instance.get_materialized_partitions(PREDICTIONS))[-labels_window_days(watched):]
     if not scored:
         return dg.SensorResult(skip_reason="no scored days yet", cursor=json.dumps({}))
     materialized = dg.DagsterEventType.ASSET_MATERIALIZATION
@@ -124,7 +128,7 @@ def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: L
     waiting: list[str] = []
     for day in scored:
         try:
-            fingerprint = labels.label_files_fingerprint(dt.date.fromisoformat(day))
+            fingerprint = labels.label_files_fingerprint(dt.date.fromisoformat(day), watched)
         except Exception as error:
             raise redacted_error(error) from None  # shown in the tick: an S3 endpoint's credentials masked
         seen_fingerprint, seen_scored_at = previous.get(day) or (_evaluated_fingerprint(instance, day), None)
@@ -154,6 +158,14 @@ def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: L
         run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "labels"})],
         cursor=new_cursor,
     )
+
+
+def labels_window_days(domain: Domain) -> int:
+    """How many recent scored days the sensor watches: LABELS_WINDOW_DAYS, or longer for a synthetic source whose
+    labels come later."""
+    if domain.synthetic is None:
+        return LABELS_WINDOW_DAYS
+    return max(LABELS_WINDOW_DAYS, math.ceil(domain.synthetic.max_label_delay_days) + 1)
 
 
 def _evaluated_fingerprint(instance: dg.DagsterInstance, day: str) -> str | None:

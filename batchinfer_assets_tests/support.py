@@ -10,6 +10,7 @@ import dagster as dg
 
 from batchinfer_assets.assets.pipeline import daily_pipeline
 from batchinfer_assets.assets.scoring import scoring_model
+from batchinfer_assets.resources.domain import DomainResource
 from batchinfer_assets.resources.labels import PerformancePolicyResource, SyntheticLabelsResource
 from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
@@ -35,6 +36,7 @@ def pipeline_resources(storage: Path, model_registry: Any, **overrides: Any) -> 
         "prediction_db": PredictionDatabaseResource(url=f"sqlite:///{Path(storage) / 'predictions.db'}"),
         "labels": SyntheticLabelsResource(rows_per_day=1000),
         "performance_policy": PerformancePolicyResource(),
+        "domain": DomainResource(),
     }
     resources.update(overrides)
     return resources

@@ -39,9 +39,8 @@ def _land(settings, day: str, name: str, ids: list[str]) -> None:
 
 def _evaluate(defs, instance, cursor):
     # Called directly, a sensor gets its resources from the context, not from `definitions`.
-    with dg.build_sensor_context(
-        instance=instance, cursor=cursor, definitions=defs, resources={"labels": defs.resources["labels"]}
-    ) as context:
+    resources = {key: defs.resources[key] for key in ("labels", "domain")}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources) as context:
         result = prediction_performance_sensor(context)
     keys = [key for request in result.run_requests or [] for key in request.asset_graph_subset.iterate_asset_partitions()]
     assert {k.asset_key for k in keys} <= {PREDICTION_PERFORMANCE}

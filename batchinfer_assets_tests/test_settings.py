@@ -140,5 +140,6 @@ def test_labels_uri_picks_the_parquet_labels_zone_and_its_absence_the_synthetic_
     zone = build_resources(Settings.from_env({"BATCHINFER_LABELS_URI": str(tmp_path / "labels")}, cwd=tmp_path))["labels"]
     assert isinstance(zone, ParquetLabelsResource) and zone.uri == str(tmp_path / "labels")
     # A real landing zone without a labels zone: the synthetic truth would name ids that were never scored.
-    own_data = build_resources(Settings.from_env({"BATCHINFER_LANDING_URI": str(tmp_path / "landing")}, cwd=tmp_path))["labels"]
-    assert isinstance(own_data, NoLabelsResource) and own_data.labels_for(dt.date(2025, 3, 1)).labels.empty
+    resources = build_resources(Settings.from_env({"BATCHINFER_LANDING_URI": str(tmp_path / "landing")}, cwd=tmp_path))
+    own_data = resources["labels"]
+    assert isinstance(own_data, NoLabelsResource) and own_data.labels_for(dt.date(2025, 3, 1), resources["domain"].load()).labels.empty

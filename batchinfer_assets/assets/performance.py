@@ -1,10 +1,11 @@
 """Whether the model is still right: each scored day's predictions against the labels known so far.
 
-Labels arrive days to weeks after a transaction, so a day is evaluated again whenever new labels land
+Labels arrive days to weeks after a row's day, so a day is evaluated again whenever new labels land
 (`prediction_performance_sensor`). Until they do, the unlabelled share is judged by an estimate from the
 scores alone (CBPE, see `lib/performance.py`), which holds only for a calibrated model. The day's model
 version comes from its predictions, never from the run's model: this stage loads no model, and a day scored
-by an older version is judged against that version's own hold-out figure.
+by an older version is judged against that version's own hold-out figure. Predictions and labels are joined on the
+domain's id column; the label is the domain's label column.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.labels import DayLabels, labels_table
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
@@ -45,10 +47,6 @@ PERFORMANCE_SCHEMA = pa.schema(
 )
 # The labels the evaluation saw, as the re-evaluation sensor compares them.
 LABELS_FINGERPRINT_KEY = "labels_fingerprint"
-CALIBRATION_NOTE = (
-    "estimated = CBPE on the unlabelled rows (each score taken as P(fraud)): valid only if the model is calibrated; "
-    f"ece over {ECE_BINS} equal-width score bins; 95% ROC AUC interval by Hanley-McNeil"
-)
 
 PREDICTION_PERFORMANCE_SPEC = dg.AssetSpec(
     PREDICTION_PERFORMANCE,
@@ -65,7 +63,7 @@ PERFORMANCE_CHECK_SPEC = dg.AssetCheckSpec(
     asset=PREDICTION_PERFORMANCE,
     blocking=False,
     description=(
-        "Warns when a day's ROC AUC (realized, or estimated while too few frauds are labelled) is below the model's "
+        "Warns when a day's ROC AUC (realized, or estimated while too few positives are labelled) is below the model's "
         "hold-out ROC AUC minus the tolerance."
     ),
     partitions_def=daily_partitions,
@@ -103,14 +101,14 @@ class Judgement:
 
 def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Join the day's predictions with its known labels, store the metrics per model version, and judge them."""
-    day = state.day
+    day, domain = state.day, run.domain
     predictions = run.store.read_partition(
-        PREDICTIONS, day, columns=["transaction_id", "score", "label", "model_name", "model_version"]
+        PREDICTIONS, day, columns=[domain.id_column, "score", "label", "model_name", "model_version"]
     )
     # Taken before the read: a file landing meanwhile changes the fingerprint, and the sensor evaluates the day again.
-    fingerprint = run.labels.label_files_fingerprint(state.date)
-    known = run.labels.labels_for(state.date)
-    y, unknown_ids = join_labels(predictions.column("transaction_id"), known)
+    fingerprint = run.labels.label_files_fingerprint(state.date, domain)
+    known = run.labels.labels_for(state.date, domain)
+    y, unknown_ids = join_labels(predictions.column(domain.id_column), known)
 
     scores = predictions.column("score").to_numpy().astype(np.float64)
     flagged = predictions.column("label").to_numpy()
@@ -137,7 +135,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         verdict = ("PERFORMANCE BELOW FLOOR: " if below else "performance within floor: ") + "; ".join(j.sentence() for j in judgements)
     latest = known.latest_labelled_at
     run.context.log.info(
-        f"{day}: {int((y >= 0).sum())} of {len(y)} predictions labelled, latest label {latest.isoformat() if latest is not None else 'none yet'}; {verdict}"
+        f"{day}: {int((y >= 0).sum())} of {len(y)} scored {domain.rows_name} labelled ({domain.label_column}), latest label {latest.isoformat() if latest is not None else 'none yet'}; {verdict}"
     )
     if below:
         run.context.log.warning(f"{day}: {verdict}")
@@ -160,17 +158,21 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         LABELS_FINGERPRINT_KEY: fingerprint,
         "tolerance": run.performance_policy.tolerance,
         "verdict": verdict,
-        "method": CALIBRATION_NOTE,
+        "method": calibration_note(domain),
         "model_versions": dg.MetadataValue.json(versions),
         "performance": dg.MetadataValue.md(performance_markdown(rows)),
         "uri": dg.MetadataValue.path(uri),
     }
     if unknown_ids:
-        run.context.log.warning(f"{day}: {unknown_ids} label(s) name transaction ids that were not scored; counted, not joined")
+        run.context.log.warning(
+            f"{day}: {unknown_ids} label(s) name {domain.rows_name} that were not scored ({domain.id_column} not in the "
+            "day's predictions); counted, not joined"
+        )
     if known.future or known.before_transaction_day:
         run.context.log.warning(
             f"{day}: ignored {known.future} label(s) dated in the future and {known.before_transaction_day} dated before the "
-            f"transactions' day in {run.labels.location(state.date)}: their labelled_at is wrong; fix the labelling export"
+            f"day of their {domain.rows_name} in {run.labels.location(state.date)}: their labelled_at is wrong; fix the "
+            "labelling export"
         )
     # Re-landed labels change the content hash, so the day gets a new data version even with the same predictions.
     predictions_version = run.latest_version(PREDICTIONS, day, state) or table_content_hash(predictions)
@@ -180,7 +182,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         metadata,
         inputs=(PREDICTIONS,),
         data_version=performance_version(
-            run.code_versions[PREDICTION_PERFORMANCE], predictions_version, table_content_hash(labels_table(known.labels))
+            run.code_versions[PREDICTION_PERFORMANCE], predictions_version, table_content_hash(labels_table(known))
         ),
     )
     yield run.check(
@@ -200,13 +202,13 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
 
 def join_labels(ids: pa.ChunkedArray, known: DayLabels) -> tuple[np.ndarray, int]:
     """Each prediction's label (-1 where none is known yet), and how many labels name ids that were not scored."""
-    label_ids = pa.array(known.labels["transaction_id"]).cast(ids.type)
+    label_ids = pa.array(known.labels[known.id_column]).cast(ids.type)
     position = pc.index_in(ids, value_set=label_ids)
     y = np.full(len(ids), -1, dtype=np.int8)
     found = position.is_valid().to_numpy(zero_copy_only=False)
     if found.any():
-        fraud = known.labels["is_fraud"].to_numpy(dtype=np.int8)
-        y[found] = fraud[position.drop_null().to_numpy()]
+        truth = known.labels[known.label_column].to_numpy(dtype=np.int8)
+        y[found] = truth[position.drop_null().to_numpy()]
     unknown = len(label_ids) - int(pc.sum(pc.is_in(label_ids, value_set=ids)).as_py() or 0)
     return y, unknown
 
@@ -219,7 +221,7 @@ def performance_version(code_version: str, predictions_version: str, labels_hash
 def _judge(
     run: PipelineRun, name: str, version: str, realized: dict, estimated: dict, y: np.ndarray, gap: float | None
 ) -> Judgement:
-    """Realized ROC AUC when enough frauds and legitimate rows are labelled, else the estimate, against the floor."""
+    """Realized ROC AUC when enough positive and negative rows are labelled, else the estimate, against the floor."""
     policy = run.performance_policy
     try:
         holdout = run.model_registry.version_metric(name, version, policy.holdout_metric)
@@ -231,8 +233,23 @@ def _judge(
     positives, negatives = int((y == 1).sum()), int((y == 0).sum())
     if min(positives, negatives) >= policy.min_labelled_positives and realized["roc_auc"] is not None:
         return Judgement(version, realized["roc_auc"], REALIZED, floor, holdout, gap)
-    basis = f"{ESTIMATED} (only {positives} labelled frauds, {policy.min_labelled_positives} needed)"
+    basis = estimate_basis(run.domain, positives, negatives, policy.min_labelled_positives)
     return Judgement(version, estimated["roc_auc"], basis, floor, holdout, gap)
+
+
+def estimate_basis(domain: Domain, positives: int, negatives: int, needed: int) -> str:
+    """Why a day is judged on the estimate: too few labelled positives (or negatives) to trust its realized ROC AUC."""
+    counts = ((positives, "positives", 1), (negatives, "negatives", 0))
+    short = [f"{count} labelled {kind} ({domain.label_column}={value})" for count, kind, value in counts if count < needed]
+    return f"{ESTIMATED} (only {' and '.join(short)}, {needed} needed)"
+
+
+def calibration_note(domain: Domain) -> str:
+    """How the day's figures are computed, for the materialization's metadata."""
+    return (
+        f"estimated = CBPE on the unlabelled rows (each score taken as P({domain.label_column}=1)): valid only if the "
+        f"model is calibrated; ece over {ECE_BINS} equal-width score bins; 95% ROC AUC interval by Hanley-McNeil"
+    )
 
 
 def estimate_gap(scores: np.ndarray, flagged: np.ndarray, y: np.ndarray, realized_auc: float | None) -> float | None:

@@ -1,11 +1,15 @@
-"""Labels zones: where the delayed truth about each transaction day comes from, and how performance is judged."""
+"""Labels zones: where the delayed truth about each day's rows comes from, and how performance is judged.
+
+Resources hold only serializable settings; the domain (its id and label columns, its synthetic source) is passed to
+each call, so one resource serves whichever domain the run declares.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
 from abc import ABC, abstractmethod
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import dagster as dg
 import pandas as pd
@@ -13,41 +17,48 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from batchinfer_assets.lib.labels import (
-    MAX_DELAY_DAYS,
     DayLabels,
+    conform_labels,
     files_fingerprint,
     label_files,
     latest_labels,
     read_label_files,
     released_by,
-    synthetic_label_schedule,
 )
 from batchinfer_assets.lib.parquet_store import is_s3_uri
 from batchinfer_assets.lib.synthetic import DEFAULT_SEED
 from batchinfer_assets.resources.storage import S3_FIELD_DESCRIPTION
 
+if TYPE_CHECKING:
+    from batchinfer_assets.domain import Domain, SyntheticSource
+
+
+def no_labels(domain: Domain) -> DayLabels:
+    """No labels known for a day, in the domain's columns."""
+    return latest_labels([], [], id_column=domain.id_column, label_column=domain.label_column)
+
 
 class LabelsResource(dg.ConfigurableResource, ABC):
-    """A source of the labels known so far for one transaction day."""
+    """A source of the labels known so far for one day's rows."""
 
     @abstractmethod
     def location(self, day: dt.date) -> str:
         """Where the day's labels are read from, for messages and metadata."""
 
     @abstractmethod
-    def labels_for(self, day: dt.date) -> DayLabels:
-        """The labels known now for the day's transactions, the latest per id; none yet is not an error."""
+    def labels_for(self, day: dt.date, domain: Domain) -> DayLabels:
+        """The labels known now for the day's rows of `domain`, the latest per id; none yet is not an error."""
 
     @abstractmethod
-    def label_files_fingerprint(self, day: dt.date) -> str:
+    def label_files_fingerprint(self, day: dt.date, domain: Domain) -> str:
         """A short string that changes whenever the day's known labels may have changed (cheap: no data read)."""
 
 
 class SyntheticLabelsResource(LabelsResource):
-    """The synthetic source's own truth, each label released a deterministic delay after its transaction."""
+    """The domain's synthetic source's own truth, each label released a deterministic delay after its row."""
 
     rows_per_day: int = Field(
-        default=20_000, gt=0, description="Transactions a day of the synthetic landing zone (must match it, so ids match)."
+        default=20_000, gt=0, description="Rows a day of the synthetic landing zone (must match it, so ids match)."
     )
     seed: int = Field(default=DEFAULT_SEED, description="Seed of the synthetic landing zone (must match it).")
     now: Optional[str] = Field(
@@ -71,15 +82,27 @@ class SyntheticLabelsResource(LabelsResource):
         stamp = stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
         return stamp.floor("D")
 
-    def labels_for(self, day: dt.date) -> DayLabels:
-        released = released_by(synthetic_label_schedule(day, self.rows_per_day, self.seed), self.as_of())
-        return latest_labels([released], [self.location(day)])
+    def labels_for(self, day: dt.date, domain: Domain) -> DayLabels:
+        location, columns = self.location(day), {"id_column": domain.id_column, "label_column": domain.label_column}
+        schedule = _source(domain).label_schedule(day, self.rows_per_day, self.seed)
+        # The source is the domain author's code: what it released is checked as a landed file would be.
+        released = conform_labels(released_by(schedule, self.as_of(), location), location, **columns)
+        return latest_labels([released], [location], **columns)
 
-    def label_files_fingerprint(self, day: dt.date) -> str:
+    def label_files_fingerprint(self, day: dt.date, domain: Domain) -> str:
         # No files: the last daily drop that can have released labels for the day plays their part. It changes
         # with each drop until the longest delay has passed, and costs nothing (the sensor asks for 60 days a tick).
-        last_release = day + dt.timedelta(days=math.ceil(MAX_DELAY_DAYS) + 1)
+        last_release = day + dt.timedelta(days=math.ceil(_source(domain).max_label_delay_days) + 1)
         return f"drop={min(self.as_of().date(), last_release).isoformat()}"
+
+
+def _source(domain: Domain) -> SyntheticSource:
+    if domain.synthetic is None:
+        raise ValueError(
+            f"domain {domain.name!r} has no synthetic source, so there are no synthetic labels to release: set "
+            "BATCHINFER_LABELS_URI to its labels zone (without one its days are judged on the estimate alone)"
+        )
+    return domain.synthetic
 
 
 class ParquetLabelsResource(LabelsResource):
@@ -94,15 +117,22 @@ class ParquetLabelsResource(LabelsResource):
     def _client(self):
         return (self.s3 or S3Resource()).get_client() if is_s3_uri(self.uri) else None
 
-    def labels_for(self, day: dt.date) -> DayLabels:
-        return read_label_files(label_files(self.uri, day, s3_client=self._client()), day=day, now=pd.Timestamp.now(tz="UTC"))
+    def labels_for(self, day: dt.date, domain: Domain) -> DayLabels:
+        return read_label_files(
+            label_files(self.uri, day, s3_client=self._client()),
+            id_column=domain.id_column,
+            label_column=domain.label_column,
+            day=day,
+            now=pd.Timestamp.now(tz="UTC"),
+        )
 
-    def label_files_fingerprint(self, day: dt.date) -> str:
+    def label_files_fingerprint(self, day: dt.date, domain: Domain) -> str:
         return files_fingerprint(label_files(self.uri, day, s3_client=self._client()))
 
 
 class NoLabelsResource(LabelsResource):
-    """No labels zone: a real landing zone without BATCHINFER_LABELS_URI (the synthetic truth would name other ids).
+    """No labels zone: a real landing zone without BATCHINFER_LABELS_URI (the synthetic truth would name other ids),
+    or a domain without a synthetic source.
 
     Every day is then evaluated on the estimate alone, and its metadata says where labels would come from.
     """
@@ -110,10 +140,10 @@ class NoLabelsResource(LabelsResource):
     def location(self, day: dt.date) -> str:
         return "none: set BATCHINFER_LABELS_URI to a labels zone"
 
-    def labels_for(self, day: dt.date) -> DayLabels:
-        return latest_labels([], [])
+    def labels_for(self, day: dt.date, domain: Domain) -> DayLabels:
+        return no_labels(domain)
 
-    def label_files_fingerprint(self, day: dt.date) -> str:
+    def label_files_fingerprint(self, day: dt.date, domain: Domain) -> str:
         return "none"
 
 
@@ -140,7 +170,8 @@ class PerformancePolicyResource(dg.ConfigurableResource):
         default=30,
         ge=1,
         description=(
-            "Labelled frauds a day needs before its realized ROC AUC is judged; with fewer, the estimate for the "
-            "unlabelled rows is judged instead (its interval would be too wide to mean anything)."
+            "Labelled positives (label 1), and as many labelled negatives, a day needs before its realized ROC AUC is "
+            "judged; with fewer, the estimate for the unlabelled rows is judged instead (its interval would be too "
+            "wide to mean anything)."
         ),
     )

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster_aws.s3 import S3Resource
 
+from batchinfer_assets.domains.card_transactions import domain as CARD
 from batchinfer_assets.lib.labels import LabelsDataError
 from batchinfer_assets.resources.labels import ParquetLabelsResource
 from batchinfer_assets_tests.s3.conftest import REGION
@@ -33,20 +34,20 @@ def _labels(ids, fraud, micros) -> pa.Table:
 
 def test_labels_on_s3_are_read_and_fingerprinted_like_local_ones(s3_env):
     resource = ParquetLabelsResource(uri=f"s3://{s3_env.bucket}/labels", s3=S3Resource(region_name=REGION))
-    assert resource.labels_for(DAY).labels.empty
-    empty = resource.label_files_fingerprint(DAY)
+    assert resource.labels_for(DAY, CARD).labels.empty
+    empty = resource.label_files_fingerprint(DAY, CARD)
 
     _put(s3_env, "part-1.parquet", _labels(["a", "b"], [0, 0], [1_739_300_000_000_000] * 2))
-    first = resource.label_files_fingerprint(DAY)
+    first = resource.label_files_fingerprint(DAY, CARD)
     _put(s3_env, "part-2.parquet", _labels(["a"], [1], [1_739_900_000_000_000]))
     # Files are found as the landing zone finds them: a nested folder's object is data (here one dated 1970, before
     # the day: read, then ignored and counted), a writer's bookkeeping is not.
     _put(s3_env, "hour=07/part-0.parquet", _labels(["z"], [1], [0]))
     _put(s3_env, "_SUCCESS.parquet", _labels(["z"], [1], [0]))
-    second = resource.label_files_fingerprint(DAY)
+    second = resource.label_files_fingerprint(DAY, CARD)
 
     assert len({empty, first, second}) == 3 and second.startswith("3:")
-    day = resource.labels_for(DAY)
+    day = resource.labels_for(DAY, CARD)
     assert day.labels["is_fraud"].tolist() == [1, 0] and day.contradictory == 1
     assert day.before_transaction_day == 1
     assert day.sources == (
@@ -57,4 +58,4 @@ def test_labels_on_s3_are_read_and_fingerprinted_like_local_ones(s3_env):
 
     _put(s3_env, "part-3.parquet", _labels(["c"], [1], [1_739_900_000_000_000]).drop_columns(["labelled_at"]))
     with pytest.raises(LabelsDataError, match=rf"labels file s3://{s3_env.bucket}/labels/dt=2025-02-11/part-3.parquet: required column\(s\) missing: labelled_at"):
-        resource.labels_for(DAY)
+        resource.labels_for(DAY, CARD)

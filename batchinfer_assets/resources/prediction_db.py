@@ -357,12 +357,13 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
         # Creates or upgrades the tables first (on SQLite through sqlite3; closed again).
         self.ensure_schema(domain=domain)
         if not self._is_postgres():
+            dialect = self.engine.dialect
             try:
                 _replace_sqlite_day(self._sqlite_path(), dt, table, scoring_run, layout)
             except _adbc_error() as exc:
                 # Raise what SQLAlchemy raises for the same failure, so callers and the retry policy see one kind.
                 raise sa.exc.DBAPIError.instance(
-                    f"bulk load into {PREDICTIONS_TABLE} for {dt}", None, exc, _adbc_error(), dialect=self.engine.dialect
+                    f"bulk load into {PREDICTIONS_TABLE} for {dt}", None, exc, _adbc_error(), dialect=dialect
                 ) from exc
             return table.num_rows
         with self._begin(self.engine) as conn:
@@ -598,7 +599,8 @@ def _refuse_unstorable(dt: str, table: pa.Table, refused: str, layout: _Layout) 
                 first = ids[pc.index(mask, True).as_py()].as_py()
                 shown = repr(first) if len(first) <= 64 else f"{first[:64]!r}... ({len(first)} characters)"
                 raise PredictionsRefusedError(
-                    f"predictions for {dt}: {count} {name} value(s) {what}, first at {layout.id_column} {shown}: {refused}"
+                    f"predictions for {dt}: {count} {name} value(s) {what}, first at {layout.id_column} {shown}:"
+                    f" {refused}"
                 )
 
 
@@ -683,14 +685,16 @@ def _ensure_sqlite_schema(conn: sa.Connection, layout: _Layout, where: str) -> N
     """The `predictions` view over the day tables with the layout's columns; a `predictions` table of an earlier
     version is split into them. Another domain's view or table is refused."""
     kind = conn.exec_driver_sql("SELECT type FROM sqlite_schema WHERE name = ?", (PREDICTIONS_TABLE,)).scalar()
-    info = conn.exec_driver_sql(f"PRAGMA table_info({PREDICTIONS_TABLE})").all()  # cid, name, type, notnull, default, pk
+    # cid, name, type, notnull, default, pk (the column's place in the primary key; 0: not in it)
+    info = conn.exec_driver_sql(f"PRAGMA table_info({PREDICTIONS_TABLE})").all()
     if kind == "view":
         # The view's columns are dt, then the key.
         _refuse_other_domain([row[1] for row in info[1:2]], layout, where)
         if [row[1] for row in info] == ["dt", *(column for column, _ in layout.sqlite_columns)]:
             return
     if kind == "table":
-        _refuse_other_domain([row[1] for row in sorted(info, key=lambda row: row[5]) if row[5] and row[1] != "dt"], layout, where)
+        key = [row[1] for row in sorted(info, key=lambda row: row[5]) if row[5] and row[1] != "dt"]
+        _refuse_other_domain(key, layout, where)
         selected = _selected(layout, {row[1] for row in info})
         days = conn.exec_driver_sql(f"SELECT DISTINCT dt FROM {PREDICTIONS_TABLE} ORDER BY dt").scalars().all()
         for day in days:
@@ -760,13 +764,14 @@ def _index_day_table(cursor: Any, name: str) -> None:
 
 
 def _sqlite_rows(table: pa.Table, scoring_run_id: int | None, layout: _Layout) -> pa.Table:
-    """The day's rows as the day table stores them: timestamps as UTC ISO text, booleans as 0/1, the scoring run's id."""
+    """The day's rows as the day table stores them: timestamps as UTC ISO text, booleans as 0/1, the scoring run."""
     columns = {"scoring_run_id": pa.repeat(pa.scalar(scoring_run_id, pa.int64()), table.num_rows)}
     for name in table.column_names:
         column = table.column(name)
         if pa.types.is_timestamp(column.type):
             # Arrow formats naive (UTC wall clock) timestamps fast; zoned ones go through tz lookups.
-            column = pc.binary_join_element_wise(pc.cast(pc.cast(column, pa.timestamp("us")), pa.string()), "+00:00", "")
+            text = pc.cast(pc.cast(column, pa.timestamp("us")), pa.string())
+            column = pc.binary_join_element_wise(text, "+00:00", "")
         elif pa.types.is_boolean(column.type):
             column = pc.cast(column, pa.int64())
         columns[name] = column

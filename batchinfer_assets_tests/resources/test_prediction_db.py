@@ -389,6 +389,9 @@ def test_a_sqlite_table_of_the_previous_version_becomes_day_tables_with_every_va
     before = {day: _read_back(url, day) for day in ("2025-01-01", "2025-01-02")}
     engine.dispose()
 
+    # Another domain leaves it as it is.
+    with pytest.raises(PredictionsRefusedError, match=r"keyed by 'transaction_id' \(besides dt\), but domain 'customer_churn'"):
+        PredictionDatabaseResource(url=url).ensure_schema(domain=CHURN)
     db = PredictionDatabaseResource(url=url)
     db.ensure_schema(domain=CARD)
     assert db.count_partition("2025-01-02") == 5

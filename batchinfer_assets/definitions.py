@@ -100,7 +100,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         ),
         "labels": labels,
         "performance_policy": PerformancePolicyResource(),
-        "domain": DomainResource(),
+        "domain": DomainResource(reference=settings.domain),
     }
 
 

@@ -42,24 +42,25 @@ def row_schema(domain: Domain, day: dt.date | None, text_lengths: Mapping[str, i
     only), and text no longer than where it is published (`text_lengths`: column -> the database's length)."""
     own = domain.row_schema
     columns = dict(own.columns)
-    extra: dict[str, list[pa.Check]] = {
-        # Later duplicates are quarantined; the first occurrence of an id stays valid.
-        domain.id_column: [not_blank(), no_control_characters()],
-    }
+    extra: dict[str, list[pa.Check]] = {domain.id_column: [not_blank(), no_control_characters()]}
     if domain.event_time_column is not None:
         extra.setdefault(domain.event_time_column, []).extend([_is_utc()] if day is None else [_is_utc(), _within_day(day)])
     for column, length in (text_lengths or {}).items():
         extra.setdefault(column, []).append(max_length(length))
     for column, checks in extra.items():
         existing = columns.get(column)
-        id_rules = {"nullable": False, "unique": True, "report_duplicates": "exclude_first"} if column == domain.id_column else {}
-        nullable = False if column in (domain.id_column, domain.event_time_column) else (existing.nullable if existing else True)
+        options: dict = {"nullable": existing.nullable if existing is not None else True}
+        if existing is not None:
+            options["unique"] = existing.unique
+        if column in (domain.id_column, domain.event_time_column):
+            options["nullable"] = False
+        if column == domain.id_column:
+            # Later duplicates are quarantined; the first occurrence of an id stays valid.
+            options.update(unique=True, report_duplicates="exclude_first")
         columns[column] = pa.Column(
             existing.dtype if existing is not None else None,
             checks=[*(existing.checks if existing is not None else []), *checks],
-            nullable=nullable,
-            **({"unique": existing.unique} if existing is not None and not id_rules else {}),
-            **id_rules,
+            **options,
         )
     return pa.DataFrameSchema(columns, checks=own.checks, unique=own.unique, strict=False, name=own.name or domain.name)
 

@@ -18,12 +18,14 @@ from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.schemas import (
     REASON_COLUMN,
-    FeatureSchema,
-    RawTransactionSchema,
     feature_schema,
-    raw_transaction_schema,
+    row_schema,
     split_valid_rows,
 )
+from batchinfer_assets.domains.card_transactions import domain as CARD
+from batchinfer_assets.resources.prediction_db import published_text_lengths
+
+CARD_LENGTHS = published_text_lengths(CARD)
 
 DAY = dt.date(2025, 3, 8)
 ROW = 3
@@ -35,10 +37,10 @@ def good() -> pd.DataFrame:
 
 
 def test_a_good_frame_passes_both_landing_schemas(good):
-    raw_transaction_schema(DAY).validate(good, lazy=True)
-    RawTransactionSchema.validate(good, lazy=True)
+    row_schema(CARD, DAY, CARD_LENGTHS).validate(good, lazy=True)
+    row_schema(CARD, None, CARD_LENGTHS).validate(good, lazy=True)
 
-    valid, quarantined = split_valid_rows(good, DAY)
+    valid, quarantined = split_valid_rows(good, DAY, CARD, CARD_LENGTHS)
 
     pd.testing.assert_frame_equal(valid, good)
     assert quarantined.empty
@@ -99,7 +101,7 @@ def test_one_corrupted_cell_quarantines_that_row_with_the_named_reason(good, cor
     # _set goes through object dtype; restore the landed dtypes so only the cell's value is wrong.
     frame = frame.astype({"event_time": good["event_time"].dtype, "amount": np.float64})
 
-    valid, quarantined = split_valid_rows(frame, DAY)
+    valid, quarantined = split_valid_rows(frame, DAY, CARD, CARD_LENGTHS)
 
     assert len(quarantined) == 1
     assert quarantined.loc[0, REASON_COLUMN] == reason
@@ -114,7 +116,7 @@ def test_the_longest_values_the_database_holds_pass(good):
     frame = good.copy()
     frame.loc[ROW, ["transaction_id", "customer_id", "merchant_category"]] = ["t" * 128, "c" * 128, "m" * 64]
 
-    valid, quarantined = split_valid_rows(frame, DAY)
+    valid, quarantined = split_valid_rows(frame, DAY, CARD, CARD_LENGTHS)
 
     assert quarantined.empty and len(valid) == len(good)
 
@@ -123,7 +125,7 @@ def test_the_first_occurrence_of_a_duplicate_id_stays_valid(good):
     frame = good.copy()
     frame.loc[[5, 8], "transaction_id"] = frame.loc[2, "transaction_id"]
 
-    valid, quarantined = split_valid_rows(frame, DAY)
+    valid, quarantined = split_valid_rows(frame, DAY, CARD, CARD_LENGTHS)
 
     assert (valid["transaction_id"] == good.loc[2, "transaction_id"]).sum() == 1
     assert quarantined["event_time"].tolist() == frame.loc[[5, 8], "event_time"].tolist()
@@ -134,7 +136,7 @@ def test_several_failures_in_one_row_are_joined_in_a_stable_order(good):
     frame = good.copy()
     frame.loc[ROW, ["amount", "currency", "country"]] = [-5.0, "usd", "USA"]
 
-    _, quarantined = split_valid_rows(frame, DAY)
+    _, quarantined = split_valid_rows(frame, DAY, CARD, CARD_LENGTHS)
 
     assert quarantined[REASON_COLUMN].tolist() == [
         "amount: greater_than_or_equal_to(0); country: str_fullmatch('[A-Z]{2}'); currency: str_fullmatch('[A-Z]{3}')"
@@ -152,7 +154,7 @@ def test_several_failures_in_one_row_are_joined_in_a_stable_order(good):
 )
 def test_a_column_level_failure_fails_the_day_instead_of_quarantining_every_row(good, corrupt, reason):
     with pytest.raises(LandingDataError, match=r"landing data for 2025-03-08 is structurally invalid: .*") as error:
-        split_valid_rows(corrupt(good), DAY)
+        split_valid_rows(corrupt(good), DAY, CARD, CARD_LENGTHS)
 
     assert reason in str(error.value)
 
@@ -161,7 +163,7 @@ def test_index_is_reset_extra_columns_kept_and_order_preserved(good):
     frame = good.assign(source="file-1").set_index(pd.Index(range(100, 110)))
     frame.loc[104, "amount"] = -1.0
 
-    valid, quarantined = split_valid_rows(frame, DAY)
+    valid, quarantined = split_valid_rows(frame, DAY, CARD, CARD_LENGTHS)
 
     assert isinstance(valid.index, pd.RangeIndex) and isinstance(quarantined.index, pd.RangeIndex)
     assert "source" in valid.columns and "source" in quarantined.columns
@@ -172,9 +174,9 @@ def test_index_is_reset_extra_columns_kept_and_order_preserved(good):
 def test_the_static_schema_leaves_day_bounds_to_the_partition(good):
     other_day = good.assign(event_time=good["event_time"] + pd.Timedelta(days=3))
 
-    RawTransactionSchema.validate(other_day)
+    row_schema(CARD, None, CARD_LENGTHS).validate(other_day)
     with pytest.raises(SchemaErrors, match="within_day"):
-        raw_transaction_schema(DAY).validate(other_day, lazy=True)
+        row_schema(CARD, DAY, CARD_LENGTHS).validate(other_day, lazy=True)
 
 
 @settings(max_examples=30, deadline=None)
@@ -184,7 +186,7 @@ def test_exactly_the_corrupted_rows_are_quarantined(bad_rows):
     rows = sorted(bad_rows)
     frame.loc[rows, "amount"] = -1.0
 
-    valid, quarantined = split_valid_rows(frame, DAY)
+    valid, quarantined = split_valid_rows(frame, DAY, CARD, CARD_LENGTHS)
 
     assert quarantined["transaction_id"].tolist() == frame.loc[rows, "transaction_id"].tolist()
     assert valid["transaction_id"].tolist() == frame.drop(index=rows)["transaction_id"].tolist()
@@ -194,7 +196,7 @@ def test_splitting_a_large_day_is_fast():
     frame = generate_day(DAY, 200_000)
     frame.loc[::100, "currency"] = "usd"
     start = time.perf_counter()
-    valid, quarantined = split_valid_rows(frame, DAY)
+    valid, quarantined = split_valid_rows(frame, DAY, CARD, CARD_LENGTHS)
     elapsed = time.perf_counter() - start
 
     assert len(quarantined) == 2_000 and len(valid) == 198_000
@@ -207,8 +209,8 @@ def features() -> pd.DataFrame:
 
 
 def test_good_features_pass(features):
-    FeatureSchema.validate(features, lazy=True)
-    feature_schema(["log_amount"]).validate(features[["transaction_id", "log_amount"]])
+    feature_schema(FEATURE_COLUMNS, "transaction_id").validate(features, lazy=True)
+    feature_schema(["log_amount"], "transaction_id").validate(features[["transaction_id", "log_amount"]])
 
 
 @pytest.mark.parametrize(
@@ -228,13 +230,13 @@ def test_corrupted_features_fail_with_the_named_check(features, corrupt, check):
     corrupt(features)
 
     with pytest.raises(SchemaErrors) as error:
-        feature_schema(FEATURE_COLUMNS).validate(features, lazy=True)
+        feature_schema(FEATURE_COLUMNS, "transaction_id").validate(features, lazy=True)
 
     assert check in set(error.value.failure_cases["check"].astype(str))
 
 
 def test_feature_schema_is_a_pandera_schema_over_the_given_columns():
-    schema = feature_schema(["a", "b"])
+    schema = feature_schema(["a", "b"], "transaction_id")
     assert isinstance(schema, pa.DataFrameSchema)
     assert list(schema.columns) == ["transaction_id", "a", "b"]
-    assert list(FeatureSchema.columns) == ["transaction_id", *FEATURE_COLUMNS]
+    assert list(feature_schema(FEATURE_COLUMNS, "transaction_id").columns) == ["transaction_id", *FEATURE_COLUMNS]

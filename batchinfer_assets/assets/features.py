@@ -76,10 +76,10 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
     features = domain.feature_frame(valid, state.day)
     unknown = vocabulary_misses(domain, valid)
     for column, count in unknown.items():
-        share = count / len(valid) if len(valid) else 0.0
-        if share > domain.vocabulary_warn_share:
+        outside = count / len(valid) if len(valid) else 0.0
+        if outside > domain.vocabulary_warn_share:
             run.context.log.warning(
-                f"{state.day}: {count:,} of {len(valid):,} {domain.rows_name} ({share:.1%}) have a {column} outside the "
+                f"{state.day}: {count:,} of {len(valid):,} {domain.rows_name} ({outside:.1%}) have a {column} outside the "
                 f"domain's vocabulary (over {domain.vocabulary_warn_share:.0%}): the features treat them all alike"
             )
     uri = run.store.write_partition(TRANSACTION_FEATURES, state.day, pa.Table.from_pandas(features, preserve_index=False))

@@ -30,6 +30,10 @@ from batchinfer_assets.lib.model_loading import ensure_experiment, log_torch_mod
 from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.schemas import split_valid_rows
 from batchinfer_assets.settings import Settings
+from batchinfer_assets.domains.card_transactions import domain as CARD
+from batchinfer_assets.resources.prediction_db import published_text_lengths
+
+CARD_LENGTHS = published_text_lengths(CARD)
 
 DAY = "2025-01-03"
 ROWS = 300
@@ -149,7 +153,7 @@ class Deployment:
         assert len(versions) == 1, f"published rows of several model versions: {versions}"
         module = self.modules[versions[0]]
         for kind, frame in self.landings:
-            valid, _ = split_valid_rows(frame, dt.date.fromisoformat(DAY))
+            valid, _ = split_valid_rows(frame, dt.date.fromisoformat(DAY), CARD, CARD_LENGTHS)
             valid = valid.sort_values("transaction_id").reset_index(drop=True)
             if len(valid) != len(rows) or not (valid["transaction_id"].to_numpy() == rows["transaction_id"].to_numpy()).all():
                 continue

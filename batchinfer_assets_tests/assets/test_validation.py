@@ -28,6 +28,9 @@ from batchinfer_assets.settings import Settings
 from batchinfer_assets.tables import INVALID_SHARE_CHECK, SIGNATURE_CHECK
 from batchinfer_assets_tests.support import check_verdicts, materialized_days
 from batchinfer_assets.domains.card_transactions import domain as CARD
+from batchinfer_assets.resources.prediction_db import published_text_lengths
+
+CARD_LENGTHS = published_text_lengths(CARD)
 
 DAY = "2025-01-03"
 ROWS = 1000
@@ -358,9 +361,9 @@ def test_random_corruptions_are_quarantined_or_rejected_never_scored(tmp_path_fa
         assert column is not None and COLUMN_CORRUPTIONS[column][0] in str(rejected)
         return
     assert column is None
-    valid, quarantined = split_valid_rows(landed, dt.date.fromisoformat(DAY))
+    valid, quarantined = split_valid_rows(landed, dt.date.fromisoformat(DAY), CARD, CARD_LENGTHS)
 
     clean = _GOOD.drop(index=broken)
     assert valid["transaction_id"].tolist() == clean["transaction_id"].tolist()
     assert len(quarantined) == len(broken)
-    feature_schema(FEATURE_COLUMNS).validate(build_features(valid), lazy=True)
+    feature_schema(FEATURE_COLUMNS, "transaction_id").validate(build_features(valid), lazy=True)

@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
 from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
 from batchinfer_assets.schemas import feature_schema
+from batchinfer_assets.domains.card_transactions import domain as CARD
+from batchinfer_assets.resources.prediction_db import published_text_lengths
+
+CARD_LENGTHS = published_text_lengths(CARD)
 
 
 def _tx(rows: list[tuple]) -> pd.DataFrame:
@@ -111,7 +115,7 @@ def test_output_has_id_first_float32_finite_features_and_passes_the_feature_sche
     assert np.isfinite(features[list(FEATURE_COLUMNS)].to_numpy()).all()
     assert isinstance(features.index, pd.RangeIndex)
     assert features["transaction_id"].tolist() == transactions["transaction_id"].tolist()
-    feature_schema(FEATURE_COLUMNS).validate(features)
+    feature_schema(FEATURE_COLUMNS, "transaction_id").validate(features)
 
 
 def test_row_order_follows_the_input_and_values_do_not_depend_on_it():

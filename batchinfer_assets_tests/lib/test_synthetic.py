@@ -26,6 +26,10 @@ from batchinfer_assets.lib.synthetic import (
     generate_days,
 )
 from batchinfer_assets.schemas import split_valid_rows
+from batchinfer_assets.domains.card_transactions import domain as CARD
+from batchinfer_assets.resources.prediction_db import published_text_lengths
+
+CARD_LENGTHS = published_text_lengths(CARD)
 
 REPO_ROOT = Path(batchinfer_assets.__file__).resolve().parent.parent
 
@@ -76,7 +80,7 @@ def test_generated_day_has_contract_dtypes_and_passes_the_landing_schema(day, ro
     assert frame["transaction_id"].is_unique
     assert frame.sort_values(["event_time", "transaction_id"]).index.equals(frame.index)
 
-    valid, quarantined = split_valid_rows(frame, day)
+    valid, quarantined = split_valid_rows(frame, day, CARD, CARD_LENGTHS)
     assert len(quarantined) == 0
     assert len(valid) == rows
 
@@ -93,7 +97,7 @@ def test_any_day_rows_and_seed_give_a_valid_sorted_day(day, rows, seed):
     assert len(frame) == rows
     assert frame["event_time"].is_monotonic_increasing
     assert frame["transaction_id"].str.startswith(f"{day:%Y%m%d}-").all()
-    assert split_valid_rows(frame, day)[1].empty
+    assert split_valid_rows(frame, day, CARD, CARD_LENGTHS)[1].empty
 
 
 @pytest.mark.parametrize("rows", [1, 6, 19, 20, 45])

@@ -25,7 +25,7 @@ from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
 
 LABELLED_AT = "labelled_at"
 
-# The synthetic release schedule: a share of transactions is never labelled; the others after a log-normal
+# The card source's synthetic release schedule: a share of transactions is never labelled; the others after a log-normal
 # delay with a median of 2.5 days (about 80% within a week, 1% after 30 days), capped at 60 days.
 NEVER_LABELLED_SHARE = 0.03
 MEDIAN_DELAY_DAYS = 2.5
@@ -65,7 +65,7 @@ class DayLabels:
     label_column: str
     # Label rows ignored as impossible: dated after now (beyond CLOCK_SKEW), or before their row's day began.
     future: int = 0
-    before_transaction_day: int = 0
+    before_day: int = 0
 
     @property
     def latest_labelled_at(self) -> pd.Timestamp | None:
@@ -173,7 +173,7 @@ def latest_labels(
         sources=tuple(sources),
         **names,
         future=int(future.sum()),
-        before_transaction_day=int((early & ~future).sum()),
+        before_day=int((early & ~future).sum()),
     )
 
 

@@ -46,15 +46,17 @@ S3_MAX_ATTEMPTS = 5
 
 
 PREDICTIONS_DB_URL_VAR = "BATCHINFER_PREDICTIONS_DB_URL"
+TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
 
 
-def _secret_or_value(variable: str, value: str) -> str | dg.EnvVar:
+def _secret_or_value(variable: str, value: str | None) -> str | dg.EnvVar | None:
     """`dg.EnvVar(variable)` when the value came from that variable, so the UI shows its name, never its value.
 
-    Resource config is shown in the UI (and returned by GraphQL's `configuredValues`); a URL with a password in
-    it must reach the resource as an environment variable reference instead.
+    Resource config is shown in the UI (and returned by GraphQL's `configuredValues`); a URI that can carry a
+    password or a token (tracking URI, database URL, Ray address) must reach the resource as an environment
+    variable reference instead.
     """
-    return dg.EnvVar(variable) if os.environ.get(variable, "").strip() == value else value
+    return dg.EnvVar(variable) if value and os.environ.get(variable, "").strip() == value else value
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -81,7 +83,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "landing_zone": landing_zone,
         "validation_policy": ValidationPolicyResource(max_invalid_fraction=settings.max_invalid_fraction),
         "model_registry": MlflowModelRegistryResource(
-            tracking_uri=settings.tracking_uri,
+            tracking_uri=_secret_or_value(TRACKING_URI_VAR, settings.tracking_uri),
             model_uri=settings.model_uri,
             artifact_location=settings.artifact_location,
             cache_dir=str(settings.model_cache_dir),
@@ -103,9 +105,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_scoring_engine(settings: Settings) -> ScoringEngineResource:
     """The engine `BATCHINFER_SCORING_ENGINE` names; Ray (an optional extra) is imported only when it is chosen."""
     if settings.scoring_engine == "ray":
-        from batchinfer_assets.resources.ray_engine import RayScoringEngine, ray_cluster_for
+        from batchinfer_assets.resources.ray_engine import RAY_ADDRESS_VAR, RayScoringEngine, ray_cluster_for
 
-        return RayScoringEngine(cluster=ray_cluster_for(settings.ray_address))
+        return RayScoringEngine(cluster=ray_cluster_for(_secret_or_value(RAY_ADDRESS_VAR, settings.ray_address)))
     return LocalScoringEngine()
 
 

@@ -18,10 +18,12 @@ from batchinfer_assets.assets.scoring import DayScored, SnapshotSource, score_da
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.lib.predictions_diff import describe_difference
+from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive, SnapshotNotArchivedError, archive_key
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
+from batchinfer_assets.retries import masked_failures
 from batchinfer_assets.sensors import REPRODUCES_TAG
 from batchinfer_assets.tables import INPUT_SNAPSHOT_ARCHIVE, PREDICTIONS
 
@@ -75,6 +77,7 @@ def recorded(record: dg.EventLogRecord) -> dict[str, Any]:
     # The verdict is the output's metadata; nothing goes through an IO manager (none of the live tables).
     out=dg.Out(dg.Nothing),
 )
+@masked_failures
 def reproduce_predictions(
     context: dg.OpExecutionContext,
     config: ReproductionConfig,
@@ -101,7 +104,7 @@ def reproduce_predictions(
         archive = SnapshotArchive(table_storage.store)
         archive.require(str(meta["input_snapshot_hash"]))
     except (CannotReproduceError, SnapshotNotArchivedError) as error:
-        raise dg.Failure(description=f"cannot reproduce {day}: {error}; nothing was written", allow_retries=False) from error
+        raise dg.Failure(description=redact(f"cannot reproduce {day}: {error}; nothing was written"), allow_retries=False) from redacted_error(error)
 
     context.instance.add_run_tags(context.run.run_id, {REPRODUCES_TAG: original.run_id})
     # Exactly the recorded settings: no batch size remembered from out-of-memory backoffs, no configured override.

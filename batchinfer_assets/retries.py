@@ -19,6 +19,7 @@ from batchinfer_assets.lib.drift import DriftInputError
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError, StorageCredentialsError
+from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.lib.snapshot_archive import SnapshotNotArchivedError
 from batchinfer_assets.resources.prediction_db import PredictionsRefusedError
 from batchinfer_assets.resources.scoring_engine import RayClusterUnreachableError
@@ -49,6 +50,10 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 F = TypeVar("F", bound=Callable)
+
+
+class TransientStepError(Exception):
+    """A failure that may clear up with time, its message masked: what the retry policy retries and Dagster logs."""
 
 # Error codes of AWS-style services and of MLflow's REST API that say "try again later".
 _TRANSIENT_CODES = frozenset(
@@ -91,7 +96,7 @@ def _is_storage_exhausted(error: BaseException) -> bool:
 
 
 def _is_transient_one(error: BaseException) -> bool:
-    if isinstance(error, (ConnectionError, TimeoutError)):
+    if isinstance(error, (ConnectionError, TimeoutError, TransientStepError)):
         return True
     module = type(error).__module__.split(".")[0]
     name = type(error).__name__
@@ -113,8 +118,28 @@ def _is_transient_one(error: BaseException) -> bool:
     return False
 
 
-def _final(exc: BaseException) -> dg.Failure:
-    return dg.Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False)
+def step_failure(error: BaseException, where: str = "") -> Exception:
+    """What a step raises for `error`, credentials masked: a `TransientStepError` when it may clear up, else a final failure.
+
+    Raise it `from redacted_error(error)`: Dagster shows the cause chain too.
+    """
+    description = redact(f"{where}{type(error).__name__}: {error}")
+    return TransientStepError(description) if is_transient(error) else dg.Failure(description=description, allow_retries=False)
+
+
+def masked_failures(fn: F) -> F:
+    """Turns any error an op or asset raises into `step_failure(error)`: one that names it, credentials masked."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except dg.Failure:
+            raise
+        except Exception as error:
+            raise step_failure(error) from redacted_error(error)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def final_on_bad_data(fn: F) -> F:
@@ -126,7 +151,7 @@ def final_on_bad_data(fn: F) -> F:
             try:
                 yield from fn(*args, **kwargs)
             except BAD_DATA_ERRORS as exc:
-                raise _final(exc) from exc
+                raise step_failure(exc) from redacted_error(exc)
 
         return generator_wrapper  # type: ignore[return-value]
 
@@ -135,6 +160,6 @@ def final_on_bad_data(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BAD_DATA_ERRORS as exc:
-            raise _final(exc) from exc
+            raise step_failure(exc) from redacted_error(exc)
 
     return wrapper  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from batchinfer_assets.assets.performance import LABELS_FINGERPRINT_KEY
 from batchinfer_assets.domain import Domain
 from batchinfer_assets.freshness import FRESHNESS_CHECKS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
+from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.domain import DomainResource
 from batchinfer_assets.resources.labels import LabelsResource
@@ -126,7 +127,10 @@ def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: L
     changed: dict[str, str] = {}
     waiting: list[str] = []
     for day in scored:
-        fingerprint = labels.label_files_fingerprint(dt.date.fromisoformat(day), watched)
+        try:
+            fingerprint = labels.label_files_fingerprint(dt.date.fromisoformat(day), watched)
+        except Exception as error:
+            raise redacted_error(error) from None  # shown in the tick: an S3 endpoint's credentials masked
         seen_fingerprint, seen_scored_at = previous.get(day) or (_evaluated_fingerprint(instance, day), None)
         if fingerprint != seen_fingerprint:
             changed[day] = "labels changed"
@@ -211,7 +215,10 @@ def model_version_sensor(context: dg.SensorEvaluationContext, model_registry: Ml
     try:
         pinned_uri, version = model_registry.current_version()
     except ModelNotFoundError as error:
-        return dg.SkipReason(f"{model_registry.model_uri} does not resolve yet: {error}")
+        return dg.SkipReason(redact(f"{model_registry.model_uri} does not resolve yet: {error}"))
+    except Exception as error:
+        # A tick's error is shown with the errors that caused it: an unreachable registry's URI in them is masked.
+        raise redacted_error(error) from None
     observed = last_observed_model_version(context.instance)
     if observed == version:
         return dg.SkipReason(f"{model_registry.model_uri} still resolves to version {version}")

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchinfer_assets.lib.redaction import redact
+
 DEFAULT_MODEL_URI = "models:/fraud-detector@champion"
 DEFAULT_ROWS_PER_DAY = 20_000
 DEFAULT_MAX_INVALID_FRACTION = 0.01
@@ -115,10 +117,10 @@ def _location(name: str, raw: str | None) -> str | None:
         return None
     if raw.startswith("s3://"):
         if not _S3_URI.match(raw):
-            raise ValueError(f"{name}={raw!r} is not s3://<bucket>/<prefix> with a valid bucket name")
+            raise ValueError(f"{name}={redact(raw)!r} is not s3://<bucket>/<prefix> with a valid bucket name")
         return raw
     if "://" in raw and not raw.startswith("file://"):
-        raise ValueError(f"{name}={raw!r}: only local paths, file:// and s3://bucket/prefix are supported")
+        raise ValueError(f"{name}={redact(raw)!r}: only local paths, file:// and s3://bucket/prefix are supported")
     return raw
 
 

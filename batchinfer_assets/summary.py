@@ -13,6 +13,7 @@ import pandas as pd
 from batchinfer_assets.assets.monitoring import SCORE_COLUMN, TRAILING_REFERENCE, TRAINING_REFERENCE, drifted_feature_counts
 from batchinfer_assets.definitions import build_resources
 from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
+from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.storage import open_table_store
 from batchinfer_assets.settings import Settings
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
 
 def database_label(settings: Settings) -> str:
     """The prediction database URL without secrets."""
-    return PredictionDatabaseResource(url=settings.predictions_db_url).safe_url()
+    return redact(settings.predictions_db_url)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pydantic import Field
 from batchinfer_assets.definitions import build_definitions
 from batchinfer_assets.resources.landing import LandingZoneResource, ParquetLandingZoneResource, SyntheticLandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
-from batchinfer_assets.retries import TRANSIENT_RETRY
+from batchinfer_assets.retries import TRANSIENT_RETRY, TransientStepError
 from batchinfer_assets.settings import Settings
 from batchinfer_assets_tests.support import materialize_pipeline, pipeline_resources
 
@@ -62,6 +62,23 @@ def test_a_transient_failure_is_retried_and_the_day_lands(tmp_path):
     assert len(_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 1
     assert (tmp_path / "attempts").read_text() == "2"
     assert list((tmp_path / "storage" / "raw_transactions" / f"dt={DAY}").glob("*.parquet"))
+
+
+class CredentialedFlakyLandingZoneResource(FlakyLandingZoneResource):
+    """The flaky landing zone behind a URL that carries a password, which its errors name."""
+
+    def location(self, day: dt.date) -> str:
+        return f"https://reader:S3cretLanding@landing.internal/dt={day}"
+
+
+def test_a_retried_failure_is_shown_masked_and_still_retried(tmp_path):
+    landing = CredentialedFlakyLandingZoneResource(failures=1, attempts_file=str(tmp_path / "attempts"))
+    result = materialize_pipeline(_resources(tmp_path, landing), ["raw_transactions"], partition_key=DAY)
+    assert result.success
+    [retry] = _events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    shown = dg.serialize_value(retry)
+    assert "https://reader:***@landing.internal" in shown
+    assert "S3cretLanding" not in shown
 
 
 def test_bad_landing_data_fails_once_without_retry(tmp_path):
@@ -127,6 +144,8 @@ def _wrapped(cause: BaseException) -> RuntimeError:
         ("mlflow:RESOURCE_DOES_NOT_EXIST", False),
         (ValueError("invalid literal"), False),
         (KeyError("amount"), False),
+        # What the pipeline step re-raises for a transient error, its message masked.
+        (TransientStepError("ConnectionResetError: reset by peer"), True),
     ],
 )
 def test_only_failures_that_may_clear_with_time_are_transient(error, transient):

@@ -23,6 +23,7 @@ from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.lib import drift, features as feature_lib, hashing, labels as labels_lib, parquet_store
 from batchinfer_assets.lib import performance as performance_lib
 from batchinfer_assets.lib.code_version import code_version_of
+from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
 from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
@@ -34,7 +35,7 @@ from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.run_worker import WORKER_TAG, this_worker
-from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, is_transient
+from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, step_failure
 from batchinfer_assets.tables import (
     DRIFT_METRICS,
     INPUT_SNAPSHOT,
@@ -154,10 +155,10 @@ def daily_pipeline(
         yield from _run_days(run, stages, stopped)
     except Exception as error:
         # Only a failure that may clear up with time goes back to the retry policy; a bad setting, a bad model
-        # or a bug fails once, now, saying where it happened.
-        if isinstance(error, dg.Failure) or is_transient(error):
+        # or a bug fails once, now, saying where it happened. Either way with any credential in it masked.
+        if isinstance(error, dg.Failure):
             raise
-        raise dg.Failure(description=f"{run.where}{type(error).__name__}: {error}", allow_retries=False) from error
+        raise step_failure(error, run.where) from redacted_error(error)
     if stopped:
         raise dg.Failure(
             description=(
@@ -204,7 +205,7 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
                     context.log.error(f"{day}: stopped at {blocked}; the run goes on with the other days")
                     break
                 except BAD_DATA_ERRORS as error:
-                    stopped[day] = f"{'/'.join(assets)}: {type(error).__name__}: {error}"
+                    stopped[day] = redact(f"{'/'.join(assets)}: {type(error).__name__}: {error}")
                     context.log.error(f"{day}: {stopped[day]}; the run goes on with the other days")
                     break
                 context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
@@ -227,14 +228,14 @@ def prune_snapshot_archive(run: PipelineRun) -> None:
     try:
         referenced = run.prediction_db.published_snapshot_hashes()
     except Exception as error:  # noqa: BLE001 - an unreadable database must never let referenced inputs go
-        run.context.log.warning(f"snapshot archive not pruned: the prediction database could not say what is published ({error})")
+        run.context.log.warning(f"snapshot archive not pruned: the prediction database could not say what is published ({redact(str(error))})")
         return
     finally:
         run.prediction_db.release_connections()
     try:
         removed = SnapshotArchive(run.store).prune(referenced, run.snapshot_retention_days)
     except Exception as error:  # noqa: BLE001 - see the docstring; a later run prunes what this one left
-        run.context.log.warning(f"snapshot archive not pruned: {type(error).__name__}: {error}")
+        run.context.log.warning(redact(f"snapshot archive not pruned: {type(error).__name__}: {error}"))
         return
     if removed:
         run.context.log.info(

@@ -4,7 +4,6 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Optional
-from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 import numpy as np
@@ -15,12 +14,14 @@ from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.lib.runtime_info import runtime_metadata
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
+from batchinfer_assets.retries import masked_failures
 from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
 from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
 from batchinfer_assets.tables import SCORING_MODEL
@@ -32,6 +33,7 @@ MIN_READ_ROWS = 65_536
 @dg.observable_source_asset(
     name=SCORING_MODEL, group_name=PIPELINE_GROUP, description="The registered model the scorer resolves."
 )
+@masked_failures
 def scoring_model(model_registry: MlflowModelRegistryResource) -> dg.ObserveResult:
     """Observes which model version the configured URI resolves to; that version is the data version."""
     resolved = model_registry.resolve()
@@ -97,7 +99,7 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "model_name": resolved.name or "",
             "model_version": resolved.version,
             "model_run_id": resolved.run_id or "",
-            "model_tracking_uri": safe_uri(resolved.tracking_uri),
+            "model_tracking_uri": redact(resolved.tracking_uri),
             "model_artifact_checksum": resolved.artifact_checksum,
             "lineage": run.model_lineage,
             "input_snapshot_hash": snapshot_hash,
@@ -125,15 +127,6 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         data_version=predictions_version(resolved.artifact_checksum, snapshot_hash, result.batch_size, scorer),
         input_versions={SNAPSHOT_TABLE: snapshot_hash},
     )
-
-
-def safe_uri(uri: str) -> str:
-    """The URI without any user:password part, for metadata and the lineage table."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def predictions_version(artifact_checksum: str, snapshot_hash: str, batch_size: int, scorer: TorchScorerResource) -> str:

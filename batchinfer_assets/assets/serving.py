@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE, SCORING_RUN_FIELDS
 from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL
 
@@ -40,11 +41,11 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
     written = run.prediction_db.replace_partition(state.day, rows, lineage)
     del rows
     run.prediction_db.release_connections()
-    run.context.log.info(f"{state.day}: published {written:,} rows to {run.prediction_db.safe_url()}")
+    run.context.log.info(f"{state.day}: published {written:,} rows to {redact(run.prediction_db.url)}")
     yield run.materialization(
         PUBLISHED_PREDICTIONS,
         state,
-        {"table": PREDICTIONS_TABLE, "database": run.prediction_db.safe_url(), "row_count": written},
+        {"table": PREDICTIONS_TABLE, "database": redact(run.prediction_db.url), "row_count": written},
         inputs=(PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL),
         model_version=scored.get("model_version"),
     )

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from batchinfer_assets.lib.redaction import redact
+
 DEFAULT_MODEL_URI = "models:/fraud-detector@champion"
 REFERENCE_ARTIFACT_PATH = "reference/training_sample.parquet"
 INPUT_COLUMNS_METADATA_KEY = "input_columns"
@@ -252,7 +254,7 @@ def pin_model_uri(client, uri: str, tracking_uri: str) -> PinnedModel:
     """Pin a models:/ or runs:/ URI to one version, with the identity that version cannot share with another."""
     from mlflow.exceptions import MlflowException
 
-    tracking = tracking_uri
+    tracking = redact(tracking_uri)
     try:
         if match := _MODELS_ALIAS.match(uri):
             model_version = client.get_model_version_by_alias(match["name"], match["alias"])
@@ -275,11 +277,11 @@ def pin_model_uri(client, uri: str, tracking_uri: str) -> PinnedModel:
             )
     except MlflowException as error:
         if is_missing_error(error):
-            raise ModelNotFoundError(f"Model {uri!r} not found in MLflow at tracking URI {tracking}: {error.message}") from error
+            raise ModelNotFoundError(f"Model {uri!r} not found in MLflow at tracking URI {tracking}: {redact(error.message)}") from error
         if "API request to" in error.message and "failed with exception" in error.message:
             retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
             raise ModelRegistryUnreachableError(
-                f"MLflow at {tracking} (MLFLOW_TRACKING_URI) did not answer for {uri!r} after {retries} retries: {error.message}"
+                f"MLflow at {tracking} (MLFLOW_TRACKING_URI) did not answer for {uri!r} after {retries} retries: {redact(error.message)}"
             ) from error
         raise
     name, version = model_version.name, str(model_version.version)

@@ -28,6 +28,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchinfer_assets.lib.redaction import redact
+
 PARTITION_COLUMN = "dt"
 STAGING_DIR = "_staging"
 ROWS_PER_FILE = 2_000_000
@@ -340,17 +342,17 @@ class S3Backend(PartitionBackend):
             return fn(*args, **kwargs)
         except botocore.exceptions.NoCredentialsError as exc:
             raise StorageCredentialsError(
-                f"no AWS credentials to {what} at the S3 endpoint {self.endpoint} (bucket {self.bucket!r}): set "
+                f"no AWS credentials to {what} at the S3 endpoint {redact(self.endpoint)} (bucket {self.bucket!r}): set "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or an instance/pod role"
             ) from exc
         except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
             raise StorageUnavailableError(
-                f"cannot reach the S3 endpoint {self.endpoint} (bucket {self.bucket!r}) to {what}: {exc}"
+                redact(f"cannot reach the S3 endpoint {self.endpoint} (bucket {self.bucket!r}) to {what}: {exc}")
             ) from exc
         except (botocore.exceptions.ClientError, boto3.exceptions.S3UploadFailedError) as exc:
             if "NoSuchBucket" in str(exc) or _error_code(exc) == "NoSuchBucket":
                 raise BucketNotFoundError(
-                    f"bucket {self.bucket!r} does not exist at the S3 endpoint {self.endpoint} (while trying to {what}); "
+                    f"bucket {self.bucket!r} does not exist at the S3 endpoint {redact(self.endpoint)} (while trying to {what}); "
                     "create it or fix the s3:// URI"
                 ) from exc
             raise

@@ -25,6 +25,7 @@ from batchinfer_assets.lib.model_loading import (
     pin_model_uri,
     with_version,
 )
+from batchinfer_assets.lib.redaction import redact
 
 __all__ = [
     "DEFAULT_MODEL_URI",
@@ -144,7 +145,7 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
             except MlflowException as error:
                 if is_missing_error(error):
                     what = f"model {name!r} version {version}" if name else f"run {version}"
-                    raise ModelNotFoundError(f"{what} (named by the predictions) is not in MLflow at {self.tracking_uri}") from error
+                    raise ModelNotFoundError(f"{what} (named by the predictions) is not in MLflow at {redact(self.tracking_uri)}") from error
                 raise
         return self._run_metrics[key]
 

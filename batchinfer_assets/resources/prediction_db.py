@@ -33,6 +33,8 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
+from batchinfer_assets.lib.redaction import redact
+
 PREDICTIONS_TABLE = "predictions"
 SCORING_RUNS_TABLE = "scoring_runs"
 
@@ -184,10 +186,6 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
-    def safe_url(self) -> str:
-        """The URL with any password masked, for logs and metadata."""
-        return sa.make_url(self.url).render_as_string(hide_password=True)
-
     def _is_postgres(self) -> bool:
         return sa.make_url(self.url).get_backend_name() == "postgresql"
 
@@ -196,7 +194,7 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
         database = sa.make_url(self.url).database
         if database in (None, "", ":memory:") or database.startswith("file::memory:"):
             raise ValueError(
-                f"prediction database {self.safe_url()} is in memory: downstream apps could not query it and it would "
+                f"prediction database {redact(self.url)} is in memory: downstream apps could not query it and it would "
                 "be gone with the process; give a file (sqlite:////path/to/predictions.db)"
             )
         return database
@@ -245,7 +243,7 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
             conn = engine.connect()
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise PredictionDatabaseConnectionError(
-                f"cannot connect to the prediction database ({self._where()}): {str(exc.orig).strip()}"
+                f"cannot connect to the prediction database ({self._where()}): {redact(str(exc.orig).strip())}"
             ) from None
         with conn:
             conn = conn.execution_options(batchinfer_sqlite_begin=sqlite_begin)

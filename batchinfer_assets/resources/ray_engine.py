@@ -33,6 +33,7 @@ from pydantic import Field
 from batchinfer_assets.lib.batching import record_batch_matrix
 from batchinfer_assets.lib.model_loading import ModelResolutionError, ResolvedModel
 from batchinfer_assets.lib.parquet_store import LocalBackend, PartitionedParquetStore, S3Backend
+from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.resources.scoring_engine import RayClusterUnreachableError, RemoteScoringEngine
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
 from batchinfer_assets.tables import INPUT_SNAPSHOT, PREDICTIONS
@@ -73,7 +74,7 @@ class ExistingRayCluster(RayResource):
 
     @property
     def name(self) -> str:
-        return f"Ray cluster at {self.address}"
+        return f"Ray cluster at {redact(self.address)}"
 
     @property
     def ray_address(self) -> str:  # type: ignore[override]
@@ -172,7 +173,7 @@ class RayScoringEngine(RemoteScoringEngine):
             self.cluster.connect(context)
         except Exception as error:
             where = f"at {address}" if address else "started locally for this run"
-            raise RayClusterUnreachableError(f"cannot connect to the Ray cluster {where}: {type(error).__name__}: {error}") from error
+            raise RayClusterUnreachableError(redact(f"cannot connect to the Ray cluster {where}: {type(error).__name__}: {error}")) from error
         resources = ray.cluster_resources()
         context.log.info(
             f"Ray {ray.__version__}: {self.cluster.name} with {resources.get('CPU', 0):g} CPU(s), "
@@ -386,12 +387,12 @@ class DayScorer:
 def _host_port(address: str) -> tuple[str, int]:
     parts = urlsplit(address if "://" in address else f"gcs://{address}")
     if not parts.hostname:
-        raise RayClusterUnreachableError(f"Ray address {address!r} names no host; expected host:port or ray://host:port")
+        raise RayClusterUnreachableError(f"Ray address {redact(address)!r} names no host; expected host:port or ray://host:port")
     default = 10001 if parts.scheme == "ray" else 6379
     try:
         return parts.hostname, parts.port or default
     except ValueError:
-        raise RayClusterUnreachableError(f"Ray address {address!r} has an invalid port") from None
+        raise RayClusterUnreachableError(f"Ray address {redact(address)!r} has an invalid port") from None
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
@@ -404,5 +405,5 @@ def _check_reachable(address: str, timeout_s: float) -> None:
             pass
     except OSError as error:
         raise RayClusterUnreachableError(
-            f"cannot reach the Ray cluster at {address} ({RAY_ADDRESS_VAR}): {error or type(error).__name__}"
+            f"cannot reach the Ray cluster at {redact(address)} ({RAY_ADDRESS_VAR}): {error or type(error).__name__}"
         ) from error

@@ -348,11 +348,6 @@ def test_a_null_transaction_id_is_refused(db_url):
         db.replace_partition("2025-01-01", _predictions(["a", None]))
 
 
-def test_safe_url_masks_password():
-    db = PredictionDatabaseResource(url="postgresql+psycopg://user:secret@db:5432/preds")
-    assert "secret" not in db.safe_url()
-
-
 def test_postgres_concurrent_publishes_of_one_day_never_collide(postgres_server):
     url = postgres_server.url(postgres_server.create_database("preds"))
     ids = [f"t{i}" for i in range(2000)]

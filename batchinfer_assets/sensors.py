@@ -28,7 +28,7 @@ REPRODUCES_TAG = "batchinfer/reproduces"
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
 PREDICTION_PERFORMANCE = dg.AssetKey(tables.PREDICTION_PERFORMANCE)
-# Scored days whose labels are watched: the card's synthetic source releases its last labels 60 days after a transaction.
+# Scored days whose labels are watched at least (a labels zone's labels are expected within about two months).
 LABELS_WINDOW_DAYS = 60
 _BATCH = 1000
 
@@ -161,8 +161,11 @@ def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: L
 
 
 def labels_window_days(domain: Domain) -> int:
-    """How many recent scored days the sensor watches: LABELS_WINDOW_DAYS, or longer for a synthetic source whose
-    labels come later."""
+    """How many recent scored days the sensor watches: LABELS_WINDOW_DAYS, or up to the last drop of a synthetic source.
+
+    A synthetic label given `max_label_delay_days` after the end of its day is released in the next day's drop, as
+    `SyntheticLabelsResource.label_files_fingerprint` counts.
+    """
     if domain.synthetic is None:
         return LABELS_WINDOW_DAYS
     return max(LABELS_WINDOW_DAYS, math.ceil(domain.synthetic.max_label_delay_days) + 1)

@@ -1,6 +1,7 @@
 """Performance follows labels and predictions: exactly the scored days whose labels or predictions changed are evaluated again."""
 
 import dataclasses
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -10,7 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchinfer_assets.definitions import build_definitions, build_resources
+from batchinfer_assets.domain import BUILT_IN_DOMAIN as CARD
+from batchinfer_assets.resources.domain import DomainResource
+from batchinfer_assets.resources.labels import SyntheticLabelsResource
 from batchinfer_assets.sensors import PREDICTION_PERFORMANCE, prediction_performance_sensor
+from batchinfer_assets.settings import Settings
+
+CUSTOMER_DAYS = "batchinfer_assets_tests.customer_days:domain"
 
 DAYS = ("2025-02-03", "2025-02-04", "2025-02-05")
 SCORING = (
@@ -108,3 +115,22 @@ def test_a_cursor_less_start_compares_with_what_each_evaluation_saw(settings):
         instance.report_run_canceled(run)
         days, _, _ = _evaluate(defs, instance, cursor)
         assert days == [DAYS[0]]
+
+
+# A day's last synthetic labels come in the drop (00:00 UTC) after its last row's longest delay: day + delay + 1.
+@pytest.mark.parametrize(("reference", "watched"), [(CARD, 61), (CUSTOMER_DAYS, 70)])
+def test_the_sensor_watches_as_long_as_the_domains_synthetic_labels_keep_coming(tmp_path, reference, watched):
+    """The card source's labels are all out 61 days after their day, the test domain's after 76: 70 scored days are all watched."""
+    now = dt.date(2025, 6, 1)
+    scored = [(now - dt.timedelta(days=n)).isoformat() for n in range(70, 0, -1)]
+    resources = {"labels": SyntheticLabelsResource(rows_per_day=10, now=now.isoformat()), "domain": DomainResource(reference=reference)}
+    defs = build_definitions(Settings.from_env({}, cwd=tmp_path))
+    with dg.instance_for_test() as instance:
+        for day in scored:
+            instance.report_runless_asset_event(dg.AssetMaterialization("predictions", partition=day))
+        with dg.build_sensor_context(instance=instance, definitions=defs, resources=resources) as context:
+            result = prediction_performance_sensor(context)
+    (request,) = result.run_requests
+    requested = sorted(k.partition_key for k in request.asset_graph_subset.iterate_asset_partitions())
+    # Never evaluated: every watched day is requested.
+    assert requested == scored[-watched:]

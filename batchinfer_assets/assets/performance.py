@@ -152,7 +152,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         "labels_duplicates": known.duplicates,
         "labels_contradictory": known.contradictory,
         "labels_in_future": known.future,
-        "labels_before_transaction_day": known.before_transaction_day,
+        "labels_before_day": known.before_day,
         "latest_labelled_at": latest.isoformat() if latest is not None else "none yet",
         "labels_source": run.labels.location(state.date),
         LABELS_FINGERPRINT_KEY: fingerprint,
@@ -168,9 +168,9 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             f"{day}: {unknown_ids} label(s) name {domain.rows_name} that were not scored ({domain.id_column} not in the "
             "day's predictions); counted, not joined"
         )
-    if known.future or known.before_transaction_day:
+    if known.future or known.before_day:
         run.context.log.warning(
-            f"{day}: ignored {known.future} label(s) dated in the future and {known.before_transaction_day} dated before the "
+            f"{day}: ignored {known.future} label(s) dated in the future and {known.before_day} dated before the "
             f"day of their {domain.rows_name} in {run.labels.location(state.date)}: their labelled_at is wrong; fix the "
             "labelling export"
         )

@@ -1,10 +1,11 @@
 """Delayed labels: reading a day's label files, keeping the latest label per id, and the synthetic truth.
 
 A labels file holds the domain's id column, its 0/1 label column and `labelled_at`; the functions here take the
-two column names, so they serve any domain. Labels for a day keep arriving for weeks, as new files in the day's folder. A later label for the same id
-replaces an earlier one (a chargeback reversed, a case confirmed); the latest `labelled_at` wins. What was
-superseded is counted, never silently dropped: `duplicates` (label rows beyond the one kept per id) and
-`contradictory` (ids labelled both 0 and 1), so a feed that suddenly flips many labels shows in the metadata.
+two column names, so they serve any domain. Labels for a day keep arriving for weeks, as new files in the day's
+folder. A later label for the same id replaces an earlier one (a chargeback reversed, a case confirmed); the latest
+`labelled_at` wins. What was superseded is counted, never silently dropped: `duplicates` (label rows beyond the one
+kept per id) and `contradictory` (ids labelled both 0 and 1), so a feed that suddenly flips many labels shows in the
+metadata.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
 
 LABELLED_AT = "labelled_at"
 
-# The synthetic release schedule: a share of transactions is never labelled; the others after a log-normal
-# delay with a median of 2.5 days (about 80% within a week, 1% after 30 days), capped at 60 days.
+# The card source's synthetic release schedule: a share of transactions is never labelled; the others after a
+# log-normal delay with a median of 2.5 days (about 80% within a week, 1% after 30 days), capped at 60 days.
 NEVER_LABELLED_SHARE = 0.03
 MEDIAN_DELAY_DAYS = 2.5
 DELAY_SIGMA = 1.1
@@ -65,7 +66,7 @@ class DayLabels:
     label_column: str
     # Label rows ignored as impossible: dated after now (beyond CLOCK_SKEW), or before their row's day began.
     future: int = 0
-    before_transaction_day: int = 0
+    before_day: int = 0
 
     @property
     def latest_labelled_at(self) -> pd.Timestamp | None:
@@ -147,7 +148,8 @@ def latest_labels(
     names = {"id_column": id_column, "label_column": label_column}
     frames = [f for f in frames if not f.empty]
     if not frames:
-        return DayLabels(empty_labels(id_column, label_column), rows_read=0, duplicates=0, contradictory=0, sources=tuple(sources), **names)
+        empty = empty_labels(id_column, label_column)
+        return DayLabels(empty, rows_read=0, duplicates=0, contradictory=0, sources=tuple(sources), **names)
     stacked = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     rows_read = len(stacked)
     future = early = np.zeros(len(stacked), dtype=bool)
@@ -173,7 +175,7 @@ def latest_labels(
         sources=tuple(sources),
         **names,
         future=int(future.sum()),
-        before_transaction_day=int((early & ~future).sum()),
+        before_day=int((early & ~future).sum()),
     )
 
 

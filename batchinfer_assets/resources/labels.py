@@ -106,7 +106,7 @@ def _source(domain: Domain) -> SyntheticSource:
 
 
 class ParquetLabelsResource(LabelsResource):
-    """Parquet files under `{uri}/dt={YYYY-MM-DD}/` (the transaction's day), as the labelling system lands them."""
+    """Parquet files under `{uri}/dt={YYYY-MM-DD}/` (the day of the rows they label), as the labelling system lands them."""
 
     uri: str = Field(description="Root of the labels zone: a local folder or s3://bucket/prefix.")
     s3: Optional[S3Resource] = Field(default=None, description=S3_FIELD_DESCRIPTION)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -13,10 +14,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchinfer_assets.assets import performance
+from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.assets.pipeline import CODE_VERSIONS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.resources.labels import ParquetLabelsResource, PerformancePolicyResource, SyntheticLabelsResource
-from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+from batchinfer_assets.partitions import daily_partitions
+from batchinfer_assets.resources.domain import DomainResource
+from batchinfer_assets.resources.labels import (
+    LabelsResource,
+    ParquetLabelsResource,
+    PerformancePolicyResource,
+    SyntheticLabelsResource,
+)
+from batchinfer_assets.resources.landing import LandingZoneResource, SyntheticLandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
+from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.resources.scoring_engine import ScoringEngineResource
+from batchinfer_assets.resources.table_storage import TableStorageResource
+from batchinfer_assets.resources.torch_scorer import TorchScorerResource
+from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.tables import PERFORMANCE_CHECK
 from batchinfer_assets_tests.support import (
     check_verdicts,
@@ -200,7 +216,7 @@ def test_labels_dated_in_the_future_or_before_the_transactions_day_are_ignored_a
     meta = materializations(result, PERFORMANCE)[DAY].metadata
     realized = _rows(store)["realized"]
 
-    assert meta["labels_in_future"].value == 2 and meta["labels_before_transaction_day"].value == 1
+    assert meta["labels_in_future"].value == 2 and meta["labels_before_day"].value == 1
     assert meta["latest_labelled_at"].value == "2025-03-12T00:00:00+00:00"
     # The real labels stand: 0.9 is the one fraud, ranked above every legitimate row.
     assert realized["n_labelled"] == 4 and realized["roc_auc"] == pytest.approx(1.0)
@@ -359,3 +375,107 @@ def test_planted_fraud_scores_near_the_holdout_auc_and_a_broken_version_warns(tm
     meta = materializations(broken, PERFORMANCE)[BROKEN_DAY].metadata
     assert meta["floor"].value == pytest.approx(holdout - 0.05)
     assert meta["roc_auc"].value < meta["floor"].value
+
+
+# --- another domain: customers labelled `churned` -------------------------------------------------------------------
+# The pipeline step does not read the `domain` resource yet (the stages are being threaded): this one-stage asset runs
+# the performance stage itself on a PipelineRun of the resource's domain. Once daily_pipeline passes the domain to
+# its PipelineRun, `materialize_pipeline(pipeline_resources(..., domain=...), [PERFORMANCE])` replaces it.
+
+
+@dg.multi_asset(
+    name="performance_of_the_domain",
+    specs=[performance.PREDICTION_PERFORMANCE_SPEC.replace_attributes(partitions_def=daily_partitions, code_version=CODE_VERSIONS[PERFORMANCE])],
+    check_specs=[performance.PERFORMANCE_CHECK_SPEC],
+    partitions_def=daily_partitions,
+    # As daily_pipeline: the check's verdict is recorded as an event, not returned as an output.
+    can_subset=True,
+)
+def _performance_of_the_domain(
+    context,
+    landing_zone: LandingZoneResource,
+    validation_policy: ValidationPolicyResource,
+    model_registry: MlflowModelRegistryResource,
+    torch_scorer: TorchScorerResource,
+    scoring_engine: ScoringEngineResource,
+    table_storage: TableStorageResource,
+    prediction_db: PredictionDatabaseResource,
+    labels: LabelsResource,
+    performance_policy: PerformancePolicyResource,
+    domain: DomainResource,
+):
+    run = PipelineRun(
+        context=context,
+        store=table_storage.store,
+        landing_zone=landing_zone,
+        validation_policy=validation_policy,
+        model_registry=model_registry,
+        torch_scorer=torch_scorer,
+        scoring_engine=scoring_engine,
+        prediction_db=prediction_db,
+        code_versions=CODE_VERSIONS,
+        labels=labels,
+        performance_policy=performance_policy,
+        domain=domain.load(),
+    )
+    for day in run.days:
+        yield from performance.performance_day(run, DayState(day))
+
+
+def test_a_domains_predictions_are_judged_on_its_own_id_and_label_columns(tmp_path, unloadable_registry):
+    store = PartitionedParquetStore(tmp_path / "storage")
+    labels_root = tmp_path / "labels"
+    ids = [f"20250310-c{i:05d}" for i in range(6)]
+    scores = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.2], dtype=np.float32)
+    predictions = pa.table(
+        {
+            "customer_day_id": ids,
+            "score": scores,
+            "label": (scores >= 0.5).astype(np.int8),
+            "model_name": ["tiny-pickle"] * 6,
+            "model_version": ["1"] * 6,
+        }
+    )
+    store.write_partition("predictions", DAY, predictions)
+    folder = labels_root / f"dt={DAY}"
+    folder.mkdir(parents=True)
+
+    def land(name: str, label_ids: list[str], churned: list[int], at: str) -> None:
+        labelled_at = pa.array([pd.Timestamp(at, tz="UTC")] * len(label_ids), pa.timestamp("us", tz="UTC"))
+        table = pa.table({"customer_day_id": label_ids, "churned": pa.array(churned, pa.int8()), "labelled_at": labelled_at})
+        pq.write_table(table, folder / name)
+
+    # Four customers labelled (0.9 and 0.7 churned), one label for a customer never scored, one dated before the day.
+    land("a.parquet", [*ids[:4], "20250310-c99999"], [1, 0, 1, 0, 1], "2025-04-08")
+    land("b.parquet", [ids[4]], [1], "2025-03-09")
+    resources = pipeline_resources(
+        tmp_path / "storage",
+        unloadable_registry,
+        labels=ParquetLabelsResource(uri=str(labels_root)),
+        performance_policy=PerformancePolicyResource(min_labelled_positives=3),
+        domain=DomainResource(reference="batchinfer_assets_tests.customer_days:domain"),
+    )
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([_performance_of_the_domain], resources=resources, partition_key=DAY, instance=instance)
+        logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+
+    rows = _rows(store)
+    # Pairs of (churned, stayed): 0.9>0.8, 0.9>0.4, 0.7<0.8, 0.7>0.4: 3 of 4. At 0.5: 0.9, 0.8, 0.7 flagged, 2 churned.
+    assert rows["realized"]["n_labelled"] == 4 and rows["realized"]["roc_auc"] == pytest.approx(0.75)
+    assert rows["realized"]["precision"] == pytest.approx(2 / 3) and rows["realized"]["recall"] == 1.0
+    assert rows["estimated"]["n_predictions"] == 6 and rows["realized"]["label_coverage"] == pytest.approx(4 / 6)
+    meta = materializations(result, PERFORMANCE)[DAY].metadata
+    assert (meta["labels_unknown_ids"].value, meta["labels_before_day"].value, meta["labelled_positives"].value) == (1, 1, 2)
+    assert "P(churned=1)" in meta["method"].value
+    (check,) = result.get_asset_check_evaluations()
+    assert check.metadata["judged_on"].value == {
+        "1": "estimated (only 2 labelled positives (churned=1) and 2 labelled negatives (churned=0), 3 needed)"
+    }
+    spoken = [m for m in logs if m.startswith(f"{DAY}: ")]
+    assert any(m.startswith(f"{DAY}: 4 of 6 scored customers labelled (churned)") for m in spoken), spoken
+    assert any("1 label(s) name customers that were not scored (customer_day_id not in" in m for m in spoken), spoken
+    assert any("dated before the day of their customers" in m for m in spoken), spoken
+    # Nothing the operator reads speaks of the card domain.
+    said = [*spoken, check.description, *meta, *(str(v.value) for v in meta.values())]
+    assert not [m for m in said if re.search("fraud|transaction", m)]

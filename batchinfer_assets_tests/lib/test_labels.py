@@ -151,7 +151,7 @@ def test_a_label_from_the_future_or_before_the_day_never_wins_and_is_counted():
     day = latest_labels(frames, ["f1", "f2", "f3", "f4"], **CARD_COLUMNS, day=DAY, now=pd.Timestamp("2025-03-20 12:00", tz="UTC"))
 
     assert day.labels.set_index("transaction_id")["is_fraud"].to_dict() == {"a": 1, "b": 1}
-    assert (day.future, day.before_transaction_day, day.rows_read) == (1, 1, 5)
+    assert (day.future, day.before_day, day.rows_read) == (1, 1, 5)
     assert day.latest_labelled_at == pd.Timestamp("2025-03-20 12:04", tz="UTC")
 
 
@@ -177,7 +177,7 @@ def test_a_domains_labels_zone_is_read_with_its_own_id_and_label_columns(tmp_pat
     assert (day.id_column, day.label_column) == ("customer_day_id", "churned")
     # c1 churned after all (latest wins, counted as contradictory); c3's label predates its day: ignored and counted.
     assert day.labels.set_index("customer_day_id")["churned"].to_dict() == {"c1": 1, "c2": 0}
-    assert (day.rows_read, day.duplicates, day.contradictory, day.before_transaction_day) == (4, 1, 1, 1)
+    assert (day.rows_read, day.duplicates, day.contradictory, day.before_day) == (4, 1, 1, 1)
 
 
 @pytest.mark.parametrize(

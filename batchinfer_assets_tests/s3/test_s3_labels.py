@@ -49,7 +49,7 @@ def test_labels_on_s3_are_read_and_fingerprinted_like_local_ones(s3_env):
     assert len({empty, first, second}) == 3 and second.startswith("3:")
     day = resource.labels_for(DAY, CARD)
     assert day.labels["is_fraud"].tolist() == [1, 0] and day.contradictory == 1
-    assert day.before_transaction_day == 1
+    assert day.before_day == 1
     assert day.sources == (
         f"s3://{s3_env.bucket}/labels/dt={DAY.isoformat()}/hour=07/part-0.parquet",
         f"s3://{s3_env.bucket}/labels/dt={DAY.isoformat()}/part-1.parquet",

@@ -36,7 +36,6 @@ Every server, daemon and process group a scenario starts is torn down when it en
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import hashlib
 import json

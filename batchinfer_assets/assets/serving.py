@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.lib.redaction import redact
-from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE, SCORING_RUN_FIELDS
+from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE
 from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL
 
 # Beside the domain's id column and business columns (what an app needs to act on a score without a join back).

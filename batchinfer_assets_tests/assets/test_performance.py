@@ -14,25 +14,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchinfer_assets.assets import performance
-from batchinfer_assets.assets._run import DayState, PipelineRun
-from batchinfer_assets.assets.pipeline import CODE_VERSIONS
+from batchinfer_assets.assets.pipeline import build_daily_pipeline
+from batchinfer_assets.assets.scoring import scoring_model
+from batchinfer_assets.domain import load_domain
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.domain import DomainResource
 from batchinfer_assets.resources.labels import (
-    LabelsResource,
     ParquetLabelsResource,
     PerformancePolicyResource,
     SyntheticLabelsResource,
 )
-from batchinfer_assets.resources.landing import LandingZoneResource, SyntheticLandingZoneResource
+from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
-from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
-from batchinfer_assets.resources.scoring_engine import ScoringEngineResource
-from batchinfer_assets.resources.table_storage import TableStorageResource
-from batchinfer_assets.resources.torch_scorer import TorchScorerResource
-from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.tables import PERFORMANCE_CHECK
 from batchinfer_assets_tests.support import (
     check_verdicts,
@@ -292,7 +285,8 @@ def demo_with_broken_version(tmp_path_factory, demo_training):
     import mlflow
     import torch
 
-    from batchinfer_assets.lib.demo_model import DEMO_MODEL_NAME, register_demo_model
+    from batchinfer_assets.domain import load_domain
+    from batchinfer_assets.lib.demo_model import register_demo_model
     from batchinfer_assets.lib.model_loading import ensure_experiment, log_torch_model, make_client, mlflow_uris
 
     root = tmp_path_factory.mktemp("broken_mlflow")
@@ -312,7 +306,7 @@ def demo_with_broken_version(tmp_path_factory, demo_training):
             input_columns=demo_training.feature_columns,
             example=example,
             serialization_format="pickle",
-            registered_model_name=DEMO_MODEL_NAME,
+            registered_model_name=load_domain(None).demo_model_name,
         )
     return MlflowModelRegistryResource(tracking_uri=tracking_uri, artifact_location=artifacts)
 
@@ -378,48 +372,6 @@ def test_planted_fraud_scores_near_the_holdout_auc_and_a_broken_version_warns(tm
 
 
 # --- another domain: customers labelled `churned` -------------------------------------------------------------------
-# The pipeline step does not read the `domain` resource yet (the stages are being threaded): this one-stage asset runs
-# the performance stage itself on a PipelineRun of the resource's domain. Once daily_pipeline passes the domain to
-# its PipelineRun, `materialize_pipeline(pipeline_resources(..., domain=...), [PERFORMANCE])` replaces it.
-
-
-@dg.multi_asset(
-    name="performance_of_the_domain",
-    specs=[performance.PREDICTION_PERFORMANCE_SPEC.replace_attributes(partitions_def=daily_partitions, code_version=CODE_VERSIONS[PERFORMANCE])],
-    check_specs=[performance.PERFORMANCE_CHECK_SPEC],
-    partitions_def=daily_partitions,
-    # As daily_pipeline: the check's verdict is recorded as an event, not returned as an output.
-    can_subset=True,
-)
-def _performance_of_the_domain(
-    context,
-    landing_zone: LandingZoneResource,
-    validation_policy: ValidationPolicyResource,
-    model_registry: MlflowModelRegistryResource,
-    torch_scorer: TorchScorerResource,
-    scoring_engine: ScoringEngineResource,
-    table_storage: TableStorageResource,
-    prediction_db: PredictionDatabaseResource,
-    labels: LabelsResource,
-    performance_policy: PerformancePolicyResource,
-    domain: DomainResource,
-):
-    run = PipelineRun(
-        context=context,
-        store=table_storage.store,
-        landing_zone=landing_zone,
-        validation_policy=validation_policy,
-        model_registry=model_registry,
-        torch_scorer=torch_scorer,
-        scoring_engine=scoring_engine,
-        prediction_db=prediction_db,
-        code_versions=CODE_VERSIONS,
-        labels=labels,
-        performance_policy=performance_policy,
-        domain=domain.load(),
-    )
-    for day in run.days:
-        yield from performance.performance_day(run, DayState(day))
 
 
 def test_a_domains_predictions_are_judged_on_its_own_id_and_label_columns(tmp_path, unloadable_registry):
@@ -457,7 +409,10 @@ def test_a_domains_predictions_are_judged_on_its_own_id_and_label_columns(tmp_pa
     )
 
     with dg.instance_for_test() as instance:
-        result = dg.materialize([_performance_of_the_domain], resources=resources, partition_key=DAY, instance=instance)
+        pipeline = build_daily_pipeline(load_domain("batchinfer_assets_tests.customer_days:domain"))
+        result = dg.materialize(
+            [scoring_model, pipeline], resources=resources, partition_key=DAY, instance=instance, selection=[PERFORMANCE]
+        )
         logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
 
     rows = _rows(store)

@@ -25,7 +25,7 @@ from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.parquet_store import STAGING_DIR, PartitionedParquetStore
 from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.settings import Settings
-from batchinfer_assets_tests.assets.test_validation import DAY, ROW_LEVEL_BREAKAGES, UPSTREAM, corrupted_day, land
+from batchinfer_assets_tests.assets.test_validation import DAY, ROW_LEVEL_BREAKAGES, UPSTREAM, land
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 180

@@ -68,6 +68,8 @@ class Domain:
     calendar_features: tuple[str, ...] = ()
     # The built-in deterministic source of demo days and labels; None: the domain needs BATCHINFER_LANDING_URI.
     synthetic: SyntheticSource | None = None
+    # Text business column -> its length in the prediction database (others hold 128 characters).
+    text_lengths: Mapping[str, int] = field(default_factory=dict)
     # How a person calls one row in logs ("transactions", "customers").
     rows_name: str = "rows"
     # Registered model name of the domain's demo model, trained and registered when the default model is absent.
@@ -79,6 +81,7 @@ class Domain:
         object.__setattr__(self, "business_columns", tuple(self.business_columns))
         object.__setattr__(self, "calendar_features", tuple(self.calendar_features))
         object.__setattr__(self, "vocabularies", {c: frozenset(v) for c, v in self.vocabularies.items()})
+        object.__setattr__(self, "text_lengths", dict(self.text_lengths))
         problems = self._problems()
         if problems:
             raise ValueError(f"domain {self.name!r} is not valid: " + "; ".join(problems))
@@ -123,6 +126,9 @@ class Domain:
         for column in self.vocabularies:
             if column not in columns:
                 problems.append(f"vocabulary column {column!r} is not a landing column")
+        for column, length in self.text_lengths.items():
+            if column not in self.business_columns or not isinstance(length, int) or length < 1:
+                problems.append(f"text_lengths[{column!r}] must be a positive length of a business column, got {length!r}")
         unknown = sorted(set(self.calendar_features) - set(self.feature_descriptions))
         if unknown:
             problems.append(f"calendar_features {unknown} are not features")

@@ -27,13 +27,13 @@ class FlakyLandingZoneResource(LandingZoneResource):
     def location(self, day: dt.date) -> str:
         return f"flaky://{day}"
 
-    def _read_day(self, day: dt.date) -> pd.DataFrame:
+    def _read_day(self, day: dt.date, domain) -> pd.DataFrame:
         counter = Path(self.attempts_file)
         attempts = int(counter.read_text()) if counter.exists() else 0
         counter.write_text(str(attempts + 1))
         if attempts < self.failures:
             raise ConnectionResetError(f"connection reset while listing {self.location(day)}")
-        return SyntheticLandingZoneResource(rows_per_day=200).load_day(day)
+        return SyntheticLandingZoneResource(rows_per_day=200).load_day(day, domain)
 
 
 def _resources(tmp_path: Path, landing: LandingZoneResource) -> dict:
@@ -101,7 +101,7 @@ class BuggyLandingZoneResource(LandingZoneResource):
     def location(self, day: dt.date) -> str:
         return f"buggy://{day}"
 
-    def _read_day(self, day: dt.date) -> pd.DataFrame:
+    def _read_day(self, day: dt.date, domain) -> pd.DataFrame:
         return pd.DataFrame({"transaction_id": ["t1"]})["amount"]  # KeyError, whatever the moment
 
 

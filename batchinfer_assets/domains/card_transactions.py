@@ -68,6 +68,8 @@ domain = Domain(
     vocabularies={"merchant_category": KNOWN_CATEGORIES},
     calendar_features=CALENDAR_FEATURES,
     synthetic=CardTransactionsSource(),
+    # Prediction databases created before domains hold the merchant category in 64 characters.
+    text_lengths={"merchant_category": 64},
     rows_name="transactions",
     demo_model_name="fraud-detector",
 )

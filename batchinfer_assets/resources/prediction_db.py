@@ -104,10 +104,9 @@ scoring_runs_table = sa.Table(
 )
 SCORING_RUN_FIELDS = tuple(c.name for c in scoring_runs_table.columns if c.name not in ("id", "dt", "published_at"))
 
-# Text lengths in the prediction database: the id and text business columns hold this many characters, except
-# columns that existing databases already hold with another length (the card domain's merchant category).
+# Text lengths in the prediction database: the id and text business columns hold this many characters unless the
+# domain declares another length for a column (`Domain.text_lengths`).
 _TEXT_LENGTH = 128
-_TEXT_LENGTHS = {"merchant_category": 64}
 # Indexes an earlier version created that the current definition covers (the primary key leads with dt).
 _RETIRED_INDEXES = ("ix_predictions_dt",)
 # PostgreSQL's limit on an identifier's length (an index named after a long id column is cut to it).
@@ -139,14 +138,17 @@ _LAYOUTS: dict[tuple[Any, ...], _Layout] = {}
 def _layout(domain: Domain) -> _Layout:
     """The domain's layout of table `predictions`, built once per domain (name, id and business columns)."""
     business = tuple((name, domain.landing_columns[name]) for name in domain.business_columns)
-    key = (domain.name, domain.id_column, business)
+    lengths = tuple(sorted(domain.text_lengths.items()))
+    key = (domain.name, domain.id_column, business, lengths)
     if key not in _LAYOUTS:
-        _LAYOUTS[key] = _build_layout(domain.name, domain.id_column, business)
+        _LAYOUTS[key] = _build_layout(domain.name, domain.id_column, business, dict(lengths))
     return _LAYOUTS[key]
 
 
-def _build_layout(domain: str, id_column: str, business: tuple[tuple[str, pa.DataType], ...]) -> _Layout:
-    stored = [_stored_type(domain, name, type_) for name, type_ in business]
+def _build_layout(
+    domain: str, id_column: str, business: tuple[tuple[str, pa.DataType], ...], lengths: dict[str, int]
+) -> _Layout:
+    stored = [_stored_type(domain, name, type_, lengths) for name, type_ in business]
     table = sa.Table(
         PREDICTIONS_TABLE,
         sa.MetaData(),
@@ -188,10 +190,12 @@ def _build_layout(domain: str, id_column: str, business: tuple[tuple[str, pa.Dat
     return _Layout(domain, id_column, table, input_types, sqlite_columns)
 
 
-def _stored_type(domain: str, column: str, type_: pa.DataType) -> tuple[sa.types.TypeEngine, pa.DataType, str]:
+def _stored_type(
+    domain: str, column: str, type_: pa.DataType, lengths: dict[str, int]
+) -> tuple[sa.types.TypeEngine, pa.DataType, str]:
     """How a business column is stored: its SQL type, the Arrow type it is loaded as, its SQLite declaration."""
     if pa.types.is_string(type_) or pa.types.is_large_string(type_):
-        return sa.String(_TEXT_LENGTHS.get(column, _TEXT_LENGTH)), pa.string(), "TEXT"
+        return sa.String(lengths.get(column, _TEXT_LENGTH)), pa.string(), "TEXT"
     if pa.types.is_timestamp(type_):
         return UtcDateTime(), pa.timestamp("us", tz="UTC"), "TEXT"
     if pa.types.is_floating(type_):

@@ -14,6 +14,7 @@ import requests
 from dagster_aws.s3 import S3Resource
 
 from batchinfer_assets.definitions import build_definitions, build_resources
+from batchinfer_assets.domains.card_transactions import domain as CARD
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.parquet_store import (
     BucketNotFoundError,
@@ -143,25 +144,25 @@ def test_landing_on_s3_fails_like_a_local_landing_zone(s3_env):
     landing = ParquetLandingZoneResource(uri=f"s3://{s3_env.bucket}/landing", s3=S3Resource(region_name=REGION))
     day = dt.date.fromisoformat(DAY)
     with pytest.raises(LandingDataError, match=rf"no landing data for {DAY}: folder s3://{s3_env.bucket}/landing/dt={DAY}/ does not exist"):
-        landing.load_day(day)
+        landing.load_day(day, CARD)
 
     s3_env.client.put_object(Bucket=s3_env.bucket, Key=f"landing/dt={DAY}/README.txt", Body=b"not data")
     with pytest.raises(LandingDataError, match=rf"landing file s3://{s3_env.bucket}/landing/dt={DAY}/README.txt is not a readable Parquet file"):
-        landing.load_day(day)
+        landing.load_day(day, CARD)
 
     s3_env.client.delete_object(Bucket=s3_env.bucket, Key=f"landing/dt={DAY}/README.txt")
     s3_env.client.put_object(Bucket=s3_env.bucket, Key=f"landing/dt={DAY}/_SUCCESS", Body=b"")
     with pytest.raises(LandingDataError, match=rf"no landing data for {DAY}: no data files in s3://{s3_env.bucket}/landing/dt={DAY}/"):
-        landing.load_day(day)
+        landing.load_day(day, CARD)
 
     bad_key = f"landing/dt={DAY}/part-0.parquet"
     s3_env.client.put_object(Bucket=s3_env.bucket, Key=bad_key, Body=b"this is not parquet")
     with pytest.raises(LandingDataError, match=f"landing file s3://{s3_env.bucket}/{bad_key} is not a readable Parquet file"):
-        landing.load_day(day)
+        landing.load_day(day, CARD)
 
     missing = ParquetLandingZoneResource(uri="s3://no-such-landing-bucket/x", s3=S3Resource(region_name=REGION))
     with pytest.raises(BucketNotFoundError, match=f"'no-such-landing-bucket' does not exist at the S3 endpoint {s3_env.endpoint}"):
-        missing.load_day(day)
+        missing.load_day(day, CARD)
 
 
 def test_an_unreachable_endpoint_names_the_endpoint_and_the_bucket(s3_env):

@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 from dagster_k8s import k8s_job_executor
 
-from batchinfer_assets.definitions import build_definitions
+from batchinfer_assets.project import build_definitions
 from batchinfer_assets.settings import Settings
 
 SCORING_STEP = "daily_pipeline"

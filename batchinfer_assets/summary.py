@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 
 from batchinfer_assets.assets.monitoring import SCORE_COLUMN, TRAILING_REFERENCE, TRAINING_REFERENCE, drifted_feature_counts
-from batchinfer_assets.definitions import build_resources
+from batchinfer_assets.project import build_resources
 from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
 from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource

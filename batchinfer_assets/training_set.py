@@ -132,7 +132,7 @@ def read_training_set(path: Path | str, domain: Domain, *, labelled_only: bool =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from batchinfer_assets.definitions import build_resources
+    from batchinfer_assets.project import build_resources
     from batchinfer_assets.domain import load_domain
     from batchinfer_assets.settings import Settings
 

@@ -65,7 +65,7 @@ def test_bad_values_name_the_variable(tmp_path, name, value):
 
 def test_the_prediction_database_password_never_reaches_resource_config(monkeypatch, tmp_path):
     """Resource config is shown in the UI: a URL read from the environment is passed as an EnvVar reference."""
-    from batchinfer_assets.definitions import PREDICTIONS_DB_URL_VAR, build_definitions
+    from batchinfer_assets.project import PREDICTIONS_DB_URL_VAR, build_definitions
 
     url = "postgresql+psycopg://scorer:s3cret-pw@db.internal:5432/predictions"
     monkeypatch.setenv(PREDICTIONS_DB_URL_VAR, url)
@@ -116,7 +116,7 @@ def test_the_scoring_engine_and_ray_address_are_read_from_the_contract_variables
 def test_the_ray_engine_is_built_on_the_cluster_ray_address_names(tmp_path):
     from dagster_ray import LocalRay
 
-    from batchinfer_assets.definitions import build_scoring_engine
+    from batchinfer_assets.project import build_scoring_engine
     from batchinfer_assets.resources.ray_engine import ExistingRayCluster, RayScoringEngine
 
     remote = build_scoring_engine(Settings.from_env({"BATCHINFER_SCORING_ENGINE": "ray", "RAY_ADDRESS": "head:6379"}, cwd=tmp_path))

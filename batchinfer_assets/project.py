@@ -18,7 +18,6 @@ from dagster_aws.s3 import S3Resource
 from batchinfer_assets.assets.pipeline import build_daily_pipeline
 from batchinfer_assets.domain import DOMAIN_VARIABLE, load_domain
 from batchinfer_assets.assets.scoring import scoring_model
-from batchinfer_assets.checks import ASSET_CHECKS
 from batchinfer_assets.freshness import FRESHNESS_CHECKS, with_freshness_policies
 from batchinfer_assets.jobs import daily_scoring_job, reproduce_predictions_job
 from batchinfer_assets.resources.domain import DomainResource
@@ -37,7 +36,6 @@ from batchinfer_assets.resources.landing import (
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.scoring_engine import LocalScoringEngine, ScoringEngineResource
-from batchinfer_assets.resources.storage import HiveParquetIOManager
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
@@ -88,7 +86,6 @@ def build_resources(settings: Settings) -> dict[str, object]:
     else:
         labels = SyntheticLabelsResource(rows_per_day=settings.rows_per_day)
     return {
-        "io_manager": HiveParquetIOManager(base_uri=settings.storage_uri, s3=s3),
         "landing_zone": landing_zone,
         "validation_policy": ValidationPolicyResource(max_invalid_fraction=settings.max_invalid_fraction),
         "model_registry": MlflowModelRegistryResource(
@@ -125,7 +122,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     """All definitions of the project, wired to the given settings."""
     return dg.Definitions(
         assets=with_freshness_policies([scoring_model, build_daily_pipeline(load_domain(settings.domain))]),
-        asset_checks=[*ASSET_CHECKS, *FRESHNESS_CHECKS],
+        asset_checks=FRESHNESS_CHECKS,
         jobs=[daily_scoring_job, reproduce_predictions_job],
         schedules=[daily_scoring_schedule],
         sensors=[

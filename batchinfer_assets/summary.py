@@ -15,7 +15,7 @@ from batchinfer_assets.project import build_resources
 from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
 from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
-from batchinfer_assets.resources.storage import open_table_store
+from batchinfer_assets.resources.table_storage import open_table_store
 from batchinfer_assets.settings import Settings
 from batchinfer_assets.tables import DRIFT_METRICS, PREDICTIONS, QUARANTINED_TRANSACTIONS
 
@@ -23,7 +23,7 @@ from batchinfer_assets.tables import DRIFT_METRICS, PREDICTIONS, QUARANTINED_TRA
 def summarize(settings: Settings, start: dt.date, end: dt.date) -> pd.DataFrame:
     """One row per day: predictions, quarantined rows, drifted features per reference and published rows."""
     resources = build_resources(settings)
-    store = open_table_store(settings.storage_uri, resources["io_manager"].s3)
+    store = open_table_store(settings.storage_uri, resources["table_storage"].s3)
     # Outside a run nothing resolves EnvVar references, so the database resource is built from the value.
     database = PredictionDatabaseResource(url=settings.predictions_db_url)
     rows = []

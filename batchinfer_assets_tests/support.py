@@ -15,7 +15,6 @@ from batchinfer_assets.resources.labels import PerformancePolicyResource, Synthe
 from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.scoring_engine import LocalScoringEngine
-from batchinfer_assets.resources.storage import HiveParquetIOManager
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
@@ -26,7 +25,6 @@ PIPELINE_ASSETS = [scoring_model, daily_pipeline]
 def pipeline_resources(storage: Path, model_registry: Any, **overrides: Any) -> dict[str, Any]:
     """Every resource the pipeline step needs, on `storage`, with `overrides` replacing any of them."""
     resources: dict[str, Any] = {
-        "io_manager": HiveParquetIOManager(base_uri=str(storage)),
         "table_storage": TableStorageResource(base_uri=str(storage)),
         "landing_zone": SyntheticLandingZoneResource(rows_per_day=1000),
         "validation_policy": ValidationPolicyResource(),

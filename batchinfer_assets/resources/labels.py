@@ -27,7 +27,7 @@ from batchinfer_assets.lib.labels import (
 )
 from batchinfer_assets.lib.parquet_store import is_s3_uri
 from batchinfer_assets.lib.synthetic import DEFAULT_SEED
-from batchinfer_assets.resources.storage import S3_FIELD_DESCRIPTION
+from batchinfer_assets.resources.table_storage import S3_FIELD_DESCRIPTION
 
 if TYPE_CHECKING:
     from batchinfer_assets.domain import Domain, SyntheticSource

@@ -15,7 +15,7 @@ from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame, read_landing_day
 from batchinfer_assets.lib.parquet_store import is_s3_uri
 from batchinfer_assets.lib.synthetic import DEFAULT_SEED
-from batchinfer_assets.resources.storage import S3_FIELD_DESCRIPTION
+from batchinfer_assets.resources.table_storage import S3_FIELD_DESCRIPTION
 
 
 class LandingZoneResource(dg.ConfigurableResource, ABC):

@@ -1,4 +1,4 @@
-"""Direct access to the asset tables for assets that read days other than the ones they depend on."""
+"""The asset tables: where the pipeline writes and reads each day, a local folder or an S3 prefix."""
 
 from typing import Optional
 
@@ -6,8 +6,18 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.resources.storage import S3_FIELD_DESCRIPTION, open_table_store
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore, is_s3_uri
+
+S3_FIELD_DESCRIPTION = (
+    "S3 client settings for s3:// URIs; unset: boto3's own environment (AWS_ENDPOINT_URL, credentials, region)."
+)
+
+
+def open_table_store(base_uri: str, s3: Optional[S3Resource]) -> PartitionedParquetStore:
+    """The storage core for a base URI: a local folder, or `s3://bucket/prefix` through dagster-aws's S3 client."""
+    if is_s3_uri(base_uri):
+        return PartitionedParquetStore(base_uri, s3_client=(s3 or S3Resource()).get_client())
+    return PartitionedParquetStore(base_uri)
 
 
 class TableStorageResource(dg.ConfigurableResource):
@@ -27,9 +37,5 @@ class TableStorageResource(dg.ConfigurableResource):
 
     @property
     def store(self) -> PartitionedParquetStore:
-        """The storage core over the same base as the IO manager."""
+        """The storage core over the tables' base URI."""
         return open_table_store(self.base_uri, self.s3)
-
-    def write_side_file(self, folder: str, day: str, filename: str, text: str) -> str:
-        """Replace `{base}/{folder}/dt={day}/{filename}`, a per-day file kept beside the tables; its path or URI."""
-        return self.store.write_side_file(folder, day, filename, text)

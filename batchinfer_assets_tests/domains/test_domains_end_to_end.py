@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 
 from batchinfer_assets.domain import load_domain
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore

@@ -16,7 +16,6 @@ from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
 from batchinfer_assets.resources.ray_engine import RayScoringEngine, ray_cluster_for
-from batchinfer_assets.resources.storage import HiveParquetIOManager
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets_tests.conftest import TINY_COLUMNS, tiny_module
@@ -222,7 +221,7 @@ def test_a_day_on_s3_is_read_by_the_nodes_and_committed_as_one_object(ray_cluste
     uri = f"s3://{s3_env.bucket}/warehouse"
     store = PartitionedParquetStore(uri, s3_client=s3_env.client)
     store.write_partition("input_snapshot", DAY, pa.Table.from_pandas(_snapshot(), preserve_index=False))
-    on_s3 = {"io_manager": HiveParquetIOManager(base_uri=uri), "table_storage": TableStorageResource(base_uri=uri)}
+    on_s3 = {"table_storage": TableStorageResource(base_uri=uri)}
     registry = MlflowModelRegistryResource(tracking_uri=tiny_versions, model_uri="models:/tiny/1")
     local_resources = pipeline_resources(tmp_path, registry, **on_s3)
     materialize_pipeline(local_resources, ["predictions"], partition_key=DAY)

@@ -1,5 +1,0 @@
-"""Asset checks defined outside the assets that own them."""
-
-import dagster as dg
-
-ASSET_CHECKS: list[dg.AssetChecksDefinition] = []

@@ -14,7 +14,7 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 from batchinfer_assets import tables
 from batchinfer_assets.assets.performance import LABELS_FINGERPRINT_KEY
 from batchinfer_assets.domain import Domain
-from batchinfer_assets.freshness import FRESHNESS_CHECKS
+from batchinfer_assets.freshness import DEADLINE_HOUR_UTC, due_day, latest_deadline, on_time_evaluations
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
@@ -189,11 +189,28 @@ def _scoring_run_finished(instance: dg.DagsterInstance, day: str) -> bool:
     return run is None or run.is_finished
 
 
-freshness_checks_sensor = dg.build_sensor_for_freshness_checks(
-    freshness_checks=FRESHNESS_CHECKS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(
+    name="freshness_checks_sensor",
     minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        f"At each {DEADLINE_HOUR_UTC:02d}:00 UTC deadline, records on delivery_deadline whether yesterday's predictions "
+        "and published predictions were materialized in time (no run is launched)."
+    ),
 )
+def freshness_checks_sensor(context: dg.SensorEvaluationContext):
+    """Records each due asset's on-time verdict once per deadline, as check evaluations of no run.
+
+    The cursor is the last deadline judged. A day that lands late keeps its failed verdict; the next deadline
+    is judged on its own day.
+    """
+    deadline = latest_deadline(dt.datetime.now(dt.timezone.utc))
+    if context.cursor and float(context.cursor) >= deadline.timestamp():
+        return dg.SkipReason(f"{due_day(deadline)} was judged at its deadline; the next one is {deadline + dt.timedelta(days=1):%Y-%m-%d %H:%M} UTC")
+    evaluations = on_time_evaluations(context.instance, deadline)
+    for evaluation in evaluations:
+        context.log.info(f"{evaluation.check_name}: {'passed' if evaluation.passed else 'failed'}: {evaluation.description}")
+    return dg.SensorResult(asset_events=evaluations, cursor=str(deadline.timestamp()))
 
 
 @dg.sensor(

@@ -25,11 +25,6 @@ DELIBERATE_FEATURE_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # The blocking checks of transaction_features and input_snapshot record each day's verdict on
     # that day's partition.
     (dg.PreviewWarning, r"Specifying a partitions_def on an AssetCheckSpec is currently in preview"),
-    # FreshnessPolicy, the suggested replacement, judges an asset as a whole (backfilling an old day
-    # makes it look fresh); only these checks, and the sensor that evaluates them, fail when
-    # *yesterday's partition* is late. The policies are attached as well, for the UI.
-    (dg.SupersessionWarning, r"Function `build_time_partition_freshness_checks` is superseded"),
-    (dg.SupersessionWarning, r"Function `build_sensor_for_freshness_checks` is superseded"),
 )
 """(category, regex matched at the start of the warning's message) of each silenced warning."""
 

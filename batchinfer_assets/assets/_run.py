@@ -372,6 +372,16 @@ class PipelineRun:
         ).records
         return self._recorded_lineage(parent, parents[0]) if parents else None
 
+    def require_inputs_stored(self, state: DayState, stage: str, inputs: tuple[str, ...]) -> None:
+        """Stop the day at `stage` with what to run when an input it reads is neither computed by this run nor stored."""
+        for name in inputs:
+            if name not in state.versions and not self.store.has_partition(name, state.day):
+                raise DayBlocked(
+                    stage,
+                    f"{name} for {state.day} is not in storage (never materialized), so there is nothing to read: run the "
+                    f"day with its upstream stages, e.g. dg launch --assets '+{stage.split('/')[0]}' --partition {state.day}",
+                )
+
     def require_inputs_agree(self, state: DayState, stage: str, inputs: tuple[str, ...]) -> None:
         """Refuse the stage for the day when an input it reads from storage comes from other raw data than the day's current one.
 

@@ -22,9 +22,6 @@ DELIBERATE_FEATURE_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # A one-day run sets input_snapshot's content hash as its data version (a range run cannot: one
     # data version per step output), so staleness follows the snapshot's content.
     (dg.BetaWarning, r"Parameter `data_version` of initializer `Output.__init__` is currently in beta"),
-    # The blocking checks of transaction_features and input_snapshot record each day's verdict on
-    # that day's partition.
-    (dg.PreviewWarning, r"Specifying a partitions_def on an AssetCheckSpec is currently in preview"),
 )
 """(category, regex matched at the start of the warning's message) of each silenced warning."""
 

@@ -77,7 +77,7 @@ def check_verdicts(result: dg.ExecuteInProcessResult, check_name: str) -> dict[s
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             if evaluation.check_name == check_name:
-                verdicts[evaluation.partition] = evaluation.passed
+                verdicts[evaluation.metadata["day"].value] = evaluation.passed
     return verdicts
 
 

@@ -114,3 +114,13 @@ def test_any_selection_of_the_pipeline_can_run(defs):
     assert pipeline.can_subset
     for key in pipeline.keys:
         assert pipeline.subset_for({key}, selected_asset_check_keys=None).keys == {key}
+
+
+def test_the_pipeline_checks_declare_no_partitions(defs):
+    """The UI sums a partitioned check as failed while any day ever failed yet shows its latest verdict elsewhere: one
+    check read Failed and Passed at once. Unpartitioned, every summary is the latest verdict (which names its day)."""
+    graph = defs.resolve_asset_graph()
+    pipeline = graph.assets_def_for_key(dg.AssetKey("predictions"))
+    assert {spec.key.name: spec.partitions_def for spec in pipeline.check_specs} == dict.fromkeys(
+        ["invalid_share_within_limit", "matches_model_signature", "drift_check", "performance_within_floor"]
+    )

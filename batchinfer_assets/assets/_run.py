@@ -64,6 +64,10 @@ from batchinfer_assets.tables import (
 INPUT_SNAPSHOT_HASH_TAG = "batchinfer/input_snapshot_hash"
 BATCH_SIZE_TAG = "batchinfer/batch_size"
 
+# A check's verdict counts the days of this window (up to its newest judged day) whose latest verdict failed.
+FAILING_DAYS_WINDOW = 30
+FAILING_DAYS_KEY = "failing_days"
+
 # The name (prefix) of the thread a run's model loads on.
 MODEL_LOADER_THREAD = "batchinfer-model-loader"
 
@@ -488,10 +492,14 @@ class PipelineRun:
         blocking: bool,
         severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
     ) -> dg.AssetCheckEvaluation:
-        """The check's verdict for one day, recorded on that day's partition, about that day's latest materialization.
+        """The check's verdict for one day, about that day's latest materialization, on the day's planned execution.
 
-        The UI counts a verdict as the partition's current one only when it names the materialization it
-        judged (what Dagster fills in for an `AssetCheckResult` of a one-partition step).
+        A partitioned run plans one execution of each check per day, whatever the check's spec, and each verdict
+        resolves its day's (none is left "Skipped"). The specs declare no partitions: the UI sums a partitioned check
+        as failed while any day ever failed but shows its latest execution elsewhere, so one check read "Failed" and
+        "Passed" at once; now every summary is the latest verdict, which names its day and lists the recent days
+        whose latest verdict failed. The UI counts a verdict as current only when it names the materialization it
+        judged (as Dagster does for an `AssetCheckResult`).
         """
         records = self.latest_materializations(asset, state.day)
         target = (
@@ -501,17 +509,41 @@ class PipelineRun:
             if records
             else None
         )
+        failing = self._failing_days(dg.AssetCheckKey(dg.AssetKey(asset), check_name), state.day, passed)
+        others = [d for d in failing if d != state.day]
+        counted = f" ({'also ' if not passed else ''}failing in the last {FAILING_DAYS_WINDOW} days: {', '.join(others)})" if others else ""
         return dg.AssetCheckEvaluation(
             target_materialization_data=target,
             asset_key=dg.AssetKey(asset),
             check_name=check_name,
             passed=passed,
             partition=state.day,
-            metadata=dict(metadata),
+            metadata={"day": state.day, **metadata, FAILING_DAYS_KEY: dg.MetadataValue.json(failing)},
             severity=severity,
-            description=description,
+            description=f"{state.day}: {description}{counted}",
             blocking=blocking,
         )
+
+    def _failing_days(self, key: dg.AssetCheckKey, day: str, passed: bool) -> list[str]:
+        """The days within FAILING_DAYS_WINDOW of the newest judged one whose latest verdict failed, `day`'s included.
+
+        Carried from verdict to verdict: the check's latest recorded verdict lists the failing days it knew of.
+        """
+        cache_key = f"failing_days:{key.to_user_string()}"
+        if cache_key not in self.cache:
+            history = self.context.instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+            evaluations = [r.evaluation for r in history if r.status.value in ('SUCCEEDED', 'FAILED') and r.run_id != self.context.run_id]
+            recorded = evaluations[0].metadata.get(FAILING_DAYS_KEY) if evaluations else None
+            self.cache[cache_key] = set(recorded.value if recorded is not None else [])
+        failing: set[str] = self.cache[cache_key]
+        if passed:
+            failing.discard(day)
+        else:
+            failing.add(day)
+        newest = dt.date.fromisoformat(max([day, *failing]))
+        oldest = (newest - dt.timedelta(days=FAILING_DAYS_WINDOW - 1)).isoformat()
+        failing.intersection_update({d for d in failing if d >= oldest})
+        return sorted(failing)
 
 
 def _short(version: str | None) -> str:

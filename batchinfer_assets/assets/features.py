@@ -9,7 +9,6 @@ import pyarrow as pa
 
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.assets.ingest import raw_of
-from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.prediction_db import published_text_lengths
 from batchinfer_assets.schemas import split_valid_rows
 from batchinfer_assets.tables import (
@@ -49,7 +48,6 @@ INVALID_SHARE_CHECK_SPEC = dg.AssetCheckSpec(
         "The day's quarantined share stays within the validation policy's limit; a day over it is not "
         "snapshotted, scored or published (other days of the same run go on)."
     ),
-    partitions_def=daily_partitions,
 )
 
 

@@ -30,7 +30,6 @@ from batchinfer_assets.lib.drift import (
 )
 from batchinfer_assets.lib.drift_report import render_drift_report
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.model_registry import ResolvedModel
 from batchinfer_assets.tables import DRIFT_CHECK, DRIFT_METRICS, DRIFT_REPORTS_FOLDER, INPUT_SNAPSHOT, PREDICTIONS, SCORING_MODEL
 
@@ -57,7 +56,6 @@ DRIFT_CHECK_SPEC = dg.AssetCheckSpec(
     asset=DRIFT_METRICS,
     blocking=False,
     description="Warns when a day's inputs or scores drifted (see the day's drift report).",
-    partitions_def=daily_partitions,
 )
 
 

@@ -32,7 +32,6 @@ from batchinfer_assets.lib.performance import (
     estimated_metrics,
     performance_rows,
 )
-from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.tables import PERFORMANCE_CHECK, PREDICTION_PERFORMANCE, PREDICTIONS
 
 PERFORMANCE_SCHEMA = pa.schema(
@@ -66,7 +65,6 @@ PERFORMANCE_CHECK_SPEC = dg.AssetCheckSpec(
         "Warns when a day's ROC AUC (realized, or estimated while too few positives are labelled) is below the model's "
         "hold-out ROC AUC minus the tolerance."
     ),
-    partitions_def=daily_partitions,
 )
 
 

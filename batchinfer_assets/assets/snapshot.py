@@ -11,7 +11,6 @@ from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.assets.features import features_of
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.model_loading import mlflow_uris
-from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.model_registry import ResolvedModel
 from batchinfer_assets.schemas import feature_schema
 from batchinfer_assets.tables import INPUT_SNAPSHOT, SIGNATURE_CHECK, TRANSACTION_FEATURES
@@ -36,7 +35,6 @@ SIGNATURE_CHECK_SPEC = dg.AssetCheckSpec(
     asset=INPUT_SNAPSHOT,
     blocking=True,
     description="Every input column of the run's model signature is in the snapshot with a compatible dtype.",
-    partitions_def=daily_partitions,
 )
 
 

@@ -133,7 +133,7 @@ def test_shift_in_one_column_is_flagged_against_the_trailing_week_and_the_check_
     assert check.check_name == DRIFT_CHECK
     assert check.passed is False
     assert check.severity == dg.AssetCheckSeverity.WARN
-    assert check.partition == DAY
+    assert check.metadata["day"].value == DAY
     assert set(check.metadata["drifted_features"].value) == {"velocity", "score"}
 
 

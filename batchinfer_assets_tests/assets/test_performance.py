@@ -129,7 +129,7 @@ def test_estimate_for_unlabelled_rows_tracks_what_their_labels_later_show(tmp_pa
     assert second_meta.metadata["label_coverage"].value == 1.0
     assert "estimated_roc_auc" not in second_meta.metadata, "nothing unlabelled left to estimate"
     (check,) = second.get_asset_check_evaluations()
-    assert check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.partition == DAY
+    assert check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.metadata["day"].value == DAY
     assert "no hold-out metric to compare against" in check.description
 
 
@@ -192,7 +192,7 @@ def test_a_model_without_hold_out_metric_is_judged_against_a_configured_absolute
     (check,) = result.get_asset_check_evaluations()
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.description == (
-        "PERFORMANCE BELOW FLOOR: version 1: realized ROC AUC 0.750 BELOW floor 0.800 (the configured absolute floor)"
+        f"{DAY}: PERFORMANCE BELOW FLOOR: version 1: realized ROC AUC 0.750 BELOW floor 0.800 (the configured absolute floor)"
     )
 
 
@@ -265,7 +265,7 @@ def test_a_deleted_model_version_does_not_block_label_based_metrics(tmp_path, ti
     assert realized["n_labelled"] == 4 and realized["roc_auc"] == pytest.approx(0.75)
     (check,) = result.get_asset_check_evaluations()
     assert check.description == (
-        f"performance within floor: version {version}: realized ROC AUC 0.750, no hold-out metric to compare against"
+        f"{DAY}: performance within floor: version {version}: realized ROC AUC 0.750, no hold-out metric to compare against"
     )
 
 
@@ -350,10 +350,10 @@ def test_planted_fraud_scores_near_the_holdout_auc_and_a_broken_version_warns(tm
         assert estimated_early[day]["roc_auc"] is not None and not math.isnan(estimated_early[day]["roc_auc"])
     assert check_verdicts(late, PERFORMANCE_CHECK) == {d: True for d in SCORED_DAYS}
     # With a few percent labelled the second day is judged on the estimate, once labelled on the realized AUC.
-    judged = {e.partition: e.metadata["judged_on"].value for e in early.get_asset_check_evaluations() if e.check_name == PERFORMANCE_CHECK}
+    judged = {e.metadata["day"].value: e.metadata["judged_on"].value for e in early.get_asset_check_evaluations() if e.check_name == PERFORMANCE_CHECK}
     assert judged[SCORED_DAYS[0]] == {"1": "realized"} and judged[SCORED_DAYS[1]]["1"].startswith("estimated (only ")
     # A verdict on the estimate says how far off the estimate was on the rows already labelled.
-    early_checks = {e.partition: e for e in early.get_asset_check_evaluations() if e.check_name == PERFORMANCE_CHECK}
+    early_checks = {e.metadata["day"].value: e for e in early.get_asset_check_evaluations() if e.check_name == PERFORMANCE_CHECK}
     assert "on the rows labelled so far the estimate was off by " in early_checks[SCORED_DAYS[1]].description
     assert "estimate was off" not in early_checks[SCORED_DAYS[0]].description
     # (Its verdict then rests on the demo model's estimate, which undershoots: measured 0.861 against a floor of 0.897.)
@@ -365,7 +365,7 @@ def test_planted_fraud_scores_near_the_holdout_auc_and_a_broken_version_warns(tm
     assert check_verdicts(broken, PERFORMANCE_CHECK) == {BROKEN_DAY: False}
     (evaluation,) = [e for e in broken.get_asset_check_evaluations() if e.check_name == PERFORMANCE_CHECK]
     assert evaluation.severity == dg.AssetCheckSeverity.WARN and not evaluation.blocking
-    assert evaluation.description.startswith("PERFORMANCE BELOW FLOOR: version 2: realized ROC AUC")
+    assert evaluation.description.startswith(f"{BROKEN_DAY}: PERFORMANCE BELOW FLOOR: version 2: realized ROC AUC")
     meta = materializations(broken, PERFORMANCE)[BROKEN_DAY].metadata
     assert meta["floor"].value == pytest.approx(holdout - 0.05)
     assert meta["roc_auc"].value < meta["floor"].value

@@ -148,7 +148,7 @@ def test_each_row_level_breakage_is_quarantined_with_its_reason(settings, breaka
     meta = {e.materialization.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
     assert meta["quarantined_transactions"]["reasons"].value == {reason: 3}
     check = _check(result, INVALID_SHARE_CHECK)
-    assert check.passed and check.partition == DAY
+    assert check.passed and check.metadata["day"].value == DAY
     assert check.metadata["reasons"].value == {reason: 3}
 
 
@@ -190,7 +190,7 @@ def test_two_percent_bad_rows_blocks_the_day_and_keeps_its_previous_predictions(
 
     assert not result.success
     check = _check(result, INVALID_SHARE_CHECK)
-    assert not check.passed and check.partition == DAY
+    assert not check.passed and check.metadata["day"].value == DAY
     assert check.metadata["quarantined_rows"].value == 20
     assert check.metadata["reasons"].value == {"channel: isin(['pos', 'online', 'atm'])": 20}
     assert "telepathy" in check.metadata["sample_failing_rows"].value
@@ -270,7 +270,7 @@ def test_a_model_whose_signature_needs_other_columns_blocks_scoring(settings, ti
     result = materialize(tiny)
 
     check = _check(result, SIGNATURE_CHECK)
-    assert not check.passed and check.partition == DAY
+    assert not check.passed and check.metadata["day"].value == DAY
     assert "amount_z: required by the model, missing from the snapshot" in check.metadata["problems"].value
     assert "predictions" not in {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
 
@@ -367,3 +367,39 @@ def test_random_corruptions_are_quarantined_or_rejected_never_scored(tmp_path_fa
     assert valid["transaction_id"].tolist() == clean["transaction_id"].tolist()
     assert len(quarantined) == len(broken)
     feature_schema(FEATURE_COLUMNS, "transaction_id").validate(build_features(valid), lazy=True)
+
+
+def test_each_check_has_one_current_verdict_naming_its_day_and_counting_the_failing_days(settings):
+    """Every summary the UI draws reads the check's latest verdict: one per run, for its newest day, the failing days listed."""
+    landing = Path(settings.landing_uri)
+    land(landing, generate_day(dt.date(2025, 1, 3), 400), day="2025-01-03")
+    land(landing, corrupted_day("malformed country", n_bad=8, rows=400, day="2025-01-04")[0], day="2025-01-04")
+    land(landing, generate_day(dt.date(2025, 1, 5), 400), day="2025-01-05")
+    defs = build_definitions(settings)
+    key = dg.AssetCheckKey(dg.AssetKey("transaction_features"), INVALID_SHARE_CHECK)
+
+    def run(**kwargs):
+        return dg.materialize(
+            list(defs.assets), resources=build_resources(settings), instance=instance, selection=WITHOUT_MODEL,
+            raise_on_error=False, **kwargs,
+        )
+
+    with dg.instance_for_test() as instance:
+        run(tags={"dagster/asset_partition_range_start": "2025-01-03", "dagster/asset_partition_range_end": "2025-01-05"})
+        # One execution a day, each resolved by its own verdict; the latest is the newest day's.
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+        assert [(r.partition, r.status.value) for r in history] == [
+            ("2025-01-05", "SUCCEEDED"), ("2025-01-04", "FAILED"), ("2025-01-03", "SUCCEEDED")
+        ]
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+        assert record.partition == "2025-01-05" and record.status.value == "SUCCEEDED"
+        assert record.evaluation.metadata["day"].value == "2025-01-05"
+        assert record.evaluation.metadata["failing_days"].value == ["2025-01-04"]
+        assert record.evaluation.description.startswith("2025-01-05: ")
+        assert record.evaluation.description.endswith("(failing in the last 30 days: 2025-01-04)")
+
+        # The bad day re-landed and re-run alone: nothing fails any more.
+        land(landing, generate_day(dt.date(2025, 1, 4), 400), day="2025-01-04")
+        assert run(partition_key="2025-01-04").success
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+        assert latest.status.value == "SUCCEEDED" and latest.evaluation.metadata["failing_days"].value == []

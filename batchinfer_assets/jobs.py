@@ -18,7 +18,7 @@ daily_scoring_job = dg.define_asset_job(
     description=(
         "Re-score one day as a past run scored it (archived input, that model version, batch size and precision) "
         "into reproductions/<run id>/ and compare with the original's files; live tables and the database are not "
-        "touched (`python -m batchinfer_assets.reproduce DAY`)."
+        "touched (run: python -m batchinfer_assets.reproduce DAY)."
     ),
 )
 def reproduce_predictions_job():

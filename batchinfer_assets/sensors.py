@@ -218,7 +218,7 @@ def freshness_checks_sensor(context: dg.SensorEvaluationContext):
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Observes `scoring_model` when the configured model URI resolves to another version (an alias move), so "
+        "Observes scoring_model when the configured model URI resolves to another version (an alias move), so "
         "every day scored with the previous version turns stale without anyone pressing Observe."
     ),
 )

@@ -124,3 +124,22 @@ def test_the_pipeline_checks_declare_no_partitions(defs):
     assert {spec.key.name: spec.partitions_def for spec in pipeline.check_specs} == dict.fromkeys(
         ["invalid_share_within_limit", "matches_model_signature", "drift_check", "performance_within_floor"]
     )
+
+
+def test_the_ui_descriptions_read_as_plain_text(defs):
+    """The UI shows descriptions as they are (backticks stay literal); every schedule and sensor says what it does."""
+    repo = defs.get_repository_def()
+    graph = defs.resolve_asset_graph()
+    automation = {f"sensor {s.name}": s.description for s in repo.sensor_defs}
+    automation |= {f"schedule {s.name}": s.description for s in repo.schedule_defs}
+    assert [name for name, text in automation.items() if not text] == []
+    shown = dict(automation)
+    shown |= {f"job {j.name}": j.description for j in repo.get_all_jobs()}
+    shown |= {f"asset {k.to_user_string()}": graph.get(k).description for k in graph.get_all_asset_keys()}
+    shown |= {f"check {k.name}": graph.get_check_spec(k).description for k in graph.asset_check_keys}
+    for name, resource in defs.resources.items():
+        fields = getattr(type(resource), "model_fields", {})
+        shown |= {f"resource {name}.{field}": info.description for field, info in fields.items()}
+    assert [name for name, text in shown.items() if text and "`" in text] == []
+    # The freshness sensor records verdicts itself: no target for the UI to print as a selection's repr.
+    assert repo.get_sensor_def("freshness_checks_sensor").asset_selection is None

@@ -11,7 +11,7 @@ class DomainResource(dg.ConfigurableResource):
 
     reference: str = Field(
         default=BUILT_IN_DOMAIN,
-        description=f"`module.path:attribute` of the domain (as {DOMAIN_VARIABLE} names it); default: the built-in one.",
+        description=f"module.path:attribute of the domain (as {DOMAIN_VARIABLE} names it); default: the built-in one.",
     )
 
     def load(self) -> Domain:

@@ -55,7 +55,7 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
     artifact_location: Optional[str] = Field(
         default=None,
         description=(
-            "Artifact location of the demo experiment when it has to be created; unset: an `mlartifacts` "
+            "Artifact location of the demo experiment when it has to be created; unset: an mlartifacts "
             "folder beside a local sqlite database, else the server's default."
         ),
     )
@@ -75,7 +75,7 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
     )
     demo_domain: str = Field(
         default=BUILT_IN_DOMAIN,
-        description="`module.path:attribute` of the domain whose demo model is trained when it is missing.",
+        description="module.path:attribute of the domain whose demo model is trained when it is missing.",
     )
 
     _described: dict[str, ResolvedModel] = PrivateAttr(default_factory=dict)

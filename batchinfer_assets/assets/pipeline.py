@@ -51,6 +51,8 @@ from batchinfer_assets.tables import (
 )
 
 DAYS_TAG = "batchinfer/days"
+# Where a running range is: the day and stage, and an estimate of the time left (the Runs list and the run page show it).
+PROGRESS_TAG = "batchinfer/progress"
 
 
 # Stages that read the run's model version (signature check, scoring, drift's training reference).
@@ -240,15 +242,19 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
             # Only scoring needs the loaded module: it loads while the first day's earlier stages run. A load
             # that fails fails the run at the next stage, and always before any predictions are written.
             run.start_loading_model()
+    progress = Progress(run)
+    going_on = "; the run goes on with the other days" if len(run.days) > 1 else ""
     try:
         for day in run.days:
             state = DayState(day)
+            progress.start_day(day)
             for assets, stage, inputs in stages:
                 run.surface_model_load_failure()
                 if not any(run.wants(a, day) for a in assets):
                     continue
                 started = time.perf_counter()
                 run.where = f"{day} {'/'.join(assets)}" + (f" with {run.resolved.pinned_uri}" if PREDICTIONS in assets else "") + ": "
+                progress.at("/".join(assets))
                 if PREDICTIONS in assets and run.model_loader is not None:
                     # Outside the stage's handlers: a model that cannot load fails the run, not just the day.
                     run.model
@@ -258,14 +264,15 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
                     yield from stage(run, state)
                 except DayBlocked as blocked:
                     stopped[day] = str(blocked)
-                    context.log.error(f"{day}: stopped at {blocked}; the run goes on with the other days")
+                    context.log.error(f"{day}: stopped at {blocked}{going_on}")
                     break
                 except BAD_DATA_ERRORS as error:
                     stopped[day] = redact(f"{'/'.join(assets)}: {type(error).__name__}: {error}")
-                    context.log.error(f"{day}: {stopped[day]}; the run goes on with the other days")
+                    context.log.error(f"{day}: {stopped[day]}{going_on}")
                     break
                 context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
             run.where = ""
+            progress.end_day(stopped=day in stopped)
             del state
             release_freed_memory()
     finally:
@@ -274,6 +281,61 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
     run.surface_model_load_failure()
     if PREDICTIONS in run.selected:
         prune_snapshot_archive(run)
+
+
+class Progress:
+    """The run's progress in its `PROGRESS_TAG` ("day 3 of 30 (2025-01-03): predictions; about 4 min left") and, for a
+    range, a log line as each day ends."""
+
+    def __init__(self, run: PipelineRun) -> None:
+        self.run = run
+        self.index = 0
+        self.day = ""
+        self.day_started = 0.0
+        self.day_seconds: list[float] = []
+        self.stopped = 0
+
+    def start_day(self, day: str) -> None:
+        self.index += 1
+        self.day = day
+        self.day_started = time.perf_counter()
+
+    def left(self, days: float, minus: float = 0.0) -> str:
+        """What `days` more days should take at the pace of the days done so far ("" before the first is done)."""
+        if not self.day_seconds:
+            return ""
+        seconds = sum(self.day_seconds) / len(self.day_seconds) * days - minus
+        return f"; about {_duration(max(seconds, 0.0))} left"
+
+    def at(self, stage: str) -> None:
+        total = len(self.run.days)
+        left = self.left(total - self.index + 1, minus=time.perf_counter() - self.day_started)
+        self._tag(f"day {self.index} of {total} ({self.day}): {stage}{left}")
+
+    def end_day(self, stopped: bool) -> None:
+        self.day_seconds.append(time.perf_counter() - self.day_started)
+        self.stopped += stopped
+        total = len(self.run.days)
+        if self.index == total:
+            done = total - self.stopped
+            self._tag(f"{done} of {total} day(s) done" + (f", {self.stopped} stopped" if self.stopped else ""))
+        if total > 1:
+            outcome = "stopped" if stopped else "done"
+            self.run.context.log.info(
+                f"{self.day}: {outcome}, day {self.index} of {total} in {_duration(self.day_seconds[-1])}"
+                + (self.left(total - self.index) if self.index < total else "")
+            )
+
+    def _tag(self, value: str) -> None:
+        self.run.context.instance.add_run_tags(self.run.context.run.run_id, {PROGRESS_TAG: value})
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as people read a wait: "40 s", "3 min", "1 h 20 min"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def prune_snapshot_archive(run: PipelineRun) -> None:

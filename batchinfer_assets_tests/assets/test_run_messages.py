@@ -54,3 +54,26 @@ def test_a_day_without_its_upstream_stops_with_one_error_naming_what_to_run(pipe
 )
 def test_the_failure_counts_the_days_that_stopped_and_completed(stopped, days, expected):
     assert stopped_summary(stopped, days) == expected
+
+
+def test_a_range_run_shows_its_day_and_stage_in_a_tag_and_logs_each_day_with_the_time_left(pipeline_settings):
+    defs = build_definitions(pipeline_settings)
+    tags = {"dagster/asset_partition_range_start": "2025-03-03", "dagster/asset_partition_range_end": "2025-03-05"}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            list(defs.assets), resources=build_resources(pipeline_settings), instance=instance,
+            selection=dg.AssetSelection.assets("raw_transactions", "transaction_features"), tags=tags,
+        )
+        assert result.success
+        messages = [m for _, m in _messages(instance, result.run_id)]
+        done = [m for m in messages if ": done, day " in m]
+        assert [m.split(":")[0] for m in done] == ["2025-03-03", "2025-03-04", "2025-03-05"]
+        assert "day 1 of 3" in done[0] and "left" in done[0] and "left" not in done[2]
+        assert instance.get_run_by_id(result.run_id).tags["batchinfer/progress"] == "3 of 3 day(s) done"
+
+
+@pytest.mark.parametrize(("seconds", "said"), [(4.2, "4 s"), (89, "89 s"), (90, "2 min"), (3600, "1 h 0 min"), (4830, "1 h 20 min")])
+def test_durations_read_as_a_wait(seconds, said):
+    from batchinfer_assets.assets.pipeline import _duration
+
+    assert _duration(seconds) == said

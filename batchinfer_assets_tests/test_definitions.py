@@ -143,3 +143,15 @@ def test_the_ui_descriptions_read_as_plain_text(defs):
     assert [name for name, text in shown.items() if text and "`" in text] == []
     # The freshness sensor records verdicts itself: no target for the UI to print as a selection's repr.
     assert repo.get_sensor_def("freshness_checks_sensor").asset_selection is None
+
+
+def test_loading_the_code_location_leaves_the_heavy_libraries_to_the_runs():
+    """Every process that loads the code location (the webserver's code server, the daemon, each run) pays for what
+    its modules import: scipy (0.8 s, drift only), torch, MLflow, scikit-learn and Ray load when a run needs them."""
+    import subprocess
+    import sys
+
+    heavy = ("scipy", "torch", "mlflow", "sklearn", "ray")
+    code = f"import sys, batchinfer_assets.definitions; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert loaded.stdout.strip() == "[]", loaded.stdout

@@ -46,6 +46,8 @@ PERFORMANCE_SCHEMA = pa.schema(
 )
 # The labels the evaluation saw, as the re-evaluation sensor compares them.
 LABELS_FINGERPRINT_KEY = "labels_fingerprint"
+# How many labels were read, positive, and set aside by kind (unknown ids, duplicates, contradictory, misdated).
+LABEL_COUNTS_KEY = "label_counts"
 
 PREDICTION_PERFORMANCE_SPEC = dg.AssetSpec(
     PREDICTION_PERFORMANCE,
@@ -144,13 +146,18 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         **headline,
         "n_predictions": len(y),
         "n_labelled": int((y >= 0).sum()),
-        "labelled_positives": int((y == 1).sum()),
-        "labels_read": known.rows_read,
-        "labels_unknown_ids": unknown_ids,
-        "labels_duplicates": known.duplicates,
-        "labels_contradictory": known.contradictory,
-        "labels_in_future": known.future,
-        "labels_before_day": known.before_day,
+        # One entry, not seven numbers: the Plots tab draws every number, and these are zero on a good day.
+        LABEL_COUNTS_KEY: dg.MetadataValue.json(
+            {
+                "read": known.rows_read,
+                "positives": int((y == 1).sum()),
+                "unknown_ids": unknown_ids,
+                "duplicates": known.duplicates,
+                "contradictory": known.contradictory,
+                "in_future": known.future,
+                "before_day": known.before_day,
+            }
+        ),
         "latest_labelled_at": latest.isoformat() if latest is not None else "none yet",
         "labels_source": run.labels.location(state.date),
         LABELS_FINGERPRINT_KEY: fingerprint,

@@ -120,7 +120,9 @@ def test_shift_in_one_column_is_flagged_against_the_trailing_week_and_the_check_
     assert meta["features_judged_vs_trailing_7d"].value == 3
     assert meta["score_drifted"].value is True
     assert meta["verdict"].value.startswith("DATASET DRIFT: ") and "1 of 3 features drifted vs trailing_7d" in meta["verdict"].value
-    assert meta["drift_vs_training/velocity"].value >= 0
+    drift = meta["drift_vs_training"].value
+    assert drift["velocity"] >= 0 and list(drift.values()) == sorted(drift.values(), reverse=True)
+    assert not [key for key, value in meta.items() if "/" in key], "per-feature figures stay in one entry"
     assert meta["n_reference_trailing"].value == 7 * ROWS
     most_drifted = meta["most_drifted"].value.splitlines()
     assert {most_drifted[2].split("|")[1].strip(), most_drifted[3].split("|")[1].strip()} == {"velocity", "score"}

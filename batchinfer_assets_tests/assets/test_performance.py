@@ -146,14 +146,15 @@ def test_unknown_duplicate_and_contradictory_labels_are_counted_and_the_latest_w
     meta = materializations(result, PERFORMANCE)[DAY].metadata
     realized = _rows(store)["realized"]
 
-    assert meta["labels_unknown_ids"].value == 2
-    assert meta["labels_duplicates"].value == 2 and meta["labels_contradictory"].value == 1
-    assert meta["labels_read"].value == 8
+    counts = meta["label_counts"].value
+    assert counts["unknown_ids"] == 2
+    assert counts["duplicates"] == 2 and counts["contradictory"] == 1
+    assert counts["read"] == 8
     # Joined: 0.9 -> 1 (latest), 0.8 -> 0, 0.7 -> 1, 0.3 -> 0. Pairs: (0.9>0.8, 0.9>0.3, 0.7<0.8, 0.7>0.3) = 3/4.
     assert realized["n_labelled"] == 4 and realized["roc_auc"] == pytest.approx(0.75)
     # At 0.5: flagged 0.9, 0.8, 0.7 of which 2 frauds; both frauds found.
     assert realized["precision"] == pytest.approx(2 / 3) and realized["recall"] == 1.0
-    assert meta["n_labelled"].value == 4 and meta["labelled_positives"].value == 2
+    assert meta["n_labelled"].value == 4 and meta["label_counts"].value["positives"] == 2
 
 
 def test_a_labels_file_without_a_column_stops_that_day_only(tmp_path, unloadable_registry):
@@ -209,7 +210,7 @@ def test_labels_dated_in_the_future_or_before_the_transactions_day_are_ignored_a
     meta = materializations(result, PERFORMANCE)[DAY].metadata
     realized = _rows(store)["realized"]
 
-    assert meta["labels_in_future"].value == 2 and meta["labels_before_day"].value == 1
+    assert meta["label_counts"].value["in_future"] == 2 and meta["label_counts"].value["before_day"] == 1
     assert meta["latest_labelled_at"].value == "2025-03-12T00:00:00+00:00"
     # The real labels stand: 0.9 is the one fraud, ranked above every legitimate row.
     assert realized["n_labelled"] == 4 and realized["roc_auc"] == pytest.approx(1.0)
@@ -229,7 +230,7 @@ def test_label_files_the_landing_reader_reads_are_read(tmp_path, unloadable_regi
     result = _evaluate(tmp_path / "storage", unloadable_registry, labels_root, partition_key=DAY)
     meta = materializations(result, PERFORMANCE)[DAY].metadata
 
-    assert meta["n_labelled"].value == 4 and meta["labels_read"].value == 4
+    assert meta["n_labelled"].value == 4 and meta["label_counts"].value["read"] == 4
 
 
 def test_a_deleted_model_version_does_not_block_label_based_metrics(tmp_path, tiny_model_store, unloadable_registry):
@@ -421,7 +422,8 @@ def test_a_domains_predictions_are_judged_on_its_own_id_and_label_columns(tmp_pa
     assert rows["realized"]["precision"] == pytest.approx(2 / 3) and rows["realized"]["recall"] == 1.0
     assert rows["estimated"]["n_predictions"] == 6 and rows["realized"]["label_coverage"] == pytest.approx(4 / 6)
     meta = materializations(result, PERFORMANCE)[DAY].metadata
-    assert (meta["labels_unknown_ids"].value, meta["labels_before_day"].value, meta["labelled_positives"].value) == (1, 1, 2)
+    counts = meta["label_counts"].value
+    assert (counts["unknown_ids"], counts["before_day"], counts["positives"]) == (1, 1, 2)
     assert "P(churned=1)" in meta["method"].value
     (check,) = result.get_asset_check_evaluations()
     assert check.metadata["judged_on"].value == {

@@ -136,6 +136,11 @@ def materialized_days(system: Dagster, asset: str, days: list[str]) -> list[str]
 
 def backfill_scoring_then_wait_for_publishing(system: Dagster, days: list[str]) -> None:
     """Backfill the scoring assets for `days` through GraphQL as one run, then wait for the sensor to publish them."""
+    wait_for_scoring_then_publishing(system, launch_scoring_backfill(system, days), days)
+
+
+def launch_scoring_backfill(system: Dagster, days: list[str]) -> str:
+    """Launch a backfill of the scoring assets for `days` as the UI's partition dialog does; its id."""
     launched = system.graphql(
         LAUNCH,
         params={
@@ -145,14 +150,22 @@ def backfill_scoring_then_wait_for_publishing(system: Dagster, days: list[str]) 
         },
     )["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
+    return launched["backfillId"]
+
+
+def backfill_runs(system: Dagster, backfill_id: str) -> list[dict]:
+    return system.graphql(RUNS, id=backfill_id)["runsOrError"]["results"]
+
+
+def wait_for_scoring_then_publishing(system: Dagster, backfill_id: str, days: list[str]) -> None:
+    """Wait for the scoring backfill to succeed in one run, then for the sensor to publish its days."""
 
     def backfill_done():
         status = system.graphql(BACKFILL, id=backfill_id)["partitionBackfillOrError"]["status"]
         return status if status not in ("REQUESTED", "CANCELING", "FAILING") else None
 
     assert system.wait_for("the backfill to finish", backfill_done, BACKFILL_TIMEOUT, interval=3) == "COMPLETED_SUCCESS"
-    runs = system.graphql(RUNS, id=backfill_id)["runsOrError"]["results"]
+    runs = backfill_runs(system, backfill_id)
     assert [r["status"] for r in runs] == ["SUCCESS"], "a single-run backfill scores all the days in one run"
     assert materialized_days(system, "predictions", days) == days
     assert materialized_days(system, "published_predictions", days) == [], "the backfill itself did not publish"
@@ -164,38 +177,6 @@ def backfill_scoring_then_wait_for_publishing(system: Dagster, days: list[str]) 
         interval=3,
     )
     assert published == days
-
-
-CHECK_PARTITIONS = """
-query($key: [String!]!) {
-  assetNodeOrError(assetKey: {path: $key}) {
-    ... on AssetNode {
-      assetChecksOrError {
-        ... on AssetChecks {
-          checks {
-            name
-            partitionStatuses {
-              __typename
-              ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } }
-            }
-          }
-        }
-      }
-    }
-  }
-}"""
-
-
-def check_statuses_by_day(system: Dagster, asset: str, days: list[str]) -> dict[str, dict[str, str]]:
-    """Per check of `asset`: the status the UI's partition view shows for each of `days`."""
-    data = system.graphql(CHECK_PARTITIONS, key=[asset])["assetNodeOrError"]["assetChecksOrError"]
-    statuses: dict[str, dict[str, str]] = {}
-    for check in data["checks"]:
-        ranges = (check["partitionStatuses"] or {}).get("ranges") or []
-        statuses[check["name"]] = {
-            day: next((r["status"] for r in ranges if r["startKey"] <= day <= r["endKey"]), "MISSING") for day in days
-        }
-    return statuses
 
 
 STALENESS = """
@@ -221,3 +202,100 @@ def observed_versions(system: Dagster, asset: str) -> list[str]:
     """Data versions of the latest observations of an observable asset, newest first."""
     observations = system.graphql(OBSERVATIONS, key=[asset])["assetOrError"]["assetObservations"]
     return [next((t["value"] for t in o["tags"] if t["key"] == "dagster/data_version"), "") for o in observations]
+
+
+LAUNCH_ASSETS = """
+query($keys: [AssetKeyInput!]!) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    jobNames
+    repository { name location { name } }
+    assetChecksOrError { ... on AssetChecks { checks { name jobNames } } }
+  }
+}"""
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+RUN = """
+query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }
+"""
+
+
+def launch_like_the_ui(system: Dagster, assets: list[str], day: str) -> str:
+    """Launch `assets` for `day` as the asset page's Materialize button does: their common job, every check of theirs
+    in that job (getAssetCheckHandleInputs in the UI), the day as a partition tag. Returns the run id."""
+    nodes = system.graphql(LAUNCH_ASSETS, keys=[{"path": [a]} for a in assets])["assetNodes"]
+    job = next(name for name in nodes[0]["jobNames"] if all(name in n["jobNames"] for n in nodes))
+    checks = [
+        {"name": c["name"], "assetKey": {"path": n["assetKey"]["path"]}}
+        for n in nodes
+        for c in (n["assetChecksOrError"] or {}).get("checks", [])
+        if job in c["jobNames"]
+    ]
+    params = {
+        "mode": "default",
+        "runConfigData": "{}",
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day}]},
+        "selector": {
+            "repositoryLocationName": nodes[0]["repository"]["location"]["name"],
+            "repositoryName": nodes[0]["repository"]["name"],
+            "pipelineName": job,
+            "assetSelection": [{"path": [a]} for a in assets],
+            "assetCheckSelection": checks,
+        },
+    }
+    launched = system.graphql(LAUNCH_RUN, params=params)["launchPipelineExecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def run_status(system: Dagster, run_id: str) -> tuple[str, dict[str, str]]:
+    run = system.graphql(RUN, id=run_id)["runOrError"]
+    return run["status"], {t["key"]: t["value"] for t in run["tags"]}
+
+
+def wait_for_run(system: Dagster, run_id: str, timeout: float = BACKFILL_TIMEOUT) -> str:
+    def finished():
+        status, _ = run_status(system, run_id)
+        return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+    return system.wait_for(f"run {run_id} to finish", finished, timeout, interval=3)
+
+
+CHECK_SUMMARIES = """
+query($key: [String!]!) {
+  assetNodeOrError(assetKey: {path: $key}) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks {
+            name
+            partitionStatuses { __typename }
+            executionForLatestMaterialization { runId status evaluation { partition metadataEntries { label } } }
+          }
+        }
+      }
+    }
+  }
+}"""
+CHECK_EXECUTIONS = """
+query($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 100) { runId status evaluation { partition } }
+}"""
+
+
+def check_summaries(system: Dagster, asset: str) -> dict[str, dict]:
+    """Per check of `asset`: what every summary in the UI reads (its partition statuses and its latest execution)."""
+    data = system.graphql(CHECK_SUMMARIES, key=[asset])["assetNodeOrError"]["assetChecksOrError"]
+    return {c["name"]: c for c in data["checks"]}
+
+
+def check_executions(system: Dagster, asset: str, check: str) -> list[dict]:
+    """The check's executions, newest first, as its Execution history lists them."""
+    return system.graphql(CHECK_EXECUTIONS, key={"path": [asset]}, check=check)["assetCheckExecutions"]

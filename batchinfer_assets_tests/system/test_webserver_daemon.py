@@ -1,28 +1,43 @@
 """The whole system as an operator runs it: dagster-webserver and dagster-daemon as real processes.
 
-A three-day backfill of a subset of the graph is launched through GraphQL; the backfill daemon runs it as
-one run (single-run backfill policy), every day ends with its own check verdicts on its own partition, and
-the publishing sensor, running by default in the daemon, publishes all three days with no further request.
-Headless Chromium then saves screenshots of the asset graph and of a check's per-day partition view.
+A two-day backfill of a subset of the graph is launched through GraphQL as the UI's partition dialog does; the
+backfill daemon runs it as one run (single-run backfill policy) and the publishing sensor, running by default in the
+daemon, publishes both days with no further request. Two assets are then launched for one day each as the asset
+page's Materialize button does (with every check the UI adds). Read back over GraphQL: no launch judged freshness
+(only its sensor does), and every check has one verdict that every summary of the UI reads. Headless Chromium saves
+screenshots of the asset graph, of the backfill's run while it runs, and of drift_metrics' Plots.
 """
 
 import os
+import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from batchinfer_assets_tests.system.dagster_processes import (
     REPO,
-    backfill_scoring_then_wait_for_publishing,
-    check_statuses_by_day,
+    backfill_runs,
+    check_executions,
+    check_summaries,
+    launch_like_the_ui,
+    launch_scoring_backfill,
     observed_versions,
+    run_status,
     running_dagster,
     stale_status_by_day,
+    wait_for_run,
+    wait_for_scoring_then_publishing,
 )
 
-DAYS = ["2025-04-07", "2025-04-08", "2025-04-09"]
+DAYS = ["2025-04-08", "2025-04-09"]
+PIPELINE_CHECKS = {
+    "transaction_features": "invalid_share_within_limit",
+    "input_snapshot": "matches_model_signature",
+    "drift_metrics": "drift_check",
+    "prediction_performance": "performance_within_floor",
+}
+ON_TIME_CHECKS = ("predictions_on_time", "published_predictions_on_time")
 
 
 @pytest.fixture
@@ -31,59 +46,103 @@ def dagster_system(tmp_path, demo_model_store):
         yield system
 
 
-def test_backfill_through_graphql_then_the_sensor_publishes_every_day(dagster_system, tmp_path):
+def test_ui_launches_leave_freshness_to_its_sensor_and_every_check_reads_one_verdict(dagster_system, tmp_path):
     system = dagster_system
-    backfill_scoring_then_wait_for_publishing(system, DAYS)
+    shots = {name: tmp_path / f"{name}.png" for name in ("asset-graph", "run-in-progress", "runs-in-progress", "plots")}
 
-    # Each day of the one-run range carries its own verdict on its own partition (not "skipped").
-    assert check_statuses_by_day(system, "transaction_features", DAYS) == {
-        "invalid_share_within_limit": dict.fromkeys(DAYS, "SUCCEEDED")
-    }
-    assert check_statuses_by_day(system, "input_snapshot", DAYS) == {"matches_model_signature": dict.fromkeys(DAYS, "SUCCEEDED")}
-    assert set(check_statuses_by_day(system, "drift_metrics", DAYS)["drift_check"].values()) <= {"SUCCEEDED", "FAILED"}
+    with _browser() as page:
+        backfill_id = launch_scoring_backfill(system, DAYS)
+        run_id, progress = system.wait_for("the backfill's run to report its progress", lambda: _progress(system, backfill_id), 300, 0.5)
+        page.goto(f"{system.url}/runs/{run_id}")
+        page.get_by_text("daily_pipeline").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(shots["run-in-progress"]))
+        page.goto(f"{system.url}/runs/b/{backfill_id}?tab=runs")
+        page.get_by_text(run_id[:8]).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(shots["runs-in-progress"]))
+        print(f"run {run_id} while running: {run_status(system, run_id)[0]}, progress {progress!r}")
+        wait_for_scoring_then_publishing(system, backfill_id, DAYS)
+        backfill_run_ids = {r["runId"] for r in backfill_runs(system, backfill_id)}
 
-    # The registry's version was observed without anyone pressing Observe (by the scoring run, else the daemon's
-    # model-version sensor), and every scored day reads fresh against it, down to the published rows.
-    system.wait_for("an observation of scoring_model", lambda: observed_versions(system, "scoring_model")[:1] == ["1"], timeout=120)
-    for asset in ("predictions", "drift_metrics", "published_predictions", "prediction_performance"):
-        assert stale_status_by_day(system, asset, DAYS) == dict.fromkeys(DAYS, "FRESH"), asset
+        # The registry's version was observed without anyone pressing Observe, and every backfilled day reads fresh.
+        system.wait_for("an observation of scoring_model", lambda: observed_versions(system, "scoring_model")[:1] == ["1"], timeout=120)
+        for asset in ("predictions", "drift_metrics", "published_predictions", "prediction_performance"):
+            assert stale_status_by_day(system, asset, DAYS) == dict.fromkeys(DAYS, "FRESH"), asset
 
-    graph = tmp_path / "asset-graph.png"
-    _screenshot(f"{system.url}/asset-groups", graph, tmp_path / "chromium")
-    checks = tmp_path / "check-partitions.png"
-    passed_days = _screenshot_check_partitions(system.url, "transaction_features", "invalid_share_within_limit", checks)
-    assert passed_days == len(DAYS), "the check's partition view counts each day of the range as passed"
-    for screenshot in (graph, checks):
-        _assert_real_picture(screenshot)
+        # One asset, one day each, as the asset page launches it (the UI adds every check of the asset in that job).
+        launched = {asset: launch_like_the_ui(system, [asset], DAYS[0]) for asset in ("predictions", "drift_metrics")}
+        for asset, launched_run in launched.items():
+            assert wait_for_run(system, launched_run) == "SUCCESS", asset
+
+        # Freshness is judged by its sensor alone: no launch included an on-time check, none is skipped or failed
+        # to execute (the sensor's own verdicts are runless and say whether yesterday landed by 06:00).
+        ours = backfill_run_ids | set(launched.values())
+        assert check_summaries(system, "predictions") == {} and check_summaries(system, "published_predictions") == {}
+        for check in ON_TIME_CHECKS:
+            executions = check_executions(system, "delivery_deadline", check)
+            assert not [e for e in executions if e["runId"] in ours], check
+            assert {e["status"] for e in executions} <= {"SUCCEEDED", "FAILED"}, (check, executions)
+
+        # One verdict per check: no per-partition statuses for the UI to sum differently; the verdict every summary
+        # reads is the check's newest execution, resolved (never skipped), for the newest day its latest run judged.
+        for asset, check in PIPELINE_CHECKS.items():
+            summary = check_summaries(system, asset)[check]
+            latest = summary["executionForLatestMaterialization"]
+            executions = check_executions(system, asset, check)
+            assert summary["partitionStatuses"] is None, check
+            assert latest is not None and latest["status"] in ("SUCCEEDED", "FAILED"), (check, latest)
+            assert (latest["runId"], latest["status"]) == (executions[0]["runId"], executions[0]["status"]), check
+            assert {e["status"] for e in executions} <= {"SUCCEEDED", "FAILED"}, (check, executions)
+            assert latest["evaluation"]["partition"] in DAYS, check
+            assert {"day", "failing_days"} <= {m["label"] for m in latest["evaluation"]["metadataEntries"]}, check
+
+        drift = check_summaries(system, "drift_metrics")["drift_check"]["executionForLatestMaterialization"]
+        assert (drift["runId"], drift["evaluation"]["partition"]) == (launched["drift_metrics"], DAYS[0])
+
+        # Wide enough for the fitted graph to draw each node's status and check summary.
+        page.set_viewport_size({"width": 2600, "height": 1400})
+        page.goto(f"{system.url}/asset-groups")
+        page.get_by_text(re.compile(r"^\d+ / \d+ Passed$")).first.wait_for(timeout=90_000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(shots["asset-graph"]))
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        page.goto(f"{system.url}/assets/drift_metrics")
+        page.get_by_text("Plots", exact=True).first.click(timeout=60_000)
+        # By event time: the partition view spans the last 120 days, which these 2025 days are not in.
+        page.get_by_text("Events", exact=True).last.click(timeout=60_000)
+        page.get_by_text("features_drifted_vs_training", exact=True).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(shots["plots"]), full_page=True)
+
+    for shot in shots.values():
+        _assert_real_picture(shot)
         if os.environ.get("BATCHINFER_SCREENSHOTS_TO"):
-            shutil.copy(screenshot, Path(os.environ["BATCHINFER_SCREENSHOTS_TO"]) / screenshot.name)
+            shutil.copy(shot, Path(os.environ["BATCHINFER_SCREENSHOTS_TO"]) / shot.name)
 
 
-def _screenshot_check_partitions(url: str, asset: str, check: str, path: Path) -> int:
-    """Open a check's Partitions tab in headless Chromium (a click: the tab is not in the URL), show only the
-    days that have a verdict, save a screenshot, and return the "Passed (N)" count the page shows."""
-    import re
+def _progress(system, backfill_id: str):
+    """(run id, progress tag) once the backfill's run has tagged where it is, else None."""
+    for run in backfill_runs(system, backfill_id):
+        _, tags = run_status(system, run["runId"])
+        if "batchinfer/progress" in tags:
+            return run["runId"], tags["batchinfer/progress"]
+    return None
 
-    from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"{url}/assets/{asset}?view=checks&checkDetail={check}")
-            history = page.get_by_text("Execution history", exact=True)
-            history.wait_for(timeout=60_000)
-            history.locator("xpath=following::*[normalize-space(text())='Partitions'][1]").click()
-            missing = page.get_by_text(re.compile(r"^Missing \(\d+\)$"))
-            missing.wait_for(timeout=60_000)
-            missing.click()
-            passed = page.get_by_text(re.compile(r"^Passed \(\d+\)$"))
-            passed.wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)
-            page.screenshot(path=str(path))
-            return int(re.search(r"\d+", passed.inner_text()).group())
-        finally:
-            browser.close()
+class _browser:
+    """Headless Chromium (Debian's) through Playwright: one page, 1600x1000, always closed."""
+
+    def __enter__(self):
+        from playwright.sync_api import sync_playwright
+
+        self._playwright = sync_playwright().start()
+        self._browser = self._playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        return self._browser.new_page(viewport={"width": 1600, "height": 1000})
+
+    def __exit__(self, *exc):
+        self._browser.close()
+        self._playwright.stop()
 
 
 # Without the background-networking flags Chromium keeps trying hosts this machine cannot reach.
@@ -100,24 +159,11 @@ def _chromium() -> str:
     return chromium
 
 
-def _screenshot(url: str, path: Path, profile: Path) -> None:
-    subprocess.run(
-        [
-            _chromium(), "--headless", *CHROMIUM_FLAGS,
-            f"--user-data-dir={profile}", "--window-size=1600,1000", "--virtual-time-budget=20000",
-            f"--screenshot={path}", url,
-        ],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-
-
 def _assert_real_picture(path: Path) -> None:
-    """A 1600x1000 PNG with enough distinct colours to be a rendered page, not a blank one."""
+    """A PNG at least 1600 wide with enough distinct colours to be a rendered page, not a blank one."""
     from PIL import Image
 
     with Image.open(path) as image:
-        assert image.size == (1600, 1000)
+        assert image.size[0] >= 1600
         colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 50, f"screenshot looks blank: {len(colours or [])} colours"

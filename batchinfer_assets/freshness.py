@@ -28,15 +28,21 @@ daily_freshness_policy = dg.FreshnessPolicy.cron(
     deadline_cron=DEADLINE_CRON, lower_bound_delta=DEADLINE_WINDOW, timezone="UTC"
 )
 
-delivery_deadline = dg.AssetSpec(
-    DELIVERY_DEADLINE,
-    deps=list(PARTITION_CHECKED_ASSETS),
-    group_name=PIPELINE_GROUP,
-    description=(
-        f"Yesterday's predictions and published predictions are due by {DEADLINE_HOUR_UTC:02d}:00 UTC. Nothing is "
-        "materialized here: its checks record, once per deadline, whether each due day made it "
-        "(freshness_checks_sensor)."
-    ),
+# An assets definition without a computation (external), like the pipeline's in `Definitions.assets`, so code that
+# hands those to Dagster's APIs (staleness, materialize) needs no special case.
+delivery_deadline = dg.AssetsDefinition(
+    specs=[
+        dg.AssetSpec(
+            DELIVERY_DEADLINE,
+            deps=list(PARTITION_CHECKED_ASSETS),
+            group_name=PIPELINE_GROUP,
+            description=(
+                f"Yesterday's predictions and published predictions are due by {DEADLINE_HOUR_UTC:02d}:00 UTC. Nothing "
+                "is materialized here: its checks record, once per deadline, whether each due day made it "
+                "(freshness_checks_sensor)."
+            ),
+        )
+    ]
 )
 
 

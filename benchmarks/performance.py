@@ -124,7 +124,10 @@ def evaluate(workdir: Path, days: list[str], version: str) -> dict:
         "per_day_s": {"min": round(float(per_day.min()), 3), "median": round(float(np.median(per_day)), 3), "max": round(float(per_day.max()), 3)},
         "sum_days_s": round(float(per_day.sum()), 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "last_day": {k: meta[k].value for k in ("n_predictions", "n_labelled", "labels_unknown_ids", "labels_duplicates", "labels_contradictory", "roc_auc", "estimated_roc_auc")},
+        "last_day": {
+            **{k: meta[k].value for k in ("n_predictions", "n_labelled", "roc_auc", "estimated_roc_auc")},
+            **{f"labels_{k}": meta["label_counts"].value[k] for k in ("unknown_ids", "duplicates", "contradictory")},
+        },
     }
 
 

@@ -49,6 +49,9 @@ def test_no_launch_of_an_asset_includes_an_on_time_check(defs):
     assert {key.asset_key for key in ON_TIME} == {DELIVERY_DEADLINE}
     assert not graph.get(DELIVERY_DEADLINE).is_executable
     assert {key.name for key in ON_TIME} == {"predictions_on_time", "published_predictions_on_time"}
+    # Nor does a selection of what follows an asset ('predictions*') reach the external delivery_deadline.
+    for key in launchable:
+        assert dg.AssetSelection.assets(key).downstream().resolve(graph) <= launchable, key
 
 
 def test_each_deadline_is_judged_once_by_the_sensor(defs, pipeline_settings):

@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.assets.stage import Stage
+from batchinfer_assets.lib import drift
 from batchinfer_assets.lib.drift import (
     DriftConfig,
     DriftInputError,
@@ -32,7 +34,14 @@ from batchinfer_assets.lib.drift_report import render_drift_report
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.model_registry import ResolvedModel
-from batchinfer_assets.tables import DRIFT_CHECK, DRIFT_METRICS, DRIFT_REPORTS_FOLDER, INPUT_SNAPSHOT, PREDICTIONS, SCORING_MODEL
+from batchinfer_assets.tables import (
+    DRIFT_CHECK,
+    DRIFT_METRICS,
+    DRIFT_REPORTS_FOLDER,
+    INPUT_SNAPSHOT,
+    PREDICTIONS,
+    SCORING_MODEL,
+)
 
 TRAINING_REFERENCE = "training"
 TRAILING_REFERENCE = "trailing_7d"
@@ -297,3 +306,14 @@ def _sample(frame: pd.DataFrame, day: str) -> pd.DataFrame:
     rng = np.random.default_rng(int(day.replace("-", "")))
     rows = np.sort(rng.choice(len(frame), size=TRAILING_ROWS_PER_DAY, replace=False))
     return frame.iloc[rows].reset_index(drop=True)
+
+
+STAGE = Stage(
+    assets=(DRIFT_METRICS,),
+    day=drift_day,
+    specs=lambda domain: [DRIFT_METRICS_SPEC],
+    checks=(DRIFT_CHECK_SPEC,),
+    reads=(INPUT_SNAPSHOT, PREDICTIONS),
+    code=(drift,),
+    uses_model=True,
+)

@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from batchinfer_assets.assets._run import MODEL_LOADER_THREAD
+from batchinfer_assets.assets.run_model import MODEL_LOADER_THREAD
 from batchinfer_assets.definitions import build_resources
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.landing import SyntheticLandingZoneResource

@@ -15,8 +15,8 @@ from batchinfer_assets import Domain
 from batchinfer_assets.domain import FeatureFunctionError, load_domain
 from batchinfer_assets.domains.card_transactions import domain as CARD
 from batchinfer_assets.partitions import start_date
-from batchinfer_assets.resources.labels import SyntheticLabelsResource
-from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+from batchinfer_assets.resources.labels_zone import SyntheticLabelsResource
+from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
 from batchinfer_assets.settings import Settings
 from batchinfer_assets.training_set import read_training_set, write_training_set
 
@@ -170,8 +170,8 @@ def test_a_training_set_leaves_quarantined_rows_out_and_lists_days_without_data(
     frame.loc[:4, "amount"] = -1.0
     (landing_root / f"dt={day}").mkdir(parents=True)
     frame.to_parquet(landing_root / f"dt={day}" / "part-0.parquet", index=False)
-    from batchinfer_assets.resources.labels import NoLabelsResource
-    from batchinfer_assets.resources.landing import ParquetLandingZoneResource
+    from batchinfer_assets.resources.labels_zone import NoLabelsResource
+    from batchinfer_assets.resources.landing_zone import ParquetLandingZoneResource
 
     out = tmp_path / "training.parquet"
     summary = write_training_set(domain, ParquetLandingZoneResource(uri=str(landing_root)), NoLabelsResource(), day, day + dt.timedelta(days=2), out)

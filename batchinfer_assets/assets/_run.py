@@ -22,8 +22,8 @@ from batchinfer_assets.domain import Domain, load_domain
 from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
-from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
-from batchinfer_assets.resources.landing import LandingZoneResource
+from batchinfer_assets.resources.labels_zone import LabelsResource, PerformancePolicyResource
+from batchinfer_assets.resources.landing_zone import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource, ResolvedModel
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.scoring_engine import ScoringEngineResource

@@ -21,13 +21,13 @@ import pyarrow as pa
 
 from batchinfer_assets.assets import (
     _run,
-    features,
-    ingest,
-    monitoring,
-    performance,
-    scoring,
-    serving,
-    snapshot,
+    drift_metrics,
+    input_snapshot,
+    prediction_performance,
+    predictions,
+    published_predictions,
+    raw_transactions,
+    transaction_features,
 )
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.assets.stage import Stage
@@ -37,8 +37,8 @@ from batchinfer_assets.lib.code_version import code_version_of
 from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
-from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
-from batchinfer_assets.resources.landing import LandingZoneResource
+from batchinfer_assets.resources.labels_zone import LabelsResource, PerformancePolicyResource
+from batchinfer_assets.resources.landing_zone import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.scoring_engine import (
@@ -60,13 +60,13 @@ DAYS_TAG = "batchinfer/days"
 # The stages of a day, in lineage order; each declares its assets, checks, inputs and code (`stage.Stage`).
 # Last: a bad labels file stops only the day's evaluation, after the day was scored and published.
 STAGES: tuple[Stage, ...] = (
-    ingest.STAGE,
-    features.STAGE,
-    snapshot.STAGE,
-    scoring.STAGE,
-    monitoring.STAGE,
-    serving.STAGE,
-    performance.STAGE,
+    raw_transactions.STAGE,
+    transaction_features.STAGE,
+    input_snapshot.STAGE,
+    predictions.STAGE,
+    drift_metrics.STAGE,
+    published_predictions.STAGE,
+    prediction_performance.STAGE,
 )
 
 # Assets whose stage reads the run's model version (signature check, scoring, drift's training reference).

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from batchinfer_assets.assets.pipeline import build_daily_pipeline
-from batchinfer_assets.assets.scoring import scoring_model
+from batchinfer_assets.assets.predictions import scoring_model
 from batchinfer_assets.domains.card_transactions import domain as CARD
 from batchinfer_assets.lib.model_loading import ensure_experiment, log_torch_model, make_client, mlflow_uris
 from batchinfer_assets.project import build_resources

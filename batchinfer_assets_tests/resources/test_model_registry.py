@@ -271,7 +271,11 @@ def test_pointing_mlflow_at_a_store_leaves_no_uri_behind_for_processes_started_l
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert child.stdout.split() == ["None", "None"]
+    # What the operator set survives too: `dg launch` reads MLFLOW_TRACKING_URI again after the run (an EnvVar in
+    # the resource config) and failed a successful run when MLflow had unset it on the way out.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///operator-tracking.db")
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///operator.db")
     with mlflow_uris(f"sqlite:///{tmp_path / 'b.db'}"):
         pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///operator-tracking.db"
     assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///operator.db"

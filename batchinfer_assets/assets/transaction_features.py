@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from batchinfer_assets import schemas
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
-from batchinfer_assets.assets.ingest import raw_of
+from batchinfer_assets.assets.raw_transactions import raw_of
 from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.partitions import daily_partitions
 from batchinfer_assets.resources.prediction_db import published_text_lengths

@@ -9,7 +9,7 @@ from pandera.errors import SchemaErrors
 
 from batchinfer_assets import schemas
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
-from batchinfer_assets.assets.features import features_of
+from batchinfer_assets.assets.transaction_features import features_of
 from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.model_loading import mlflow_uris

@@ -17,18 +17,18 @@ from dagster_aws.s3 import S3Resource
 
 from batchinfer_assets.assets.pipeline import build_daily_pipeline
 from batchinfer_assets.domain import DOMAIN_VARIABLE, load_domain
-from batchinfer_assets.assets.scoring import scoring_model
+from batchinfer_assets.assets.predictions import scoring_model
 from batchinfer_assets.freshness import FRESHNESS_CHECKS, delivery_deadline, with_freshness_policies
 from batchinfer_assets.jobs import daily_scoring_job, reproduce_predictions_job
 from batchinfer_assets.resources.domain import DomainResource
-from batchinfer_assets.resources.labels import (
+from batchinfer_assets.resources.labels_zone import (
     LabelsResource,
     NoLabelsResource,
     ParquetLabelsResource,
     PerformancePolicyResource,
     SyntheticLabelsResource,
 )
-from batchinfer_assets.resources.landing import (
+from batchinfer_assets.resources.landing_zone import (
     LandingZoneResource,
     ParquetLandingZoneResource,
     SyntheticLandingZoneResource,

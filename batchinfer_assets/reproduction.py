@@ -14,7 +14,7 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
-from batchinfer_assets.assets.scoring import DayScored, SnapshotSource, score_day
+from batchinfer_assets.assets.predictions import DayScored, SnapshotSource, score_day
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.lib.predictions_diff import describe_difference

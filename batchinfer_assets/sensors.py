@@ -12,14 +12,14 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from batchinfer_assets import tables
-from batchinfer_assets.assets.performance import LABELS_FINGERPRINT_KEY
+from batchinfer_assets.assets.prediction_performance import LABELS_FINGERPRINT_KEY
 from batchinfer_assets.domain import Domain
 from batchinfer_assets.freshness import DEADLINE_HOUR_UTC, due_day, latest_deadline, on_time_evaluations
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.domain import DomainResource
-from batchinfer_assets.resources.labels import LabelsResource
+from batchinfer_assets.resources.labels_zone import LabelsResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.run_worker import WORKER_TAG, is_alive
 

@@ -10,7 +10,7 @@ import sys
 
 import pandas as pd
 
-from batchinfer_assets.assets.monitoring import SCORE_COLUMN, TRAILING_REFERENCE, TRAINING_REFERENCE, drifted_feature_counts
+from batchinfer_assets.assets.drift_metrics import SCORE_COLUMN, TRAILING_REFERENCE, TRAINING_REFERENCE, drifted_feature_counts
 from batchinfer_assets.project import build_resources
 from batchinfer_assets.lib.parquet_store import PartitionNotFoundError
 from batchinfer_assets.lib.redaction import redact

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 
 from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib.landing import LandingDataError
-from batchinfer_assets.resources.labels import LabelsResource
-from batchinfer_assets.resources.landing import LandingZoneResource
+from batchinfer_assets.resources.labels_zone import LabelsResource
+from batchinfer_assets.resources.landing_zone import LandingZoneResource
 from batchinfer_assets.resources.prediction_db import published_text_lengths
 from batchinfer_assets.schemas import split_valid_rows
 

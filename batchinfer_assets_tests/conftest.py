@@ -13,6 +13,19 @@ import torch
 
 TINY_COLUMNS = ("amount_z", "velocity", "risk")
 
+# Tests that start real servers or processes (webserver and daemon, PostgreSQL, an S3 server, Ray, the CLI, a
+# clean virtualenv): marked `system`, so `pytest -m "not system"` is the fast subset a contributor runs while working.
+SYSTEM_FOLDERS = frozenset({"system", "postgres", "s3", "ray", "deploy"})
+SYSTEM_MODULES = frozenset({"test_validation_cli", "test_domains_end_to_end", "test_console", "test_secrets"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        uses_servers = "postgres_server" in getattr(item, "fixturenames", ())
+        if path.parent.name in SYSTEM_FOLDERS or path.stem in SYSTEM_MODULES or uses_servers:
+            item.add_marker(pytest.mark.system)
+
 
 @dataclass(frozen=True)
 class TinyModelStore:

@@ -9,10 +9,10 @@ from typing import Any
 import dagster as dg
 
 from batchinfer_assets.assets.pipeline import daily_pipeline
-from batchinfer_assets.assets.scoring import scoring_model
+from batchinfer_assets.assets.predictions import scoring_model
 from batchinfer_assets.resources.domain import DomainResource
-from batchinfer_assets.resources.labels import PerformancePolicyResource, SyntheticLabelsResource
-from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+from batchinfer_assets.resources.labels_zone import PerformancePolicyResource, SyntheticLabelsResource
+from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.scoring_engine import LocalScoringEngine
 from batchinfer_assets.resources.table_storage import TableStorageResource

@@ -13,7 +13,7 @@ import pytest
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.domain import BUILT_IN_DOMAIN as CARD
 from batchinfer_assets.resources.domain import DomainResource
-from batchinfer_assets.resources.labels import SyntheticLabelsResource
+from batchinfer_assets.resources.labels_zone import SyntheticLabelsResource
 from batchinfer_assets.sensors import PREDICTION_PERFORMANCE, prediction_performance_sensor
 from batchinfer_assets.settings import Settings
 

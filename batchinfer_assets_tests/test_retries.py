@@ -9,7 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from batchinfer_assets.definitions import build_definitions
-from batchinfer_assets.resources.landing import LandingZoneResource, ParquetLandingZoneResource, SyntheticLandingZoneResource
+from batchinfer_assets.resources.landing_zone import LandingZoneResource, ParquetLandingZoneResource, SyntheticLandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.retries import TRANSIENT_RETRY, TransientStepError
 from batchinfer_assets.settings import Settings

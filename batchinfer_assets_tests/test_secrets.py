@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.observe import observe
 
-from batchinfer_assets.assets.scoring import scoring_model
+from batchinfer_assets.assets.predictions import scoring_model
 from batchinfer_assets.definitions import build_definitions
 from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.sensors import model_version_sensor

@@ -133,7 +133,7 @@ def test_every_documented_device_is_accepted(tmp_path, device):
 
 def test_labels_uri_picks_the_parquet_labels_zone_and_its_absence_the_synthetic_truth_or_none(tmp_path):
     from batchinfer_assets.definitions import build_resources
-    from batchinfer_assets.resources.labels import NoLabelsResource, ParquetLabelsResource, SyntheticLabelsResource
+    from batchinfer_assets.resources.labels_zone import NoLabelsResource, ParquetLabelsResource, SyntheticLabelsResource
 
     synthetic = build_resources(Settings.from_env({"BATCHINFER_DEMO_ROWS_PER_DAY": "700"}, cwd=tmp_path))["labels"]
     assert isinstance(synthetic, SyntheticLabelsResource) and synthetic.rows_per_day == 700, "ids must match the landing zone's"

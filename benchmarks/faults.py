@@ -156,7 +156,7 @@ def _child_materialize(env: dict[str, str], rows: int, assets: list[str], day: s
     import dagster as dg
 
     from batchinfer_assets.assets.pipeline import daily_pipeline
-    from batchinfer_assets.assets.scoring import scoring_model
+    from batchinfer_assets.assets.predictions import scoring_model
     from batchinfer_assets.definitions import build_resources
     from batchinfer_assets.settings import Settings
 

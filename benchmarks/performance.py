@@ -100,7 +100,7 @@ def evaluate(workdir: Path, days: list[str], version: str) -> dict:
     """One single-run range of prediction_performance over the window, timed, with the process's peak RSS."""
     import dagster as dg
 
-    from batchinfer_assets.resources.labels import ParquetLabelsResource
+    from batchinfer_assets.resources.labels_zone import ParquetLabelsResource
     from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
     from batchinfer_assets_tests.support import materialize_pipeline, pipeline_resources
 

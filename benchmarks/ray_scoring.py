@@ -48,7 +48,7 @@ class _Context:
 
 def child(engine: str, actors: int, storage: str, tracking_uri: str, address: str) -> dict:
     """Score the day once with one engine; timings, driver peak RSS, and what the engine reported."""
-    from batchinfer_assets.assets.scoring import predictions_schema, score_day
+    from batchinfer_assets.assets.predictions import predictions_schema, score_day
     from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
     from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
     from batchinfer_assets.resources.torch_scorer import TorchScorerResource

@@ -64,7 +64,7 @@ def child(variant: str, storage: str, tracking_uri: str, out: str) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from batchinfer_assets.assets.scoring import predictions_schema, score_day
+    from batchinfer_assets.assets.predictions import predictions_schema, score_day
     from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
     from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
     from batchinfer_assets.resources.torch_scorer import TorchScorerResource

@@ -597,7 +597,7 @@ def child_land(rows: int, day: str, landing: str) -> dict:
     import pyarrow.parquet as pq
 
     from batchinfer_assets.domain import load_domain
-    from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+    from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
 
     frame = SyntheticLandingZoneResource(rows_per_day=rows).load_day(dt.date.fromisoformat(day), load_domain(None))
     folder = Path(landing) / f"dt={day}"
@@ -611,7 +611,7 @@ def child_generate(rows: int, day: str) -> dict:
     import datetime as dt
 
     from batchinfer_assets.domain import load_domain
-    from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+    from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
 
     started = time.perf_counter()
     frame = SyntheticLandingZoneResource(rows_per_day=rows).load_day(dt.date.fromisoformat(day), load_domain(None))

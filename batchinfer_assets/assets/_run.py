@@ -1,10 +1,7 @@
-"""What one run of the daily pipeline shares across its days and stages, and how a day's results become events.
+"""What one run of the daily pipeline shares across its days and stages: resources, the run's model, each day's
+state, and what earlier runs recorded (read through Dagster's instance; written as events by `recorder`).
 
-Dagster records one output of a multi-partition step as one materialization per partition with the same
-data version and no per-partition check result (dagster issues 14332, 17005, 17836, 18649). The pipeline
-therefore records each day itself: a runtime `AssetMaterialization` per asset and day, carrying that day's
-own data version and provenance, and an `AssetCheckEvaluation` per check and day with the day as its
-partition. A day that fails a gate is recorded as such and stops there; the other days go on.
+A day that fails a gate is recorded as such and stops there; the other days go on.
 """
 
 from __future__ import annotations
@@ -12,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -20,27 +16,14 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-# Check evaluations name the materialization they judged (as Dagster does for an AssetCheckResult).
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
-# The provenance tags Dagster writes on the materializations of outputs, and reads to decide staleness; written
-# here by hand because each day is recorded as a runtime materialization (no public API names them).
-from dagster._core.definitions.data_version import (
-    CODE_VERSION_TAG,
-    DATA_VERSION_IS_USER_PROVIDED_TAG,
-    DATA_VERSION_TAG,
-    INPUT_DATA_VERSION_TAG_PREFIX,
-    INPUT_EVENT_POINTER_TAG_PREFIX,
-    NULL_DATA_VERSION,
-    NULL_EVENT_POINTER,
-    compute_logical_data_version,
-)
-
-from batchinfer_assets.lib.model_loading import ModelResolutionError
+from batchinfer_assets.assets import recorder
+from batchinfer_assets.assets.run_model import ModelLoader
 from batchinfer_assets.domain import Domain, load_domain
+from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
-from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
-from batchinfer_assets.resources.landing import LandingZoneResource
+from batchinfer_assets.resources.labels_zone import LabelsResource, PerformancePolicyResource
+from batchinfer_assets.resources.landing_zone import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource, ResolvedModel
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.scoring_engine import ScoringEngineResource
@@ -67,9 +50,6 @@ BATCH_SIZE_TAG = "batchinfer/batch_size"
 # A check's verdict counts the days of this window (up to its newest judged day) whose latest verdict failed.
 FAILING_DAYS_WINDOW = 30
 FAILING_DAYS_KEY = "failing_days"
-
-# The name (prefix) of the thread a run's model loads on.
-MODEL_LOADER_THREAD = "batchinfer-model-loader"
 
 # The stored input each asset's rows are computed from, back to raw_transactions (the day's one lineage).
 DERIVED_FROM = {
@@ -117,42 +97,6 @@ class DayState:
     @property
     def date(self) -> dt.date:
         return dt.date.fromisoformat(self.day)
-
-
-class ModelLoader:
-    """Loads the run's model on one worker thread while the first day's earlier stages run.
-
-    Only the predictions stage needs the loaded module, and loading it (the first `import torch`, reading the
-    artifact) took about 2 s of a 1M-row day's step before any day began. The worker is handed the scorer and
-    the resolved model only, never Dagster's context: it reads the model's files, and what it did is logged by
-    the step's thread when that thread collects the result.
-    """
-
-    def __init__(self, scorer: TorchScorerResource, resolved: ResolvedModel) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=MODEL_LOADER_THREAD)
-        self._future = self._executor.submit(_timed_load, scorer, resolved)
-
-    def done(self) -> bool:
-        """Whether the load has ended, loaded or failed (without waiting)."""
-        return self._future.done()
-
-    def failed(self) -> bool:
-        """Whether the load has ended with an error (without waiting)."""
-        return self._future.done() and self._future.exception() is not None
-
-    def result(self) -> tuple[LoadedModel, float]:
-        """The loaded model and the seconds its load took, once loaded; the load's own error when it failed."""
-        return self._future.result()
-
-    def close(self) -> None:
-        """Wait for the worker to end (a load is finite), so no thread of the step outlives it."""
-        self._executor.shutdown(wait=True)
-
-
-def _timed_load(scorer: TorchScorerResource, resolved: ResolvedModel) -> tuple[LoadedModel, float]:
-    started = time.perf_counter()
-    loaded = scorer.load(resolved)
-    return loaded, time.perf_counter() - started
 
 
 @dataclass
@@ -360,19 +304,18 @@ class PipelineRun:
         return self._recorded_lineage(asset, records[0]) if records else None
 
     def _recorded_lineage(self, asset: str, record: dg.EventLogRecord) -> str | None:
-        tags = (record.asset_materialization.tags if record.asset_materialization else None) or {}
         if asset == RAW_TRANSACTIONS:
-            return tags.get(DATA_VERSION_TAG)
+            return recorder.data_version_of(record)
         parent = DERIVED_FROM.get(asset)
         if parent is None:
             return None
+        version, pointer = recorder.recorded_input(record, parent)
         if parent == RAW_TRANSACTIONS:
-            return tags.get(f"{INPUT_DATA_VERSION_TAG_PREFIX}/{parent}")
-        pointer = tags.get(f"{INPUT_EVENT_POINTER_TAG_PREFIX}/{parent}")
-        if pointer is None or not pointer.isdigit():
+            return version
+        if pointer is None:
             return None
         parents = self.context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(parent), storage_ids=[int(pointer)]), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(parent), storage_ids=[pointer]), limit=1
         ).records
         return self._recorded_lineage(parent, parents[0]) if parents else None
 
@@ -441,7 +384,7 @@ class PipelineRun:
         records = self.latest_materializations(asset, day)
         if not records or records[0].asset_materialization is None:
             return None, None
-        return (records[0].asset_materialization.tags or {}).get(DATA_VERSION_TAG), records[0].storage_id
+        return recorder.data_version_of(records[0]), records[0].storage_id
 
     def materialization(
         self,
@@ -463,22 +406,21 @@ class PipelineRun:
         for name, version in (input_versions or {}).items():
             input_events[name] = (version, input_events[name][1])
         input_versions = {name: version for name, (version, _) in input_events.items()}
-        version = data_version or derived_version(code_version, input_versions)
+        version = data_version or recorder.derived_version(code_version, input_versions)
         state.versions[asset] = version
         state.recorded[asset] = metadata
         state.lineage[asset] = (
             version if asset == RAW_TRANSACTIONS else self.raw_lineage(DERIVED_FROM[asset], state) if asset in DERIVED_FROM else None
         )
-        tags = {
-            DATA_VERSION_TAG: version,
-            CODE_VERSION_TAG: code_version,
-            DATA_VERSION_IS_USER_PROVIDED_TAG: "true" if data_version else "false",
-        }
-        for name, (input_version, storage_id) in input_events.items():
-            if input_version is not None:
-                tags[f"{INPUT_DATA_VERSION_TAG_PREFIX}/{name}"] = input_version
-                tags[f"{INPUT_EVENT_POINTER_TAG_PREFIX}/{name}"] = str(storage_id) if storage_id is not None else NULL_EVENT_POINTER
-        return dg.AssetMaterialization(asset_key=asset, partition=state.day, metadata=dict(metadata), tags=tags)
+        return recorder.materialization(
+            asset,
+            state.day,
+            metadata,
+            code_version=code_version,
+            data_version=version,
+            user_provided=data_version is not None,
+            inputs=input_events,
+        )
 
     def check(
         self,
@@ -502,26 +444,19 @@ class PipelineRun:
         judged (as Dagster does for an `AssetCheckResult`).
         """
         records = self.latest_materializations(asset, state.day)
-        target = (
-            AssetCheckEvaluationTargetMaterializationData(
-                storage_id=records[0].storage_id, run_id=records[0].run_id, timestamp=records[0].timestamp
-            )
-            if records
-            else None
-        )
         failing = self._failing_days(dg.AssetCheckKey(dg.AssetKey(asset), check_name), state.day, passed)
         others = [d for d in failing if d != state.day]
         counted = f" ({'also ' if not passed else ''}failing in the last {FAILING_DAYS_WINDOW} days: {', '.join(others)})" if others else ""
-        return dg.AssetCheckEvaluation(
-            target_materialization_data=target,
-            asset_key=dg.AssetKey(asset),
-            check_name=check_name,
+        return recorder.check_evaluation(
+            asset,
+            check_name,
+            state.day,
+            records[0] if records else None,
             passed=passed,
-            partition=state.day,
-            metadata={"day": state.day, **metadata, FAILING_DAYS_KEY: dg.MetadataValue.json(failing)},
-            severity=severity,
             description=f"{state.day}: {description}{counted}",
+            metadata={"day": state.day, **metadata, FAILING_DAYS_KEY: dg.MetadataValue.json(failing)},
             blocking=blocking,
+            severity=severity,
         )
 
     def _failing_days(self, key: dg.AssetCheckKey, day: str, passed: bool) -> list[str]:
@@ -549,9 +484,3 @@ class PipelineRun:
 def _short(version: str | None) -> str:
     """A data version as people compare them: the first 12 hex digits of the hash."""
     return (version or "unknown").removeprefix("sha256:")[:12]
-
-
-def derived_version(code_version: str, inputs: Mapping[str, str | None]) -> str:
-    """The data version Dagster derives for an output from its code version and its inputs' data versions."""
-    versions = {dg.AssetKey(name): dg.DataVersion(v) if v is not None else NULL_DATA_VERSION for name, v in inputs.items()}
-    return compute_logical_data_version(code_version, versions).value

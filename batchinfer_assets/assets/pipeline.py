@@ -14,40 +14,44 @@ import gc
 import hashlib
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import dagster as dg
 import pyarrow as pa
 
-from batchinfer_assets import schemas
-from batchinfer_assets.assets import _run, features, ingest, monitoring, performance, scoring, serving, snapshot
+from batchinfer_assets.assets import (
+    _run,
+    drift_metrics,
+    input_snapshot,
+    prediction_performance,
+    predictions,
+    published_predictions,
+    raw_transactions,
+    transaction_features,
+)
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
+from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.domain import Domain, load_domain
-from batchinfer_assets.lib import drift, hashing, labels as labels_lib, parquet_store
-from batchinfer_assets.lib import performance as performance_lib
+from batchinfer_assets.lib import hashing, parquet_store
 from batchinfer_assets.lib.code_version import code_version_of
 from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
-from batchinfer_assets.resources.labels import LabelsResource, PerformancePolicyResource
-from batchinfer_assets.resources.landing import LandingZoneResource
+from batchinfer_assets.resources.labels_zone import LabelsResource, PerformancePolicyResource
+from batchinfer_assets.resources.landing_zone import LandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
-from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine, ScoringEngineResource
+from batchinfer_assets.resources.scoring_engine import (
+    RemoteScoringEngine,
+    ScoringEngineResource,
+)
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
-from batchinfer_assets.run_worker import WORKER_TAG, this_worker
 from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, step_failure
+from batchinfer_assets.run_worker import WORKER_TAG, this_worker
 from batchinfer_assets.tables import (
-    DRIFT_METRICS,
-    INPUT_SNAPSHOT,
-    PREDICTION_PERFORMANCE,
     PREDICTIONS,
-    PUBLISHED_PREDICTIONS,
-    QUARANTINED_TRANSACTIONS,
-    RAW_TRANSACTIONS,
-    TRANSACTION_FEATURES,
 )
 
 DAYS_TAG = "batchinfer/days"
@@ -55,45 +59,36 @@ DAYS_TAG = "batchinfer/days"
 PROGRESS_TAG = "batchinfer/progress"
 
 
-# Stages that read the run's model version (signature check, scoring, drift's training reference).
-MODEL_STAGES = frozenset({INPUT_SNAPSHOT, PREDICTIONS, DRIFT_METRICS})
-
-Stage = Callable[[PipelineRun, DayState], Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]]
-
-# Each stage: the assets it may materialize, the function that computes them for one day, and the stored inputs it
-# combines (each must come from the day's current raw data: `PipelineRun.require_inputs_agree`).
-STAGES: tuple[tuple[tuple[str, ...], Stage, tuple[str, ...]], ...] = (
-    ((RAW_TRANSACTIONS,), ingest.ingest_day, ()),
-    ((TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS), features.featurize_day, (RAW_TRANSACTIONS,)),
-    ((INPUT_SNAPSHOT,), snapshot.snapshot_day, (TRANSACTION_FEATURES,)),
-    ((PREDICTIONS,), scoring.predictions_day, (INPUT_SNAPSHOT,)),
-    ((DRIFT_METRICS,), monitoring.drift_day, (INPUT_SNAPSHOT, PREDICTIONS)),
-    ((PUBLISHED_PREDICTIONS,), serving.publish_day, (PREDICTIONS,)),
-    # Last: a bad labels file stops only the day's evaluation, after the day was scored and published.
-    ((PREDICTION_PERFORMANCE,), performance.performance_day, (PREDICTIONS,)),
+# The stages of a day, in lineage order; each declares its assets, checks, inputs and code (`stage.Stage`).
+# Last: a bad labels file stops only the day's evaluation, after the day was scored and published.
+STAGES: tuple[Stage, ...] = (
+    raw_transactions.STAGE,
+    transaction_features.STAGE,
+    input_snapshot.STAGE,
+    predictions.STAGE,
+    drift_metrics.STAGE,
+    published_predictions.STAGE,
+    prediction_performance.STAGE,
 )
+
+# Assets whose stage reads the run's model version (signature check, scoring, drift's training reference).
+MODEL_STAGES = frozenset(asset for stage in STAGES if stage.uses_model for asset in stage.assets)
 
 
 def code_versions(domain: Domain) -> dict[str, str]:
-    """Each asset's code version: the stage's modules, and for the data side the domain's declaration and feature code."""
+    """Each asset's code version: its stage's modules, and where they decide its output the domain's declaration and
+    feature code."""
     shared = (_run, parquet_store, hashing)
     declared = domain_fingerprint(domain)
-    features_code = tuple({inspect.getmodule(domain.features)} - {None})
-
-    def of(*modules, with_domain: bool = False) -> str:
+    feature_code = tuple({inspect.getmodule(domain.features)} - {None})
+    versions = {}
+    for stage in STAGES:
+        modules = (inspect.getmodule(stage.day), *stage.code, *(feature_code if stage.feature_code else ()))
         version = code_version_of(*shared, *modules)
-        return hashlib.sha256(f"{version}:{declared}".encode()).hexdigest()[:12] if with_domain else version
-
-    return {
-        RAW_TRANSACTIONS: of(ingest, with_domain=True),
-        TRANSACTION_FEATURES: of(features, schemas, *features_code, with_domain=True),
-        QUARANTINED_TRANSACTIONS: of(features, schemas, with_domain=True),
-        INPUT_SNAPSHOT: of(snapshot, schemas, with_domain=True),
-        PREDICTIONS: of(scoring),
-        DRIFT_METRICS: of(monitoring, drift),
-        PUBLISHED_PREDICTIONS: of(serving, with_domain=True),
-        PREDICTION_PERFORMANCE: of(performance, performance_lib, labels_lib, with_domain=True),
-    }
+        if stage.domain_declaration:
+            version = hashlib.sha256(f"{version}:{declared}".encode()).hexdigest()[:12]
+        versions.update(dict.fromkeys(stage.assets, version))
+    return versions
 
 
 def domain_fingerprint(domain: Domain) -> str:
@@ -120,26 +115,14 @@ def build_daily_pipeline(domain: Domain) -> dg.AssetsDefinition:
         spec.replace_attributes(
             partitions_def=daily_partitions, group_name=PIPELINE_GROUP, code_version=versions[spec.key.to_user_string()]
         )
-        for spec in (
-            ingest.raw_spec(domain),
-            *features.feature_specs(domain),
-            snapshot.snapshot_spec(domain),
-            scoring.PREDICTIONS_SPEC,
-            monitoring.DRIFT_METRICS_SPEC,
-            serving.PUBLISHED_PREDICTIONS_SPEC,
-            performance.PREDICTION_PERFORMANCE_SPEC,
-        )
+        for stage in STAGES
+        for spec in stage.specs(domain)
     ]
 
     @dg.multi_asset(
         name="daily_pipeline",
         specs=specs,
-        check_specs=[
-            features.INVALID_SHARE_CHECK_SPEC,
-            snapshot.SIGNATURE_CHECK_SPEC,
-            monitoring.DRIFT_CHECK_SPEC,
-            performance.PERFORMANCE_CHECK_SPEC,
-        ],
+        check_specs=[check for stage in STAGES for check in stage.checks],
         can_subset=True,
         partitions_def=daily_partitions,
         # One run per backfill range: the model is loaded once, and days go through one at a time.
@@ -187,10 +170,10 @@ def run_pipeline(run: PipelineRun) -> Iterator[dg.AssetMaterialization | dg.Asse
     # The worker's host and pid let `orphaned_runs_sensor` tell a killed run from a running one.
     context.instance.add_run_tags(context.run.run_id, {DAYS_TAG: f"{run.days[0]}...{run.days[-1]}", WORKER_TAG: this_worker()})
     stopped: dict[str, str] = {}
-    stages = [(assets, stage, inputs) for assets, stage, inputs in STAGES if any(a in run.selected for a in assets)]
+    stages = [stage for stage in STAGES if any(a in run.selected for a in stage.assets)]
     context.log.info(
         f"{run.domain.name}: {len(run.days)} day(s) {run.days[0]}..{run.days[-1]}: "
-        + ", ".join(a for assets, _, _ in stages for a in assets if a in run.selected)
+        + ", ".join(a for stage in stages for a in stage.assets if a in run.selected)
     )
     try:
         yield from _run_days(run, stages, stopped)
@@ -227,7 +210,7 @@ def stopped_summary(stopped: dict[str, str], days: int) -> str:
 daily_pipeline = build_daily_pipeline(load_domain(None))
 
 
-def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+def _run_days(run: PipelineRun, stages: list[Stage], stopped: dict[str, str]) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Each day of the run through the selected stages; a day stopped by its data is noted in `stopped`."""
     context = run.context
     # The run's model is resolved before any day: a model that cannot be found fails the run at once, with
@@ -248,29 +231,30 @@ def _run_days(run: PipelineRun, stages: list, stopped: dict[str, str]) -> Iterat
         for day in run.days:
             state = DayState(day)
             progress.start_day(day)
-            for assets, stage, inputs in stages:
+            for stage in stages:
                 run.surface_model_load_failure()
-                if not any(run.wants(a, day) for a in assets):
+                if not any(run.wants(a, day) for a in stage.assets):
                     continue
                 started = time.perf_counter()
-                run.where = f"{day} {'/'.join(assets)}" + (f" with {run.resolved.pinned_uri}" if PREDICTIONS in assets else "") + ": "
-                progress.at("/".join(assets))
-                if PREDICTIONS in assets and run.model_loader is not None:
+                scores = PREDICTIONS in stage.assets
+                run.where = f"{day} {stage.name}" + (f" with {run.resolved.pinned_uri}" if scores else "") + ": "
+                progress.at(stage.name)
+                if scores and run.model_loader is not None:
                     # Outside the stage's handlers: a model that cannot load fails the run, not just the day.
                     run.model
                 try:
-                    run.require_inputs_stored(state, "/".join(assets), inputs)
-                    run.require_inputs_agree(state, "/".join(assets), inputs)
-                    yield from stage(run, state)
+                    run.require_inputs_stored(state, stage.name, stage.reads)
+                    run.require_inputs_agree(state, stage.name, stage.reads)
+                    yield from stage.day(run, state)
                 except DayBlocked as blocked:
                     stopped[day] = str(blocked)
                     context.log.error(f"{day}: stopped at {blocked}{going_on}")
                     break
                 except BAD_DATA_ERRORS as error:
-                    stopped[day] = redact(f"{'/'.join(assets)}: {type(error).__name__}: {error}")
+                    stopped[day] = redact(f"{stage.name}: {type(error).__name__}: {error}")
                     context.log.error(f"{day}: {stopped[day]}{going_on}")
                     break
-                context.log.debug(f"{day}: {'/'.join(assets)} in {time.perf_counter() - started:.2f} s")
+                context.log.debug(f"{day}: {stage.name} in {time.perf_counter() - started:.2f} s")
             run.where = ""
             progress.end_day(stopped=day in stopped)
             del state

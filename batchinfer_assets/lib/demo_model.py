@@ -90,8 +90,8 @@ def _labelled_features(domain: Domain, days: list[dt.date], rows_per_day: int, s
     import tempfile
     from pathlib import Path
 
-    from batchinfer_assets.resources.labels import SyntheticLabelsResource
-    from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+    from batchinfer_assets.resources.labels_zone import SyntheticLabelsResource
+    from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
     from batchinfer_assets.training_set import read_training_set, write_training_set
 
     landing = SyntheticLandingZoneResource(rows_per_day=rows_per_day, seed=seed)

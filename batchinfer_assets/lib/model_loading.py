@@ -97,6 +97,9 @@ def quiet_mlflow() -> None:
 _MLFLOW_URIS_LOCK = threading.RLock()
 
 
+_MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @contextlib.contextmanager
 def mlflow_uris(tracking_uri: str, registry_uri: str | None = None) -> Iterator[None]:
     """Point MLflow's global (fluent) tracking and registry URIs here, restoring the previous ones after.
@@ -112,6 +115,9 @@ def mlflow_uris(tracking_uri: str, registry_uri: str | None = None) -> Iterator[
         # resolved value would pin it even where the caller had set nothing.
         previous_tracking = tracking_utils._tracking_uri
         previous_registry = registry_utils._registry_uri
+        # MLflow also exports both URIs as environment variables "so that subprocess can inherit it": left behind,
+        # every process this one starts later (a run worker, a training script) would use this registry.
+        previous_env = {name: os.environ.get(name) for name in _MLFLOW_URI_VARIABLES}
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(registry_uri or tracking_uri)
         try:
@@ -119,6 +125,11 @@ def mlflow_uris(tracking_uri: str, registry_uri: str | None = None) -> Iterator[
         finally:
             mlflow.set_tracking_uri(previous_tracking)
             registry_utils._registry_uri = previous_registry
+            for name, value in previous_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def make_client(tracking_uri: str, registry_uri: str | None = None):

@@ -1,7 +1,8 @@
 """Invariants over sequences of what operators do after a change (hypothesis, real backends).
 
 Steps: land or re-land the day (good, a few bad rows, too many bad rows), run any selection a user types, move the
-model alias, publish alone. After every step: every published row's business columns, score and model version come
+model alias, delete the registered model and register another (versions restart at 1), reproduce the day, publish
+alone. After every step: every published row's business columns, score and model version come
 from ONE landing of the day that passed the gate, scored by ONE registered model; and no secret of the run's
 settings appears in any event, log line or metadata value of any run.
 """
@@ -58,23 +59,21 @@ def linear_model(seed: int) -> torch.nn.Module:
     return torch.nn.Sequential(linear, torch.nn.Sigmoid()).eval()
 
 
-@pytest.fixture(scope="module")
-def model_store(tmp_path_factory):
-    """A registry holding two versions of a model over the card features, alias champion on version 1."""
-    root = tmp_path_factory.mktemp("invariants_mlflow")
-    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = make_client(tracking_uri)
-    experiment = ensure_experiment(client, "invariants", str(root / "artifacts"))
-    example = np.random.default_rng(0).normal(size=(4, len(FEATURE_COLUMNS))).astype(np.float32)
-    modules = {"1": linear_model(1), "2": linear_model(2)}
+def register(tracking_uri: str, experiment: str, module: torch.nn.Module) -> tuple[str, str]:
+    """Log `module` and register it as a new version of MODEL: (version, MLflow run id)."""
     import mlflow
 
-    with mlflow_uris(tracking_uri):
-        for version, module in modules.items():
-            with mlflow.start_run(experiment_id=experiment):
-                log_torch_model(module, input_columns=FEATURE_COLUMNS, example=example, serialization_format="pickle", registered_model_name=MODEL)
-    client.set_registered_model_alias(MODEL, "champion", "1")
-    return tracking_uri, modules
+    example = np.random.default_rng(0).normal(size=(4, len(FEATURE_COLUMNS))).astype(np.float32)
+    with mlflow_uris(tracking_uri), mlflow.start_run(experiment_id=experiment) as run:
+        info = log_torch_model(module, input_columns=FEATURE_COLUMNS, example=example, serialization_format="pickle", registered_model_name=MODEL)
+    return str(info.registered_model_version), run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory):
+    """A registry root; each example registers its own model versions (a re-registration deletes and starts again)."""
+    root = tmp_path_factory.mktemp("invariants_mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
 
 
 def landing_of(kind: str, seed: int) -> pd.DataFrame:
@@ -91,10 +90,18 @@ def landing_of(kind: str, seed: int) -> pd.DataFrame:
 class Deployment:
     """One day of one deployment: its landing zone, storage, prediction database (PostgreSQL) and Dagster instance."""
 
-    def __init__(self, tracking_uri: str, modules: dict[str, torch.nn.Module], postgres) -> None:
+    def __init__(self, tracking_uri: str, artifacts: str, postgres) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="invariants-"))
         self.tracking_uri = tracking_uri
-        self.modules = modules
+        client = make_client(tracking_uri)
+        if client.search_registered_models(f"name = '{MODEL}'"):
+            client.delete_registered_model(MODEL)
+        self.experiment = ensure_experiment(client, "invariants", artifacts)
+        # MLflow run id of each registered version -> the module it holds (what scored rows must match).
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.seeds = 0
+        for _ in range(2):
+            self._register_next()
         database = postgres.create_database("invariants")
         # The password in the URL's query, as operators sometimes write it: it must never be shown.
         self.secret = postgres.password
@@ -106,7 +113,7 @@ class Deployment:
             model_uri=f"models:/{MODEL}@champion",
             predictions_db_url=url,
         )
-        make_client(tracking_uri).set_registered_model_alias(MODEL, "champion", "1")
+        client.set_registered_model_alias(MODEL, "champion", "1")
         self.instance = dg.DagsterInstance.ephemeral()
         self.landings: list[tuple[str, pd.DataFrame]] = []
         self.run_ids: list[str] = []
@@ -132,8 +139,31 @@ class Deployment:
         )
         self.run_ids.append(result.run_id)
 
+    def _register_next(self) -> str:
+        self.seeds += 1
+        module = linear_model(self.seeds)
+        version, run_id = register(self.tracking_uri, self.experiment, module)
+        self.modules[run_id] = module
+        return version
+
     def move_alias(self, version: str) -> None:
         make_client(self.tracking_uri).set_registered_model_alias(MODEL, "champion", version)
+
+    def reregister(self, _: str) -> None:
+        """Delete the registered model and register another under the same name: its versions restart at 1."""
+        client = make_client(self.tracking_uri)
+        client.delete_registered_model(MODEL)
+        self._register_next()
+        self._register_next()
+        client.set_registered_model_alias(MODEL, "champion", "1")
+
+    def reproduce(self, _: str) -> None:
+        """`python -m batchinfer_assets.reproduce DAY`: must never change what users read."""
+        from batchinfer_assets.reproduce import reproduce_day
+
+        before = self.published()
+        reproduce_day(build_definitions(self.settings), self.instance, DAY)
+        pd.testing.assert_frame_equal(self.published(), before)
 
     def published(self) -> pd.DataFrame:
         engine = sa.create_engine(self.settings.predictions_db_url)
@@ -141,7 +171,11 @@ class Deployment:
             with engine.connect() as conn:
                 if not sa.inspect(conn).has_table("predictions"):
                     return pd.DataFrame()
-                return pd.read_sql(sa.text("select * from predictions where dt = :d order by transaction_id"), conn, params={"d": DAY})
+                query = (
+                    "select p.*, s.model_run_id from predictions p left join scoring_runs s on s.id = p.scoring_run_id "
+                    "where p.dt = :d order by p.transaction_id"
+                )
+                return pd.read_sql(sa.text(query), conn, params={"d": DAY})
         finally:
             engine.dispose()
 
@@ -151,7 +185,9 @@ class Deployment:
             return
         versions = rows["model_version"].unique().tolist()
         assert len(versions) == 1, f"published rows of several model versions: {versions}"
-        module = self.modules[versions[0]]
+        # The registration that scored them, by its MLflow run id (a version number can be reused).
+        (run_id,) = rows["model_run_id"].unique().tolist()
+        module = self.modules[run_id]
         for kind, frame in self.landings:
             valid, _ = split_valid_rows(frame, dt.date.fromisoformat(DAY), CARD, CARD_LENGTHS)
             valid = valid.sort_values("transaction_id").reset_index(drop=True)
@@ -179,6 +215,8 @@ STEPS = st.one_of(
     st.tuples(st.just("land"), st.sampled_from(["good", "few bad", "too many bad"])),
     st.tuples(st.just("run"), st.sampled_from(sorted(SELECTIONS))),
     st.tuples(st.just("move_alias"), st.sampled_from(["1", "2"])),
+    st.tuples(st.just("reregister"), st.just("")),
+    st.tuples(st.just("reproduce"), st.just("")),
 )
 
 
@@ -187,10 +225,11 @@ STEPS = st.one_of(
 @example(steps=[("land", "too many bad"), ("run", "everything"), ("run", "republish"), ("run", "input_snapshot*")])
 @example(steps=[("land", "good"), ("run", "raw alone"), ("run", "republish"), ("run", "drift alone")])
 @example(steps=[("move_alias", "2"), ("land", "few bad"), ("run", "raw alone"), ("run", "predictions+publish")])
+@example(steps=[("reregister", ""), ("run", "predictions+publish"), ("reproduce", ""), ("run", "republish")])
 @given(steps=st.lists(STEPS, min_size=2, max_size=6))
 def test_operator_steps_never_publish_two_lineages_or_show_a_secret(model_store, postgres_server, steps):
-    tracking_uri, modules = model_store
-    deployment = Deployment(tracking_uri, modules, postgres_server)
+    tracking_uri, artifacts = model_store
+    deployment = Deployment(tracking_uri, artifacts, postgres_server)
     try:
         # Every example starts from a good day scored and published with version 1.
         for name, argument in [("land", "good"), ("run", "everything"), *steps]:

@@ -16,7 +16,7 @@ from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.model_observations import last_observed_model_version
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG
 from batchinfer_assets.sensors import model_version_sensor
-from batchinfer_assets_tests.assets.test_scoring import _register_version_two
+from batchinfer_assets_tests.assets.test_predictions import _register_version_two
 from batchinfer_assets_tests.support import materialize_pipeline, materializations
 
 DAY_A, DAY_B = "2025-01-02", "2025-01-03"

@@ -11,10 +11,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from batchinfer_assets.assets._run import MODEL_LOADER_THREAD
+from batchinfer_assets.assets.run_model import MODEL_LOADER_THREAD
 from batchinfer_assets.definitions import build_resources
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
 from batchinfer_assets.resources.model_registry import ResolvedModel
 from batchinfer_assets.resources.torch_scorer import LoadedModel, TorchScorerResource
 from batchinfer_assets.settings import Settings

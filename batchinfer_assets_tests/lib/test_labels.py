@@ -20,7 +20,7 @@ from batchinfer_assets.lib.labels import (
 )
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.synthetic import generate_day
-from batchinfer_assets.resources.labels import NoLabelsResource, ParquetLabelsResource, SyntheticLabelsResource
+from batchinfer_assets.resources.labels_zone import NoLabelsResource, ParquetLabelsResource, SyntheticLabelsResource
 from batchinfer_assets_tests.customer_days import domain as CUSTOMER_DAYS
 from batchinfer_assets_tests.customer_days import without_source as WITHOUT_SOURCE
 

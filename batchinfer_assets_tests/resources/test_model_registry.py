@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import dataclasses
 from pathlib import Path
 
@@ -251,3 +252,30 @@ def test_version_metric_reads_the_versions_run_and_names_what_is_missing(tiny_mo
     assert tiny.version_metric("", tiny_model_store.run_id, "holdout_roc_auc") is None
     with pytest.raises(ModelNotFoundError, match=r"model 'tiny-pickle' version 7 \(named by the predictions\) is not in MLflow"):
         tiny.version_metric("tiny-pickle", "7", "holdout_roc_auc")
+
+
+def test_pointing_mlflow_at_a_store_leaves_no_uri_behind_for_processes_started_later(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from batchinfer_assets.lib.model_loading import mlflow_uris
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with mlflow_uris(f"sqlite:///{tmp_path / 'a.db'}"):
+        pass
+    # MLflow exports the URIs it is given for child processes; a training script or run worker started after must
+    # see the environment the operator set, not the last store this process used.
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('MLFLOW_TRACKING_URI'), os.environ.get('MLFLOW_REGISTRY_URI'))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert child.stdout.split() == ["None", "None"]
+    # What the operator set survives too: `dg launch` reads MLFLOW_TRACKING_URI again after the run (an EnvVar in
+    # the resource config) and failed a successful run when MLflow had unset it on the way out.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///operator-tracking.db")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///operator.db")
+    with mlflow_uris(f"sqlite:///{tmp_path / 'b.db'}"):
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///operator-tracking.db"
+    assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///operator.db"

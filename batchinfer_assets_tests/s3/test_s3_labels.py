@@ -10,7 +10,7 @@ from dagster_aws.s3 import S3Resource
 
 from batchinfer_assets.domains.card_transactions import domain as CARD
 from batchinfer_assets.lib.labels import LabelsDataError
-from batchinfer_assets.resources.labels import ParquetLabelsResource
+from batchinfer_assets.resources.labels_zone import ParquetLabelsResource
 from batchinfer_assets_tests.s3.conftest import REGION
 
 DAY = dt.date(2025, 2, 11)

@@ -22,7 +22,7 @@ from batchinfer_assets.lib.parquet_store import (
     StorageUnavailableError,
 )
 from batchinfer_assets.lib.synthetic import generate_day
-from batchinfer_assets.resources.landing import ParquetLandingZoneResource
+from batchinfer_assets.resources.landing_zone import ParquetLandingZoneResource
 from batchinfer_assets_tests.processes import free_port
 from batchinfer_assets_tests.s3.conftest import REGION
 from batchinfer_assets_tests.support import materializations

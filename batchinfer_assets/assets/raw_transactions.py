@@ -6,8 +6,10 @@ import dagster as dg
 import pyarrow as pa
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.tables import RAW_TRANSACTIONS
+
 
 def raw_spec(domain) -> dg.AssetSpec:
     """The day's landed rows of the domain."""
@@ -41,3 +43,6 @@ def raw_of(run: PipelineRun, state: DayState):
     if state.raw is None:
         state.raw = run.store.read_partition(RAW_TRANSACTIONS, state.day).to_pandas()
     return state.raw
+
+
+STAGE = Stage(assets=(RAW_TRANSACTIONS,), day=ingest_day, specs=lambda domain: [raw_spec(domain)], domain_declaration=True)

@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.assets.stage import Stage
+from batchinfer_assets.lib import drift
 from batchinfer_assets.lib.drift import (
     DriftConfig,
     DriftInputError,
@@ -31,7 +33,14 @@ from batchinfer_assets.lib.drift import (
 from batchinfer_assets.lib.drift_report import render_drift_report
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.model_registry import ResolvedModel
-from batchinfer_assets.tables import DRIFT_CHECK, DRIFT_METRICS, DRIFT_REPORTS_FOLDER, INPUT_SNAPSHOT, PREDICTIONS, SCORING_MODEL
+from batchinfer_assets.tables import (
+    DRIFT_CHECK,
+    DRIFT_METRICS,
+    DRIFT_REPORTS_FOLDER,
+    INPUT_SNAPSHOT,
+    PREDICTIONS,
+    SCORING_MODEL,
+)
 
 TRAINING_REFERENCE = "training"
 TRAILING_REFERENCE = "trailing_7d"
@@ -73,8 +82,11 @@ def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializa
         references[TRAINING_REFERENCE] = training
         training_columns = [c for c in [*columns, SCORE_COLUMN] if c in training.columns]
         parts.append(compute_drift(current, prepared_training, training_columns, TRAINING_REFERENCE, DRIFT_CONFIG))
-    week, used_days, week_notes = _trailing(run, columns).reference(day, versions)
+    trailing = _trailing(run, columns)
+    week, used_days, week_notes = trailing.reference(day, versions)
     notes += week_notes
+    for warning in trailing.warnings:
+        run.context.log.warning(warning)
     if used_days:
         references[TRAILING_REFERENCE] = week
         parts.append(compute_drift(current, week, [*columns, SCORE_COLUMN], TRAILING_REFERENCE, DRIFT_CONFIG))
@@ -212,6 +224,8 @@ class _TrailingWeek:
         self.store = store
         self.columns = list(columns)
         self.id_column = id_column
+        # What the last `reference` call left out that an operator should fix (shown as warnings).
+        self.warnings: list[str] = []
         self._days: dict[str, tuple[pd.DataFrame, frozenset[str]] | None] = {}
 
     def remember(self, day: str, frame: pd.DataFrame, versions: frozenset[str]) -> None:
@@ -223,8 +237,11 @@ class _TrailingWeek:
         window = [(dt.date.fromisoformat(day) - dt.timedelta(days=k)).isoformat() for k in range(TRAILING_DAYS, 0, -1)]
         for old in [d for d in self._days if d < window[0]]:
             del self._days[old]
-        self._require_columns([d for d in window if d not in self._days], day)
-        frames, used, notes = [], [], []
+        lacking, notes = self._lacking([d for d in window if d not in self._days], day)
+        self.warnings = list(notes)
+        for previous in lacking:
+            self._days[previous] = None
+        frames, used = [], []
         for previous in window:
             if previous not in self._days:
                 self._days[previous] = self._read(previous)
@@ -246,11 +263,11 @@ class _TrailingWeek:
         week = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=self.columns)
         return week, used, notes
 
-    def _require_columns(self, days: Sequence[str], day: str) -> None:
-        """One error naming every earlier day whose snapshot lacks a column the model reads, and the backfill that fixes them.
+    def _lacking(self, days: Sequence[str], day: str) -> tuple[set[str], list[str]]:
+        """The earlier days whose snapshot lacks a column the model reads, and one note naming them and the backfill.
 
-        A model version that needs a new feature meets snapshots written before the feature existed: each would
-        fail drift one day at a time, so all of the window's are named at once.
+        A model version that reads a new feature meets snapshots written before the feature existed: those days are
+        left out of the trailing reference (the day itself is still judged against the rest), and named all at once.
         """
         features = [c for c in self.columns if c != SCORE_COLUMN]
         lacking = {}
@@ -259,14 +276,15 @@ class _TrailingWeek:
                 missing = [c for c in features if c not in self.store.column_names(INPUT_SNAPSHOT, previous)]
                 if missing:
                     lacking[previous] = missing
-        if lacking:
-            columns = sorted({c for missing in lacking.values() for c in missing})
-            first, last = min(lacking), max(lacking)
-            raise DriftInputError(
-                f"{day}: the trailing reference's snapshots of {len(lacking)} day(s) ({', '.join(sorted(lacking))}) lack "
-                f"column(s) {columns} the model reads (written before the feature existed); rebuild them with "
-                f"dg launch --assets 'transaction_features+' --partition-range {first}...{last}"
-            )
+        if not lacking:
+            return set(), []
+        columns = sorted({c for missing in lacking.values() for c in missing})
+        first, last = min(lacking), max(lacking)
+        return set(lacking), [
+            f"{day}: the trailing reference's snapshots of {len(lacking)} day(s) ({', '.join(sorted(lacking))}) lack "
+            f"column(s) {columns} the model reads (written before the feature existed) and are left out; rebuild them "
+            f"with dg launch --assets 'transaction_features+' --partition-range {first}...{last}"
+        ]
 
     def _read(self, day: str) -> tuple[pd.DataFrame, frozenset[str]] | None:
         if not self.store.has_partition(INPUT_SNAPSHOT, day):
@@ -289,3 +307,14 @@ def _sample(frame: pd.DataFrame, day: str) -> pd.DataFrame:
     rng = np.random.default_rng(int(day.replace("-", "")))
     rows = np.sort(rng.choice(len(frame), size=TRAILING_ROWS_PER_DAY, replace=False))
     return frame.iloc[rows].reset_index(drop=True)
+
+
+STAGE = Stage(
+    assets=(DRIFT_METRICS,),
+    day=drift_day,
+    specs=lambda domain: [DRIFT_METRICS_SPEC],
+    checks=(DRIFT_CHECK_SPEC,),
+    reads=(INPUT_SNAPSHOT, PREDICTIONS),
+    code=(drift,),
+    uses_model=True,
+)

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
@@ -20,7 +21,12 @@ from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.scoring_engine import RemoteScoringEngine
-from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
+from batchinfer_assets.resources.torch_scorer import (
+    LoadedModel,
+    MissingInputColumnsError,
+    ModelOutputError,
+    TorchScorerResource,
+)
 from batchinfer_assets.retries import masked_failures
 from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
 from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
@@ -244,4 +250,10 @@ def score_day(
     return DayScored(rows=rows, positives=positives, batch_size=batch_size, backoffs=backoffs, files_sha256=writer.files_sha256)
 
 
-
+STAGE = Stage(
+    assets=(PREDICTIONS_TABLE,),
+    day=predictions_day,
+    specs=lambda domain: [PREDICTIONS_SPEC],
+    reads=(SNAPSHOT_TABLE,),
+    uses_model=True,
+)

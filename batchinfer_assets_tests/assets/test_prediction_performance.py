@@ -15,16 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchinfer_assets.assets.pipeline import build_daily_pipeline
-from batchinfer_assets.assets.scoring import scoring_model
+from batchinfer_assets.assets.predictions import scoring_model
 from batchinfer_assets.domain import load_domain
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.resources.domain import DomainResource
-from batchinfer_assets.resources.labels import (
+from batchinfer_assets.resources.labels_zone import (
     ParquetLabelsResource,
     PerformancePolicyResource,
     SyntheticLabelsResource,
 )
-from batchinfer_assets.resources.landing import SyntheticLandingZoneResource
+from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
 from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
 from batchinfer_assets.tables import PERFORMANCE_CHECK
 from batchinfer_assets_tests.support import (

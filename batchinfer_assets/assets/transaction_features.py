@@ -7,8 +7,10 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
+from batchinfer_assets import schemas
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
-from batchinfer_assets.assets.ingest import raw_of
+from batchinfer_assets.assets.raw_transactions import raw_of
+from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.resources.prediction_db import published_text_lengths
 from batchinfer_assets.schemas import split_valid_rows
 from batchinfer_assets.tables import (
@@ -169,3 +171,15 @@ def reason_counts(quarantined: pd.DataFrame) -> dict[str, int]:
             if part.strip():
                 counts[part.strip()] += int(n)
     return dict(counts.most_common())
+
+
+STAGE = Stage(
+    assets=(TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS),
+    day=featurize_day,
+    specs=feature_specs,
+    checks=(INVALID_SHARE_CHECK_SPEC,),
+    reads=(RAW_TRANSACTIONS,),
+    code=(schemas,),
+    domain_declaration=True,
+    feature_code=True,
+)

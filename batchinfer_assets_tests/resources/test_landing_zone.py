@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame
-from batchinfer_assets.resources.landing import ParquetLandingZoneResource, SyntheticLandingZoneResource
+from batchinfer_assets.resources.landing_zone import ParquetLandingZoneResource, SyntheticLandingZoneResource
 from batchinfer_assets.domains.card_transactions import domain as CARD
 
 DAY = dt.date(2025, 3, 4)

@@ -16,7 +16,7 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._core.definitions.observe import observe
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from batchinfer_assets.assets.scoring import score_day, scoring_model
+from batchinfer_assets.assets.predictions import score_day, scoring_model
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore

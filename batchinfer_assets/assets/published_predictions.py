@@ -8,9 +8,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE
-from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL
+from batchinfer_assets.tables import (
+    PREDICTIONS,
+    PUBLISHED_PREDICTIONS,
+    RAW_TRANSACTIONS,
+    SCORING_MODEL,
+)
 
 # Beside the domain's id column and business columns (what an app needs to act on a score without a join back).
 SCORE_COLUMNS = ("score", "label", "model_name", "model_version")
@@ -93,3 +99,12 @@ def publishable_rows(run: PipelineRun, state: DayState) -> pa.Table:
     return pa.Table.from_arrays(
         [*predictions.columns, *business.columns], names=[*predictions.column_names, *business.column_names]
     )
+
+
+STAGE = Stage(
+    assets=(PUBLISHED_PREDICTIONS,),
+    day=publish_day,
+    specs=lambda domain: [PUBLISHED_PREDICTIONS_SPEC],
+    reads=(PREDICTIONS,),
+    domain_declaration=True,
+)

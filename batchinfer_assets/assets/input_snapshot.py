@@ -7,13 +7,19 @@ import pandas as pd
 import pyarrow as pa
 from pandera.errors import SchemaErrors
 
+from batchinfer_assets import schemas
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
-from batchinfer_assets.assets.features import features_of
+from batchinfer_assets.assets.transaction_features import features_of
+from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.model_loading import mlflow_uris
 from batchinfer_assets.resources.model_registry import ResolvedModel
 from batchinfer_assets.schemas import feature_schema
-from batchinfer_assets.tables import INPUT_SNAPSHOT, SIGNATURE_CHECK, TRANSACTION_FEATURES
+from batchinfer_assets.tables import (
+    INPUT_SNAPSHOT,
+    SIGNATURE_CHECK,
+    TRANSACTION_FEATURES,
+)
 
 # Signature types the scorer's float32 feature matrix satisfies without losing information.
 _FLOAT32_COMPATIBLE_TYPES = frozenset({"float", "double"})
@@ -134,3 +140,15 @@ def signature_mismatches(
         elif column in types and types[column] not in _FLOAT32_COMPATIBLE_TYPES:
             problems.append(f"{column}: the signature expects {types[column]}, the snapshot holds float32")
     return problems
+
+
+STAGE = Stage(
+    assets=(INPUT_SNAPSHOT,),
+    day=snapshot_day,
+    specs=lambda domain: [snapshot_spec(domain)],
+    checks=(SIGNATURE_CHECK_SPEC,),
+    reads=(TRANSACTION_FEATURES,),
+    code=(schemas,),
+    domain_declaration=True,
+    uses_model=True,
+)

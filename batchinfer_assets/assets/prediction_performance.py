@@ -20,7 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
+from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.domain import Domain
+from batchinfer_assets.lib import labels as labels_lib
+from batchinfer_assets.lib import performance as performance_lib
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.labels import DayLabels, labels_table
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
@@ -302,3 +305,14 @@ def performance_markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+STAGE = Stage(
+    assets=(PREDICTION_PERFORMANCE,),
+    day=performance_day,
+    specs=lambda domain: [PREDICTION_PERFORMANCE_SPEC],
+    checks=(PERFORMANCE_CHECK_SPEC,),
+    reads=(PREDICTIONS,),
+    code=(performance_lib, labels_lib),
+    domain_declaration=True,
+)

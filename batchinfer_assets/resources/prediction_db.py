@@ -12,7 +12,7 @@ SQLite: `predictions` is a view over one table per day (`predictions_day_YYYYMMD
 2.8 s per million rows: whatever order the rows come in, one of its indexes fills in random order (BENCHMARKS.md,
 "Publishing"). A day of its own is filled in key order and indexed by a sort, and replacing it drops a table
 instead of deleting a million index entries one by one. Rows are handed to SQLite from Arrow in C by the ADBC
-SQLite driver. Queries read the view as they would the table: SQLite pushes `WHERE transaction_id = ?` into every
+SQLite driver. Queries read the view as they would the table: SQLite pushes `WHERE <id column> = ?` into every
 day's primary key and `WHERE dt = ? ORDER BY score DESC LIMIT n` into that day's score index.
 """
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 PREDICTIONS_TABLE = "predictions"
 SCORING_RUNS_TABLE = "scoring_runs"
 
-# SQLite has no timestamp type: event_time is ISO-8601 text in UTC with an explicit offset,
+# SQLite has no timestamp type: timestamp columns are ISO-8601 text in UTC with an explicit offset,
 # e.g. '2025-01-01 13:22:25.290561+00:00', which sorts chronologically, is what SQLite's date
 # functions accept, and reads back through SQLAlchemy as a timezone-aware datetime.
 _SQLITE_UTC_FORMAT = (

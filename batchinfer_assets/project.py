@@ -101,7 +101,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "scoring_engine": build_scoring_engine(settings),
         "prediction_db": PredictionDatabaseResource(url=_secret_or_value(PREDICTIONS_DB_URL_VAR, settings.predictions_db_url)),
         "table_storage": TableStorageResource(
-            base_uri=settings.storage_uri, s3=s3, snapshot_retention_days=settings.snapshot_retention_days
+            base_uri=settings.storage_uri,
+            s3=s3,
+            snapshot_retention_days=settings.snapshot_retention_days,
+            day_chunk_rows=settings.day_chunk_rows,
         ),
         "labels": labels,
         "performance_policy": PerformancePolicyResource(),

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from batchinfer_assets.assets.predictions import stored_content_hash
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.domain import load_domain
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
@@ -92,8 +93,13 @@ def test_a_day_in_buckets_quarantines_features_snapshots_and_scores_as_the_whole
     frame, runs = both
     (whole, whole_result), (split, split_result) = runs["whole"], runs["buckets"]
 
-    # The raw data's content hash does not depend on how the landing file was read.
+    # The raw data's content hash does not depend on how the landing file was read, and what was hashed as it
+    # streamed is what the files hold.
     assert _metadata(whole_result, "raw_transactions")["content_hash"] == _metadata(split_result, "raw_transactions")["content_hash"]
+    for settings, result in runs.values():
+        store = PartitionedParquetStore(settings.storage_uri)
+        for table in ("raw_transactions", "input_snapshot"):
+            assert stored_content_hash(store, table, DAY) == _metadata(result, table)["content_hash"]
 
     quarantined = {name: _by_id(_table(s, "quarantined_transactions")) for name, (s, _) in runs.items()}
     pd.testing.assert_frame_equal(quarantined["whole"], quarantined["buckets"])

@@ -165,7 +165,7 @@ def _published(settings, day: str) -> list[dict]:
 def test_a_relanded_day_is_reproduced_from_its_archived_snapshot_byte_for_byte_in_its_own_folder(own_registry, demo_training, tmp_path):
     import datetime as dt
 
-    from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
+    from batchinfer_assets.domains.card_transactions.synthetic import LABEL_COLUMN, generate_day
     from batchinfer_assets.reproduce import IDENTICAL, reproduce_day
     from batchinfer_assets.sensors import publish_predictions_sensor
 

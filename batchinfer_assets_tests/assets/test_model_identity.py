@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import torch
 
 from batchinfer_assets.definitions import build_definitions, build_resources
-from batchinfer_assets.lib.features import FEATURE_COLUMNS
+from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.reproduce import CANNOT, reproduce_day
 from batchinfer_assets_tests.support import materialize_pipeline, materializations

@@ -107,7 +107,7 @@ def test_default_uri_registers_demo_once(tmp_path):
     second = MlflowModelRegistryResource(tracking_uri=tracking_uri, artifact_location=str(artifacts)).resolve()
     assert second == first
 
-    from batchinfer_assets.lib.features import FEATURE_COLUMNS
+    from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS
     from batchinfer_assets.lib.model_loading import make_client
 
     client = make_client(tracking_uri)

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import batchinfer_assets
-from batchinfer_assets.lib.synthetic import (
-    DEFAULT_SEED,
+from batchinfer_assets.domain import DEFAULT_SEED
+from batchinfer_assets.domains.card_transactions.synthetic import (
     LABEL_COLUMN,
     LANDING_COLUMNS,
     STRING_COLUMNS,
@@ -111,7 +111,7 @@ def test_same_arguments_give_the_same_frame_in_a_separate_process(tmp_path):
     child_file = tmp_path / "child.parquet"
     code = (
         "import datetime as dt, sys\n"
-        "from batchinfer_assets.lib.synthetic import generate_day\n"
+        "from batchinfer_assets.domains.card_transactions.synthetic import generate_day\n"
         f"generate_day(dt.date({day.year}, {day.month}, {day.day}), {rows}, seed={seed})"
         ".to_parquet(sys.argv[1], index=False)\n"
     )

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from batchinfer_assets.domain import DEFAULT_SEED
+
 LANDING_COLUMNS: tuple[str, ...] = (
     "transaction_id",
     "event_time",
@@ -20,7 +22,6 @@ LANDING_COLUMNS: tuple[str, ...] = (
     "country",
 )
 LABEL_COLUMN = "is_fraud"
-DEFAULT_SEED = 20250101
 SHIFT_EPOCH = dt.date(2025, 1, 1)
 
 STRING_COLUMNS = ("transaction_id", "customer_id", "merchant_category", "currency", "channel", "country")

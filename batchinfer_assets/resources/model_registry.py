@@ -28,17 +28,14 @@ from batchinfer_assets.lib.model_loading import (
     with_version,
 )
 from batchinfer_assets.lib.redaction import redact
+from batchinfer_assets.tags import MODEL_VERSION_TAG
 
 __all__ = [
     "DEFAULT_MODEL_URI",
-    "MODEL_VERSION_TAG",
     "MlflowModelRegistryResource",
     "ModelNotFoundError",
     "ResolvedModel",
 ]
-
-# A run tag that pins the registered version instead of following the alias, e.g. to reproduce a past day.
-MODEL_VERSION_TAG = "batchinfer/model_version"
 
 
 class MlflowModelRegistryResource(dg.ConfigurableResource):

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from batchinfer_assets.tags import MODEL_VERSION_TAG
 from batchinfer_assets_tests.conftest import TINY_COLUMNS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError, ModelResolutionError, make_client
-from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MODEL_VERSION_TAG, MlflowModelRegistryResource
+from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MlflowModelRegistryResource
 
 
 def _registry(store, uri: str, **kwargs) -> MlflowModelRegistryResource:

@@ -11,20 +11,8 @@ import pandas as pd
 
 from batchinfer_assets.domain import DEFAULT_SEED
 
-LANDING_COLUMNS: tuple[str, ...] = (
-    "transaction_id",
-    "event_time",
-    "customer_id",
-    "merchant_category",
-    "amount",
-    "currency",
-    "channel",
-    "country",
-)
 LABEL_COLUMN = "is_fraud"
 SHIFT_EPOCH = dt.date(2025, 1, 1)
-
-STRING_COLUMNS = ("transaction_id", "customer_id", "merchant_category", "currency", "channel", "country")
 
 CHANNELS = ("pos", "online", "atm")
 POS, ONLINE, ATM = 0, 1, 2

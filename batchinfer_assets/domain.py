@@ -28,6 +28,8 @@ BUILT_IN_DOMAIN = "batchinfer_assets.domains.card_transactions:domain"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 # Names the pipeline's own tables use beside the domain's columns.
 _RESERVED = frozenset({"dt", "score", "label", "model_name", "model_version", "reason", "labelled_at", "scoring_run_id"})
+# The seed synthetic sources draw with unless one is configured: the demo's days, labels and model.
+DEFAULT_SEED = 20250101
 
 
 class SyntheticSource(Protocol):

@@ -24,12 +24,10 @@ from batchinfer_assets.resources.model_registry import MlflowModelRegistryResour
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.retries import masked_failures
-from batchinfer_assets.sensors import REPRODUCES_TAG
 from batchinfer_assets.tables import INPUT_SNAPSHOT_ARCHIVE, PREDICTIONS
+from batchinfer_assets.tags import REPRODUCES_TAG, VERDICT_TAG
 
 REPRODUCTIONS_FOLDER = "reproductions"
-# A reproduction's run tag with its verdict once compared (beside REPRODUCES_TAG, the run it reproduces).
-VERDICT_TAG = "batchinfer/reproduction"
 _REQUIRED = ("pinned_model_uri", "model_version", "model_artifact_checksum", "input_snapshot_hash", "batch_size")
 
 

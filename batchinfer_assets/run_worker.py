@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import socket
 
-WORKER_TAG = "batchinfer/worker"
-
 
 def this_worker() -> str:
     """`host/pid/start` of this process (the start time tells a reused pid from the original)."""

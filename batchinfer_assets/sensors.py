@@ -21,10 +21,9 @@ from batchinfer_assets.model_observations import last_observed_model_version, mo
 from batchinfer_assets.resources.domain import DomainResource
 from batchinfer_assets.resources.labels_zone import LabelsResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
-from batchinfer_assets.run_worker import WORKER_TAG, is_alive
+from batchinfer_assets.run_worker import is_alive
+from batchinfer_assets.tags import REPRODUCES_TAG, TRIGGER_TAG, WORKER_TAG
 
-# The tag of `python -m batchinfer_assets.reproduce` runs (value: the run reproduced).
-REPRODUCES_TAG = "batchinfer/reproduces"
 PREDICTIONS = dg.AssetKey(tables.PREDICTIONS)
 PUBLISHED_PREDICTIONS = dg.AssetKey(tables.PUBLISHED_PREDICTIONS)
 PREDICTION_PERFORMANCE = dg.AssetKey(tables.PREDICTION_PERFORMANCE)
@@ -89,7 +88,7 @@ def publish_predictions_sensor(context: dg.SensorEvaluationContext):
         asset_graph=context.repository_def.asset_graph,
     )
     return dg.SensorResult(
-        run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "predictions"})],
+        run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={TRIGGER_TAG: "predictions"})],
         cursor=str(new_cursor),
     )
 
@@ -155,7 +154,7 @@ def prediction_performance_sensor(context: dg.SensorEvaluationContext, labels: L
         asset_graph=context.repository_def.asset_graph,
     )
     return dg.SensorResult(
-        run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={"batchinfer/trigger": "labels"})],
+        run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags={TRIGGER_TAG: "labels"})],
         cursor=new_cursor,
     )
 

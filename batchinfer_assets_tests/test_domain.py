@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,9 +13,11 @@ import pyarrow
 import pyarrow.parquet as pq
 import pytest
 
+import batchinfer_assets
 from batchinfer_assets import Domain
 from batchinfer_assets.domain import FeatureFunctionError, load_domain
 from batchinfer_assets.domains.card_transactions import domain as CARD
+from batchinfer_assets.domains.customer_churn import domain as CHURN
 from batchinfer_assets.partitions import start_date
 from batchinfer_assets.resources.labels_zone import SyntheticLabelsResource
 from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
@@ -99,6 +103,21 @@ def test_the_built_in_domains_are_selected_by_reference_and_card_transactions_is
     )
     assert load_domain(churn.domain).name == "customer_churn" and churn.model_uri == "models:/churn-predictor@champion"
     assert load_domain(None) is CARD
+
+
+@pytest.mark.parametrize("domain", [CARD, CHURN], ids=lambda domain: domain.name)
+def test_no_module_outside_domains_names_a_built_in_domains_columns_or_features(domain):
+    names = sorted({*domain.landing_columns, domain.label_column, *domain.feature_columns}, key=len, reverse=True)
+    word = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    package = Path(batchinfer_assets.__file__).parent
+    found = [
+        f"{path.relative_to(package)}:{number}: {match.group(0)}"
+        for path in sorted(package.rglob("*.py"))
+        if path.relative_to(package).parts[0] != "domains"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for match in word.finditer(line)
+    ]
+    assert found == [], f"only batchinfer_assets/domains/ may name the {domain.name} data's columns"
 
 
 def test_a_domain_without_synthetic_source_or_demo_model_asks_for_the_variables_it_needs(tmp_path, monkeypatch):

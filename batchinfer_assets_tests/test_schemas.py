@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pandera.errors import SchemaErrors
 
-from batchinfer_assets.lib.features import FEATURE_COLUMNS, build_features
+from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS, build_features
 from batchinfer_assets.lib.landing import LandingDataError
-from batchinfer_assets.lib.synthetic import generate_day
+from batchinfer_assets.domains.card_transactions.synthetic import generate_day
 from batchinfer_assets.schemas import (
     REASON_COLUMN,
     feature_schema,

@@ -78,8 +78,8 @@ def test_a_run_whose_worker_was_killed_is_marked_failed_and_a_live_one_is_not(tm
     import time
     from pathlib import Path
 
-    from batchinfer_assets.run_worker import WORKER_TAG
     from batchinfer_assets.sensors import orphaned_runs_sensor
+    from batchinfer_assets.tags import WORKER_TAG
 
     home = tmp_path / "dagster"
     home.mkdir()

@@ -792,7 +792,7 @@ def land_days(client: Any, days: list[str], rows: int) -> None:
     """The synthetic source's days as Parquet files in the S3 landing zone, one file per day."""
     import io
 
-    from batchinfer_assets.lib.synthetic import generate_day
+    from batchinfer_assets.domains.card_transactions.synthetic import generate_day
 
     for day in days:
         buffer = io.BytesIO()

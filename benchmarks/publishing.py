@@ -40,8 +40,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchinfer_assets.lib.synthetic import MERCHANT_CATEGORIES  # noqa: E402
 from batchinfer_assets.domains.card_transactions import domain as CARD  # noqa: E402
+from batchinfer_assets.domains.card_transactions.synthetic import MERCHANT_CATEGORIES  # noqa: E402
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource, _layout  # noqa: E402
 
 predictions_table = _layout(CARD).table

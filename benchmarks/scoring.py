@@ -47,7 +47,7 @@ def make_snapshot(storage: Path, rows: int, seed: int = 0) -> None:
     import numpy as np
     import pyarrow as pa
 
-    from batchinfer_assets.lib.features import FEATURE_COLUMNS
+    from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS
     from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 
     rng = np.random.default_rng(seed)

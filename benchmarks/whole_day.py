@@ -391,7 +391,7 @@ def child_plain(raw_dir: str, day: str, out_dir: str) -> dict:
     import pyarrow.parquet as pq
     from scipy.stats import ks_2samp, wasserstein_distance
 
-    from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_COLUMNS, build_features
+    from batchinfer_assets.domains.card_transactions.features import CALENDAR_FEATURES, FEATURE_COLUMNS, build_features
 
     lap("imports")
     out = Path(out_dir)

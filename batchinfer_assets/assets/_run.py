@@ -25,7 +25,7 @@ from batchinfer_assets.lib.spill import DEFAULT_DAY_CHUNK_ROWS
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.labels_zone import LabelsResource, PerformancePolicyResource
 from batchinfer_assets.resources.landing_zone import LandingZoneResource
-from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource, ResolvedModel
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource, ResolvedModel
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.resources.scoring_engine import ScoringEngineResource
 from batchinfer_assets.resources.torch_scorer import LoadedModel, TorchScorerResource
@@ -41,12 +41,7 @@ from batchinfer_assets.tables import (
     SCORING_MODEL,
     TRANSACTION_FEATURES,
 )
-
-
-# The batch size to score with (scores differ in their last bits between batch sizes); and the tag that old
-# reproduction runs used to score an archived input, refused now (reproductions run reproduce_predictions_job).
-INPUT_SNAPSHOT_HASH_TAG = "batchinfer/input_snapshot_hash"
-BATCH_SIZE_TAG = "batchinfer/batch_size"
+from batchinfer_assets.tags import BATCH_SIZE_TAG, INPUT_SNAPSHOT_HASH_TAG, MODEL_VERSION_TAG
 
 # A check's verdict counts the days of this window (up to its newest judged day) whose latest verdict failed.
 FAILING_DAYS_WINDOW = 30

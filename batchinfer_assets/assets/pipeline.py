@@ -49,15 +49,11 @@ from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, step_failure
-from batchinfer_assets.run_worker import WORKER_TAG, this_worker
+from batchinfer_assets.run_worker import this_worker
 from batchinfer_assets.tables import (
     PREDICTIONS,
 )
-
-DAYS_TAG = "batchinfer/days"
-# Where a running range is: the day and stage, and an estimate of the time left (the Runs list and the run page show it).
-PROGRESS_TAG = "batchinfer/progress"
-
+from batchinfer_assets.tags import DAYS_TAG, PROGRESS_TAG, WORKER_TAG
 
 # The stages of a day, in lineage order; each declares its assets, checks, inputs and code (`stage.Stage`).
 # Last: a bad labels file stops only the day's evaluation, after the day was scored and published.

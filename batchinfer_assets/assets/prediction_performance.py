@@ -118,6 +118,9 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     # Masks computed in Arrow: turning a million-row string column into numpy strings took 0.6 s a column.
     version_column = predictions.column("model_version")
     versions = sorted(str(v) for v in pc.unique(version_column).to_pylist())
+    # The run of the registration that scored the day, as recorded: its version number may name another model now.
+    scored = run.recorded_metadata(PREDICTIONS, state)
+    scored_run = {str(scored["model_version"]): scored.get("model_run_id") or None} if "model_version" in scored else {}
     rows: list[dict] = []
     judgements: list[Judgement] = []
     for version in versions:
@@ -127,7 +130,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         realized, estimated = performance_rows(version, scores[mine], flagged[mine], y[mine])
         rows += [realized, estimated]
         gap = estimate_gap(scores[mine], flagged[mine], y[mine], realized["roc_auc"])
-        judgements.append(_judge(run, name, version, realized, estimated, y[mine], gap))
+        judgements.append(_judge(run, name, version, scored_run.get(version), realized, estimated, y[mine], gap))
     table = pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA)
     uri = run.store.write_partition(PREDICTION_PERFORMANCE, day, table)
 
@@ -227,12 +230,19 @@ def performance_version(code_version: str, predictions_version: str, labels_hash
 
 
 def _judge(
-    run: PipelineRun, name: str, version: str, realized: dict, estimated: dict, y: np.ndarray, gap: float | None
+    run: PipelineRun,
+    name: str,
+    version: str,
+    model_run_id: str | None,
+    realized: dict,
+    estimated: dict,
+    y: np.ndarray,
+    gap: float | None,
 ) -> Judgement:
     """Realized ROC AUC when enough positive and negative rows are labelled, else the estimate, against the floor."""
     policy = run.performance_policy
     try:
-        holdout = run.model_registry.version_metric(name, version, policy.holdout_metric)
+        holdout = run.model_registry.version_metric(name, version, policy.holdout_metric, run_id=model_run_id)
     except ModelNotFoundError as error:
         # The metrics need only the predictions and the labels: a deleted version loses its hold-out figure, not its day.
         run.context.log.warning(f"{error}: no hold-out {policy.holdout_metric} to judge against; the day's metrics are still computed")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from batchinfer_assets.domain import Domain, load_domain
+from batchinfer_assets.domain import DEFAULT_SEED, Domain, load_domain
 from batchinfer_assets.lib.model_loading import (
     REFERENCE_ARTIFACT_PATH,
     ensure_experiment,
@@ -22,7 +22,6 @@ from batchinfer_assets.lib.model_loading import (
     make_client,
     mlflow_uris,
 )
-from batchinfer_assets.lib.synthetic import DEFAULT_SEED
 
 DEMO_EXPERIMENT = "batchinfer-demo"
 DEMO_ALIAS = "champion"

@@ -17,7 +17,7 @@ the current and reference samples together:
   distance is at least ``js_threshold`` (0.1). No p-value: like KS, chi-squared on tens of thousands
   of rows flags differences of a fraction of a percentage point, so big samples are judged by size.
 - **Ordinal**: a numeric column with 3 to ``max_categories`` (20) distinct values, e.g. a count such
-  as ``customer_day_distinct_countries``. Its values are ordered and the distance between them
+  as the countries a customer paid in that day. Its values are ordered and the distance between them
   means something: moving 30% of the mass from 2 to 3 is a shift, which a category table (JS,
   chi-squared) cannot see, as it only compares the heights of the bars. So it is judged like a
   continuous column (below): KS on small samples, the normalised Wasserstein distance on large ones

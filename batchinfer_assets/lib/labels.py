@@ -1,4 +1,4 @@
-"""Delayed labels: reading a day's label files, keeping the latest label per id, and the synthetic truth.
+"""Delayed labels: reading a day's label files, keeping the latest label per id, and releasing a synthetic schedule.
 
 A labels file holds the domain's id column, its 0/1 label column and `labelled_at`; the functions here take the
 two column names, so they serve any domain. Labels for a day keep arriving for weeks, as new files in the day's
@@ -22,18 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchinfer_assets.lib.landing import DayFile, LandingDataError, day_files
-from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
 
 LABELLED_AT = "labelled_at"
-
-# The card source's synthetic release schedule: a share of transactions is never labelled; the others after a
-# log-normal delay with a median of 2.5 days (about 80% within a week, 1% after 30 days), capped at 60 days.
-NEVER_LABELLED_SHARE = 0.03
-MEDIAN_DELAY_DAYS = 2.5
-DELAY_SIGMA = 1.1
-MAX_DELAY_DAYS = 60.0
-_LABELS_STREAM = 0x1ABE15
-
 
 # How far a label's `labelled_at` may lie ahead of this clock (the labelling system's clock may run a little fast);
 # beyond it the time is wrong, and a label dated years ahead would win over every real label of its id for good.
@@ -210,30 +200,6 @@ def read_label_files(
             table = pq.read_table(path, columns=list(columns))
         frames.append(conform_labels(table.to_pandas(), source=f.name, id_column=id_column, label_column=label_column))
     return latest_labels(frames, [f.name for f in files], id_column=id_column, label_column=label_column, day=day, now=now)
-
-
-def synthetic_label_schedule(day: dt.date, rows: int, seed: int) -> pd.DataFrame:
-    """The card-transactions source's schedule: every transaction of its synthetic day with its truth and when
-    that truth becomes known (NaT: never).
-
-    Ids and truth are the synthetic landing zone's own (`generate_day` with the same rows and seed); the delay
-    is drawn from its own stream of the same seed and day, so the schedule is the same in every process.
-    """
-    transactions = generate_day(day, rows, seed=seed)
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, day.toordinal(), _LABELS_STREAM])))
-    n = len(transactions)
-    delay_days = np.minimum(rng.lognormal(np.log(MEDIAN_DELAY_DAYS), DELAY_SIGMA, n), MAX_DELAY_DAYS)
-    never = rng.random(n) < NEVER_LABELLED_SHARE
-    delay = pd.to_timedelta(np.round(delay_days * 86_400e6).astype(np.int64), unit="us")
-    labelled_at = (transactions["event_time"] + delay).astype("datetime64[us, UTC]")
-    labelled_at[never] = pd.NaT
-    return pd.DataFrame(
-        {
-            "transaction_id": transactions["transaction_id"],
-            "is_fraud": transactions[LABEL_COLUMN].astype(np.int8),
-            "labelled_at": labelled_at,
-        }
-    )
 
 
 def released_by(schedule: pd.DataFrame, now: pd.Timestamp, source: str) -> pd.DataFrame:

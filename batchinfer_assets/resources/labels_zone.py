@@ -16,6 +16,7 @@ import pandas as pd
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from batchinfer_assets.domain import DEFAULT_SEED
 from batchinfer_assets.lib.labels import (
     DayLabels,
     conform_labels,
@@ -26,7 +27,6 @@ from batchinfer_assets.lib.labels import (
     released_by,
 )
 from batchinfer_assets.lib.parquet_store import is_s3_uri
-from batchinfer_assets.lib.synthetic import DEFAULT_SEED
 from batchinfer_assets.resources.table_storage import S3_FIELD_DESCRIPTION
 
 if TYPE_CHECKING:

@@ -12,10 +12,9 @@ import pandas as pd
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from batchinfer_assets.domain import Domain
+from batchinfer_assets.domain import DEFAULT_SEED, Domain
 from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame, iter_landing_day, read_landing_day
 from batchinfer_assets.lib.parquet_store import is_s3_uri
-from batchinfer_assets.lib.synthetic import DEFAULT_SEED
 from batchinfer_assets.resources.table_storage import S3_FIELD_DESCRIPTION
 
 

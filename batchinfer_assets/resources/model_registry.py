@@ -28,17 +28,14 @@ from batchinfer_assets.lib.model_loading import (
     with_version,
 )
 from batchinfer_assets.lib.redaction import redact
+from batchinfer_assets.tags import MODEL_VERSION_TAG
 
 __all__ = [
     "DEFAULT_MODEL_URI",
-    "MODEL_VERSION_TAG",
     "MlflowModelRegistryResource",
     "ModelNotFoundError",
     "ResolvedModel",
 ]
-
-# A run tag that pins the registered version instead of following the alias, e.g. to reproduce a past day.
-MODEL_VERSION_TAG = "batchinfer/model_version"
 
 
 class MlflowModelRegistryResource(dg.ConfigurableResource):
@@ -79,7 +76,7 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
     )
 
     _described: dict[str, ResolvedModel] = PrivateAttr(default_factory=dict)
-    _run_metrics: dict[tuple[str, str, str], Optional[float]] = PrivateAttr(default_factory=dict)
+    _run_metrics: dict[tuple[str, str], Optional[float]] = PrivateAttr(default_factory=dict)
 
     def _client(self):
         return make_client(self.tracking_uri, self.registry_uri)
@@ -133,26 +130,31 @@ class MlflowModelRegistryResource(dg.ConfigurableResource):
             alias=DEMO_ALIAS,
         )
 
-    def version_metric(self, name: str, version: str, metric: str) -> Optional[float]:
+    def version_metric(self, name: str, version: str, metric: str, run_id: str | None = None) -> Optional[float]:
         """A metric (e.g. `holdout_roc_auc`) logged by the run that produced a model version; None when it has none.
 
         `name` and `version` as the predictions record them: a registered name and version, or, for a model
-        scored from a `runs:/` URI, no name and the run id as the version. Cached per version: what a
-        version's run logged does not change, and a range run asks once per day.
+        scored from a `runs:/` URI, no name and the run id as the version. `run_id`, the run the predictions
+        recorded, is read when given: a model deleted and registered again reuses its version numbers, so the
+        version may name another run now. Cached per run, never per version: what a run logged does not change.
         """
-        key = (name, version, metric)
-        if key not in self._run_metrics:
-            from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException
 
-            client = self._client()
-            try:
-                run_id = client.get_model_version(name, version).run_id if name else version
-                self._run_metrics[key] = client.get_run(run_id).data.metrics.get(metric) if run_id else None
-            except MlflowException as error:
-                if is_missing_error(error):
-                    what = f"model {name!r} version {version}" if name else f"run {version}"
-                    raise ModelNotFoundError(f"{what} (named by the predictions) is not in MLflow at {redact(self.tracking_uri)}") from error
-                raise
+        recorded = run_id
+        try:
+            if not run_id:
+                run_id = self._client().get_model_version(name, version).run_id if name else version
+            if not run_id:
+                return None
+            key = (run_id, metric)
+            if key not in self._run_metrics:
+                self._run_metrics[key] = self._client().get_run(run_id).data.metrics.get(metric)
+        except MlflowException as error:
+            if is_missing_error(error):
+                what = f"model {name!r} version {version}" if name else f"run {version}"
+                what += f" (run {recorded})" if recorded and name else ""
+                raise ModelNotFoundError(f"{what} (named by the predictions) is not in MLflow at {redact(self.tracking_uri)}") from error
+            raise
         return self._run_metrics[key]
 
     def load_reference(self, resolved: ResolvedModel) -> pd.DataFrame | None:

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from batchinfer_assets.definitions import build_definitions, build_resources
-from batchinfer_assets.lib.synthetic import generate_day
+from batchinfer_assets.domains.card_transactions.synthetic import generate_day
 from batchinfer_assets.settings import Settings
 from batchinfer_assets.tables import INVALID_SHARE_CHECK
 

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, example, given, settings as hypothesis_setti
 from hypothesis import strategies as st
 
 from batchinfer_assets.definitions import build_definitions, build_resources
-from batchinfer_assets.lib.features import FEATURE_COLUMNS, build_features
+from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS, build_features
 from batchinfer_assets.lib.model_loading import ensure_experiment, log_torch_model, make_client, mlflow_uris
-from batchinfer_assets.lib.synthetic import generate_day
+from batchinfer_assets.domains.card_transactions.synthetic import generate_day
 from batchinfer_assets.schemas import split_valid_rows
 from batchinfer_assets.settings import Settings
 from batchinfer_assets.domains.card_transactions import domain as CARD

@@ -14,8 +14,8 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.model_observations import last_observed_model_version
-from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG
 from batchinfer_assets.sensors import model_version_sensor
+from batchinfer_assets.tags import MODEL_VERSION_TAG
 from batchinfer_assets_tests.assets.test_predictions import _register_version_two
 from batchinfer_assets_tests.support import materialize_pipeline, materializations
 
@@ -165,7 +165,7 @@ def _published(settings, day: str) -> list[dict]:
 def test_a_relanded_day_is_reproduced_from_its_archived_snapshot_byte_for_byte_in_its_own_folder(own_registry, demo_training, tmp_path):
     import datetime as dt
 
-    from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
+    from batchinfer_assets.domains.card_transactions.synthetic import LABEL_COLUMN, generate_day
     from batchinfer_assets.reproduce import IDENTICAL, reproduce_day
     from batchinfer_assets.sensors import publish_predictions_sensor
 

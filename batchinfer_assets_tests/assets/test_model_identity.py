@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import torch
 
 from batchinfer_assets.definitions import build_definitions, build_resources
-from batchinfer_assets.lib.features import FEATURE_COLUMNS
+from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.reproduce import CANNOT, reproduce_day
 from batchinfer_assets_tests.support import materialize_pipeline, materializations
@@ -31,8 +31,9 @@ def constant_module(probability: float) -> torch.nn.Module:
     return torch.nn.Sequential(linear, torch.nn.Sigmoid()).eval()
 
 
-def register_constant(settings, probability: float) -> str:
-    """Log and register a constant model under NAME with alias champion; the registered version."""
+def register_constant(settings, probability: float, holdout: float | None = None) -> str:
+    """Log and register a constant model under NAME with alias champion (its run logging `holdout` as
+    holdout_roc_auc when given); the registered version."""
     import mlflow
 
     from batchinfer_assets.lib.model_loading import ensure_experiment, log_torch_model, make_client, mlflow_uris
@@ -41,6 +42,8 @@ def register_constant(settings, probability: float) -> str:
     experiment_id = ensure_experiment(client, "constants", settings.artifact_location)
     example = np.random.default_rng(0).normal(size=(6, len(FEATURE_COLUMNS))).astype(np.float32)
     with mlflow_uris(settings.tracking_uri), mlflow.start_run(experiment_id=experiment_id):
+        if holdout is not None:
+            mlflow.log_metric("holdout_roc_auc", holdout)
         log_torch_model(constant_module(probability), input_columns=FEATURE_COLUMNS, example=example, registered_model_name=NAME)
     version = max(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'"))
     client.set_registered_model_alias(NAME, "champion", str(version))
@@ -102,3 +105,26 @@ def test_a_model_deleted_and_registered_again_is_scored_from_its_own_files_not_t
     assert len(published) == 1 and published[0][0] == new_checksum
     assert math.isclose(published[0][1], 0.1, rel_tol=1e-6) and math.isclose(published[0][2], 0.1, rel_tol=1e-6)
     assert runs == {first.run_id: old_checksum, second.run_id: new_checksum}
+
+
+def test_a_days_performance_is_judged_against_the_hold_out_of_the_registration_that_scored_it(pipeline_settings, tmp_path):
+    from batchinfer_assets.lib.model_loading import make_client
+
+    settings = dataclasses.replace(
+        pipeline_settings, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", model_uri=f"models:/{NAME}@champion"
+    )
+    assert register_constant(settings, 0.9, holdout=0.91) == "1"
+    registry = build_resources(settings)["model_registry"]
+    assert registry.version_metric(NAME, "1", "holdout_roc_auc") == 0.91
+    with dg.instance_for_test() as instance:
+        materialize_pipeline(build_resources(settings), DAILY[:5], partition_key=DAY, instance=instance)
+
+        make_client(settings.tracking_uri).delete_registered_model(NAME)
+        assert register_constant(settings, 0.1, holdout=0.62) == "1", "a deleted model registered again restarts at version 1"
+        # The same resource asked again: version 1 is another registration now, with its own run and metric.
+        assert registry.version_metric(NAME, "1", "holdout_roc_auc") == 0.62
+
+        # Re-evaluated with the labels known now: the day was scored by the first registration, judged by its hold-out.
+        judged = materialize_pipeline(build_resources(settings), ["prediction_performance"], partition_key=DAY, instance=instance)
+    meta = materializations(judged, "prediction_performance")[DAY].metadata
+    assert (meta["model_version"].value, meta["holdout_roc_auc"].value) == ("1", 0.91)

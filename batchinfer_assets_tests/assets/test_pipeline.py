@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from batchinfer_assets.definitions import build_definitions, build_resources
+from batchinfer_assets.domains.card_transactions.features import CALENDAR_FEATURES, FEATURE_COLUMNS
 from batchinfer_assets.lib.drift import DRIFT_COLUMNS
-from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_COLUMNS
 from batchinfer_assets.lib.hashing import table_content_hash
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.settings import Settings

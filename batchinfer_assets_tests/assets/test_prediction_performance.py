@@ -25,8 +25,9 @@ from batchinfer_assets.resources.labels_zone import (
     SyntheticLabelsResource,
 )
 from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
-from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.tables import PERFORMANCE_CHECK
+from batchinfer_assets.tags import MODEL_VERSION_TAG
 from batchinfer_assets_tests.support import (
     check_verdicts,
     materialize_pipeline,

@@ -18,10 +18,11 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from batchinfer_assets.assets.predictions import score_day, scoring_model
 from batchinfer_assets.definitions import build_definitions, build_resources
-from batchinfer_assets.lib.features import FEATURE_COLUMNS
+from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
+from batchinfer_assets.tags import MODEL_VERSION_TAG
 from batchinfer_assets_tests.support import materialize_pipeline, materializations, pipeline_resources
 
 DAY = "2025-01-02"

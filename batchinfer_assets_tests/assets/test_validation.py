@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from batchinfer_assets.assets.input_snapshot import signature_mismatches
 from batchinfer_assets.definitions import build_definitions, build_resources
-from batchinfer_assets.lib.features import FEATURE_COLUMNS, build_features
+from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS, build_features
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.lib.synthetic import generate_day
+from batchinfer_assets.domains.card_transactions.synthetic import generate_day
 from batchinfer_assets.resources.landing_zone import ParquetLandingZoneResource
 from batchinfer_assets.schemas import REASON_COLUMN, feature_schema, split_valid_rows
 from batchinfer_assets.settings import Settings

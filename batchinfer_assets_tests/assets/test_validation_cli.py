@@ -24,7 +24,7 @@ import pytest
 
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.parquet_store import STAGING_DIR, PartitionedParquetStore
-from batchinfer_assets.lib.synthetic import generate_day
+from batchinfer_assets.domains.card_transactions.synthetic import generate_day
 from batchinfer_assets.settings import Settings
 from batchinfer_assets_tests.assets.test_validation import DAY, ROW_LEVEL_BREAKAGES, UPSTREAM, land
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS
 from batchinfer_assets.lib.demo_model import FraudMLP, roc_auc, train_demo_model
-from batchinfer_assets.lib.features import FEATURE_COLUMNS
 
 
 def test_holdout_auc_and_reference_sample(demo_training):

@@ -700,8 +700,8 @@ def test_shifted_day_is_flagged_on_exactly_the_shifted_columns(n_current, n_refe
 
 
 def test_synthetic_source_slow_shift_shows_up_over_months():
-    from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_COLUMNS, build_features
-    from batchinfer_assets.lib.synthetic import generate_day
+    from batchinfer_assets.domains.card_transactions.features import CALENDAR_FEATURES, FEATURE_COLUMNS, build_features
+    from batchinfer_assets.domains.card_transactions.synthetic import generate_day
 
     columns = [c for c in FEATURE_COLUMNS if c not in CALENDAR_FEATURES]
 

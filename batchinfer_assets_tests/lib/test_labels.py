@@ -11,15 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchinfer_assets.domains.card_transactions import domain as CARD
-from batchinfer_assets.lib.labels import (
-    NEVER_LABELLED_SHARE,
-    LabelsDataError,
-    conform_labels,
-    latest_labels,
-    synthetic_label_schedule,
-)
+from batchinfer_assets.domains.card_transactions.labels import NEVER_LABELLED_SHARE
+from batchinfer_assets.lib.labels import LabelsDataError, conform_labels, latest_labels
 from batchinfer_assets.lib.landing import LandingDataError
-from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.resources.labels_zone import NoLabelsResource, ParquetLabelsResource, SyntheticLabelsResource
 from batchinfer_assets_tests.customer_days import domain as CUSTOMER_DAYS
 from batchinfer_assets_tests.customer_days import without_source as WITHOUT_SOURCE
@@ -106,23 +100,6 @@ def test_parquet_file_without_a_column_fails_naming_file_and_column(tmp_path):
     bad = _land(tmp_path, _labels(["a"], [0], ["2025-03-05"]).drop(columns="is_fraud"), "bad.parquet")
     with pytest.raises(LandingDataError, match=rf"labels file {bad}: required column\(s\) missing: is_fraud"):
         ParquetLabelsResource(uri=str(tmp_path)).labels_for(DAY, CARD)
-
-
-def test_synthetic_labels_are_the_landing_zones_truth_released_over_weeks():
-    rows = 4000
-    schedule = synthetic_label_schedule(DAY, rows, seed=5)
-    truth = generate_day(DAY, rows, seed=5)
-    assert schedule["transaction_id"].tolist() == truth["transaction_id"].tolist()
-    assert (schedule["is_fraud"].to_numpy() == truth["is_fraud"].to_numpy()).all()
-    pd.testing.assert_frame_equal(schedule, synthetic_label_schedule(DAY, rows, seed=5))
-
-    delay_days = (schedule["labelled_at"] - truth["event_time"]).dt.total_seconds() / 86_400
-    never = delay_days.isna().mean()
-    assert abs(never - NEVER_LABELLED_SHARE) < 0.01
-    known = delay_days.dropna()
-    assert (known > 0).all() and known.max() <= 60
-    # Most within a few days, a tail beyond four weeks.
-    assert 0.5 < (known <= 3).mean() < 0.75 and (known > 28).sum() > 0
 
 
 def test_synthetic_release_follows_the_clock():

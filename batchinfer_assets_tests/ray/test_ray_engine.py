@@ -14,10 +14,11 @@ import torch
 
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.resources.model_registry import MODEL_VERSION_TAG, MlflowModelRegistryResource
+from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
 from batchinfer_assets.resources.ray_engine import RayScoringEngine, ray_cluster_for
 from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.resources.torch_scorer import TorchScorerResource
+from batchinfer_assets.tags import MODEL_VERSION_TAG
 from batchinfer_assets_tests.conftest import TINY_COLUMNS, tiny_module
 from batchinfer_assets_tests.processes import free_port
 from batchinfer_assets_tests.ray.cluster import LoopbackRayCluster

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from batchinfer_assets.tags import MODEL_VERSION_TAG
 from batchinfer_assets_tests.conftest import TINY_COLUMNS
 from batchinfer_assets.lib.model_loading import ModelNotFoundError, ModelResolutionError, make_client
-from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MODEL_VERSION_TAG, MlflowModelRegistryResource
+from batchinfer_assets.resources.model_registry import DEFAULT_MODEL_URI, MlflowModelRegistryResource
 
 
 def _registry(store, uri: str, **kwargs) -> MlflowModelRegistryResource:
@@ -107,7 +108,7 @@ def test_default_uri_registers_demo_once(tmp_path):
     second = MlflowModelRegistryResource(tracking_uri=tracking_uri, artifact_location=str(artifacts)).resolve()
     assert second == first
 
-    from batchinfer_assets.lib.features import FEATURE_COLUMNS
+    from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS
     from batchinfer_assets.lib.model_loading import make_client
 
     client = make_client(tracking_uri)
@@ -252,6 +253,10 @@ def test_version_metric_reads_the_versions_run_and_names_what_is_missing(tiny_mo
     assert tiny.version_metric("", tiny_model_store.run_id, "holdout_roc_auc") is None
     with pytest.raises(ModelNotFoundError, match=r"model 'tiny-pickle' version 7 \(named by the predictions\) is not in MLflow"):
         tiny.version_metric("tiny-pickle", "7", "holdout_roc_auc")
+    # The run the predictions recorded is read, whatever the version number names now.
+    gone = "0" * 32
+    with pytest.raises(ModelNotFoundError, match=rf"model 'tiny-pickle' version 1 \(run {gone}\) \(named by the predictions\) is not in"):
+        tiny.version_metric("tiny-pickle", "1", "holdout_roc_auc", run_id=gone)
 
 
 def test_pointing_mlflow_at_a_store_leaves_no_uri_behind_for_processes_started_later(tmp_path, monkeypatch):

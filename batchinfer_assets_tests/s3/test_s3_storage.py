@@ -15,13 +15,13 @@ from dagster_aws.s3 import S3Resource
 
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.domains.card_transactions import domain as CARD
+from batchinfer_assets.domains.card_transactions.synthetic import generate_day
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.parquet_store import (
     BucketNotFoundError,
     PartitionedParquetStore,
     StorageUnavailableError,
 )
-from batchinfer_assets.lib.synthetic import generate_day
 from batchinfer_assets.resources.landing_zone import ParquetLandingZoneResource
 from batchinfer_assets_tests.processes import free_port
 from batchinfer_assets_tests.s3.conftest import REGION

@@ -12,24 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import batchinfer_assets
-from batchinfer_assets.lib.synthetic import (
-    DEFAULT_SEED,
-    LABEL_COLUMN,
-    LANDING_COLUMNS,
-    STRING_COLUMNS,
-    generate_day,
-    generate_days,
-)
+from batchinfer_assets.domain import DEFAULT_SEED
+from batchinfer_assets.domains.card_transactions.synthetic import LABEL_COLUMN, generate_day, generate_days
 from batchinfer_assets.schemas import split_valid_rows
 from batchinfer_assets.domains.card_transactions import domain as CARD
 from batchinfer_assets.resources.prediction_db import published_text_lengths
 
 CARD_LENGTHS = published_text_lengths(CARD)
+LANDING_COLUMNS = tuple(CARD.landing_columns)
 
 REPO_ROOT = Path(batchinfer_assets.__file__).resolve().parent.parent
 
@@ -69,7 +65,7 @@ def test_generated_day_has_contract_dtypes_and_passes_the_landing_schema(day, ro
     assert list(frame.columns) == [*LANDING_COLUMNS, LABEL_COLUMN]
     assert len(frame) == rows
     assert isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0
-    for column in STRING_COLUMNS:
+    for column in [c for c, kind in CARD.landing_columns.items() if kind == pa.string()]:
         assert frame[column].dtype == pd.StringDtype(), column
     assert frame["event_time"].dtype == "datetime64[us, UTC]"
     assert frame["amount"].dtype == np.float64
@@ -111,7 +107,7 @@ def test_same_arguments_give_the_same_frame_in_a_separate_process(tmp_path):
     child_file = tmp_path / "child.parquet"
     code = (
         "import datetime as dt, sys\n"
-        "from batchinfer_assets.lib.synthetic import generate_day\n"
+        "from batchinfer_assets.domains.card_transactions.synthetic import generate_day\n"
         f"generate_day(dt.date({day.year}, {day.month}, {day.day}), {rows}, seed={seed})"
         ".to_parquet(sys.argv[1], index=False)\n"
     )

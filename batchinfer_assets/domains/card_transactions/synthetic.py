@@ -9,21 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-LANDING_COLUMNS: tuple[str, ...] = (
-    "transaction_id",
-    "event_time",
-    "customer_id",
-    "merchant_category",
-    "amount",
-    "currency",
-    "channel",
-    "country",
-)
-LABEL_COLUMN = "is_fraud"
-DEFAULT_SEED = 20250101
-SHIFT_EPOCH = dt.date(2025, 1, 1)
+from batchinfer_assets.domain import DEFAULT_SEED
 
-STRING_COLUMNS = ("transaction_id", "customer_id", "merchant_category", "currency", "channel", "country")
+LABEL_COLUMN = "is_fraud"
+SHIFT_EPOCH = dt.date(2025, 1, 1)
 
 CHANNELS = ("pos", "online", "atm")
 POS, ONLINE, ATM = 0, 1, 2

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchinfer_assets.lib.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
-from batchinfer_assets.lib.synthetic import LABEL_COLUMN, generate_day
+from batchinfer_assets.domains.card_transactions.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, build_features
+from batchinfer_assets.domains.card_transactions.synthetic import LABEL_COLUMN, generate_day
 from batchinfer_assets.schemas import feature_schema
 from batchinfer_assets.domains.card_transactions import domain as CARD
 from batchinfer_assets.resources.prediction_db import published_text_lengths

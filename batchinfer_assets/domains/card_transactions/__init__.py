@@ -1,4 +1,7 @@
-"""The built-in domain: card transactions, scored for fraud (the project's default data)."""
+"""The built-in domain: card transactions, scored for fraud (the project's default data).
+
+Its synthetic source is `synthetic` (the days) and `labels` (their delayed truth); its features are `features`.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,14 @@ import pandera.pandas as pa
 import pyarrow
 
 from batchinfer_assets.domain import Domain
-from batchinfer_assets.lib import labels as labels_lib
-from batchinfer_assets.lib import synthetic
-from batchinfer_assets.lib.features import CALENDAR_FEATURES, FEATURE_DESCRIPTIONS, KNOWN_CATEGORIES, build_features
+from batchinfer_assets.domains.card_transactions import labels, synthetic
+from batchinfer_assets.domains.card_transactions.features import (
+    CALENDAR_FEATURES,
+    FEATURE_DESCRIPTIONS,
+    KNOWN_CATEGORIES,
+    build_features,
+)
 from batchinfer_assets.rules import finite, full_match, text_key
-
-CHANNELS = ("pos", "online", "atm")
 
 LANDING_COLUMNS: dict[str, pyarrow.DataType] = {
     "transaction_id": pyarrow.string(),
@@ -34,7 +39,7 @@ ROW_SCHEMA = pa.DataFrameSchema(
         "merchant_category": pa.Column(nullable=False, checks=text_key()),
         "amount": pa.Column(float, nullable=False, checks=[pa.Check.greater_than_or_equal_to(0), finite()]),
         "currency": pa.Column(nullable=False, checks=full_match("[A-Z]{3}")),
-        "channel": pa.Column(nullable=False, checks=pa.Check.isin(list(CHANNELS))),
+        "channel": pa.Column(nullable=False, checks=pa.Check.isin(list(synthetic.CHANNELS))),
         "country": pa.Column(nullable=False, checks=full_match("[A-Z]{2}")),
     },
     strict=False,
@@ -45,13 +50,13 @@ ROW_SCHEMA = pa.DataFrameSchema(
 class CardTransactionsSource:
     """Deterministic synthetic card transactions with planted fraud, and their labels released days later."""
 
-    max_label_delay_days = labels_lib.MAX_DELAY_DAYS
+    max_label_delay_days = labels.MAX_DELAY_DAYS
 
     def generate_day(self, day: dt.date, rows: int, seed: int) -> pd.DataFrame:
         return synthetic.generate_day(day, rows, seed=seed)
 
     def label_schedule(self, day: dt.date, rows: int, seed: int) -> pd.DataFrame:
-        return labels_lib.synthetic_label_schedule(day, rows, seed)
+        return labels.synthetic_label_schedule(day, rows, seed)
 
 
 domain = Domain(

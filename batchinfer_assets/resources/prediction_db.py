@@ -1,11 +1,13 @@
 """The prediction database downstream apps query.
 
-A day's rows go in as one Arrow table and are bulk-loaded without Python code per row. The table's layout comes
-from the domain: its id column (the key, with the day), the score columns, then its business columns. One
-database holds one domain's predictions.
+A day's rows go in as one Arrow table, or as a stream of them for a day too big to hold (loaded one chunk at a
+time, all in one transaction), and are bulk-loaded without Python code per row. The table's layout comes from the
+domain: its id column (the key, with the day), the score columns, then its business columns. One database holds
+one domain's predictions.
 
 PostgreSQL: one table `predictions` (primary key `(dt, id)`, indexes on the id and `(dt, score)`), loaded through
-COPY in CSV that pyarrow writes chunk by chunk, rows sorted by the id so two of its three B-trees fill in key order.
+COPY in CSV that pyarrow writes chunk by chunk, rows sorted by the id (within each of a day's chunks) so two of its
+three B-trees fill in key order.
 
 SQLite: `predictions` is a view over one table per day (`predictions_day_YYYYMMDD`, keyed by the id, indexed by
 `score`), grouped by year (`predictions_year_YYYY`). A single table cannot be loaded under SQLite's own floor of

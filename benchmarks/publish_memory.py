@@ -30,13 +30,13 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batchinfer_assets.assets._run import DayState  # noqa: E402
-from batchinfer_assets.assets.published_predictions import publishable_rows  # noqa: E402
-from batchinfer_assets.domains.card_transactions import domain as CARD  # noqa: E402
-from batchinfer_assets.lib.parquet_store import PartitionedParquetStore  # noqa: E402
-from batchinfer_assets.lib.synthetic import MERCHANT_CATEGORIES  # noqa: E402
-from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource  # noqa: E402
-from batchinfer_assets.tables import PREDICTIONS, RAW_TRANSACTIONS  # noqa: E402
+from batchinfer_assets.assets._run import DayState
+from batchinfer_assets.assets.published_predictions import publishable_rows
+from batchinfer_assets.domains.card_transactions import domain as CARD
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.synthetic import MERCHANT_CATEGORIES
+from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
+from batchinfer_assets.tables import PREDICTIONS, RAW_TRANSACTIONS
 
 DAY = "2025-01-01"
 BATCH_ROWS = 500_000
@@ -146,7 +146,7 @@ def main() -> None:
             ).stdout
             results.append({"path": label, **json.loads(out.splitlines()[-1])})
             print(json.dumps(results[-1]), flush=True)
-        print(f"\n| path | rows | seconds | RSS before (MiB) | peak RSS (MiB) |\n| --- | ---: | ---: | ---: | ---: |")
+        print("\n| path | rows | seconds | RSS before (MiB) | peak RSS (MiB) |\n| --- | ---: | ---: | ---: | ---: |")
         for r in results:
             print(f"| {r['path']} | {r['published']:,} | {r['seconds']} | {r['rss_before_mib']} | {r['peak_rss_mib']} |")
 

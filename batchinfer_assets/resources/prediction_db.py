@@ -393,8 +393,8 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
                 try:
                     _copy_csv(conn, dt, table, run_id)
                 except conn.dialect.loaded_dbapi.Error as exc:
-                    savepoint.rollback()
                     if isinstance(exc, conn.dialect.loaded_dbapi.IntegrityError):
+                        savepoint.rollback()
                         _refuse_repeated_across_chunks(dt, number, *_pg_repeated(conn, dt, table, layout), layout)
                     # The load runs on the driver's own cursor; raise what SQLAlchemy would have raised.
                     raise sa.exc.DBAPIError.instance(

@@ -175,6 +175,6 @@ STAGE = Stage(
     assets=(PUBLISHED_PREDICTIONS,),
     day=publish_day,
     specs=lambda domain: [PUBLISHED_PREDICTIONS_SPEC],
-    reads=(PREDICTIONS,),
+    reads=(PREDICTIONS, RAW_TRANSACTIONS),
     domain_declaration=True,
 )

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from batchinfer_assets.assets.published_predictions import joined_by_bucket, joined_rows
 from batchinfer_assets.definitions import build_definitions, build_resources
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.lib.spill import bucket_of
 from batchinfer_assets_tests.support import materializations
 
@@ -145,3 +146,26 @@ def test_a_day_published_in_chunks_of_7_rows_is_the_same_in_the_database_as_in_o
     expected = _published(pipeline_settings.predictions_db_url)
     assert len(expected) == rows and expected["scoring_run_id"].notna().all()
     pd.testing.assert_frame_equal(_published(chunked_settings.predictions_db_url), expected)
+
+
+def test_publishing_a_day_whose_raw_rows_are_gone_names_them_and_what_to_run(pipeline_settings):
+    day = "2025-01-03"
+    defs = build_definitions(pipeline_settings)
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    resources = build_resources(pipeline_settings)
+    with dg.instance_for_test() as instance:
+        upstream = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot", "predictions"]
+        dg.materialize(assets, resources=resources, partition_key=day, instance=instance, selection=upstream)
+        PartitionedParquetStore(pipeline_settings.storage_uri).delete_partition("raw_transactions", day)
+        result = dg.materialize(
+            assets,
+            resources=resources,
+            partition_key=day,
+            instance=instance,
+            selection=dg.AssetSelection.assets("published_predictions"),
+            raise_on_error=False,
+        )
+    assert not result.success
+    failure = result.failure_data_for_node("daily_pipeline").error.message
+    assert f"raw_transactions for {day} is not in storage (never materialized)" in failure
+    assert f"dg launch --assets '+published_predictions' --partition {day}" in failure

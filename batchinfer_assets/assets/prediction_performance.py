@@ -24,17 +24,12 @@ from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib import labels as labels_lib
 from batchinfer_assets.lib import performance as performance_lib
-from batchinfer_assets.lib.hashing import table_content_hash
+from batchinfer_assets.lib.hashing import ContentHasher, table_content_hash
 from batchinfer_assets.lib.labels import DayLabels, labels_table
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
-from batchinfer_assets.lib.performance import (
-    ECE_BINS,
-    ESTIMATED,
-    PERFORMANCE_COLUMNS,
-    REALIZED,
-    estimated_metrics,
-    performance_rows,
-)
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.performance import ECE_BINS, ESTIMATED, PERFORMANCE_COLUMNS, REALIZED, VersionPerformance
+from batchinfer_assets.lib.spill import DayBuckets, bucket_count
 from batchinfer_assets.tables import PERFORMANCE_CHECK, PREDICTION_PERFORMANCE, PREDICTIONS
 
 PERFORMANCE_SCHEMA = pa.schema(
@@ -47,6 +42,10 @@ PERFORMANCE_SCHEMA = pa.schema(
         *((name, pa.float64()) for name in PERFORMANCE_COLUMNS[5:]),
     ]
 )
+# A day's predictions as its metrics need them: version (a code in order of appearance), score, flagged, label or -1.
+_ENCODED = pa.schema([("version", pa.int32()), ("score", pa.float64()), ("flagged", pa.int8()), ("y", pa.int8())])
+# Rows read from storage at a time when a day is evaluated in score ranges.
+_READ_ROWS = 1 << 20
 # The labels the evaluation saw, as the re-evaluation sensor compares them.
 LABELS_FINGERPRINT_KEY = "labels_fingerprint"
 # How many labels were read, positive, and set aside by kind (unknown ids, duplicates, contradictory, misdated).
@@ -105,31 +104,30 @@ class Judgement:
 def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Join the day's predictions with its known labels, store the metrics per model version, and judge them."""
     day, domain = state.day, run.domain
-    predictions = run.store.read_partition(
-        PREDICTIONS, day, columns=[domain.id_column, "score", "label", "model_name", "model_version"]
-    )
     # Taken before the read: a file landing meanwhile changes the fingerprint, and the sensor evaluates the day again.
     fingerprint = run.labels.label_files_fingerprint(state.date, domain)
     known = run.labels.labels_for(state.date, domain)
-    y, unknown_ids = join_labels(predictions.column(domain.id_column), known)
+    recorded_version = run.latest_version(PREDICTIONS, day, state)
+    tally = _Tally(domain, known, hash_predictions=recorded_version is None)
+    rows_scored = run.store.row_count(PREDICTIONS, day)
+    if rows_scored <= run.day_chunk_rows:
+        tally.feed(tally.encode(run.store.read_partition(PREDICTIONS, day, columns=tally.columns)))
+    else:
+        _feed_by_score_range(run, day, tally, rows_scored)
 
-    scores = predictions.column("score").to_numpy().astype(np.float64)
-    flagged = predictions.column("label").to_numpy()
-    # Masks computed in Arrow: turning a million-row string column into numpy strings took 0.6 s a column.
-    version_column = predictions.column("model_version")
-    versions = sorted(str(v) for v in pc.unique(version_column).to_pylist())
+    versions = sorted(tally.versions)
     rows: list[dict] = []
     judgements: list[Judgement] = []
     for version in versions:
-        selected = pc.equal(version_column, version)
-        mine = selected.to_numpy()
-        name = predictions.column("model_name").filter(selected)[0].as_py() or ""
-        realized, estimated = performance_rows(version, scores[mine], flagged[mine], y[mine])
+        performance = tally.versions[version]
+        realized, estimated = performance.rows()
         rows += [realized, estimated]
-        gap = estimate_gap(scores[mine], flagged[mine], y[mine], realized["roc_auc"])
-        judgements.append(_judge(run, name, version, realized, estimated, y[mine], gap))
+        judgements.append(_judge(run, tally.names[version], performance, realized, estimated))
     table = pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA)
     uri = run.store.write_partition(PREDICTION_PERFORMANCE, day, table)
+    n_predictions = sum(p.realized.rows + p.estimated.rows for p in tally.versions.values())
+    n_labelled = sum(p.realized.rows for p in tally.versions.values())
+    positives = round(sum(p.realized.positives for p in tally.versions.values()))
 
     below = [j for j in judgements if j.below]
     if not judgements:
@@ -138,7 +136,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         verdict = ("PERFORMANCE BELOW FLOOR: " if below else "performance within floor: ") + "; ".join(j.sentence() for j in judgements)
     latest = known.latest_labelled_at
     run.context.log.info(
-        f"{day}: {int((y >= 0).sum())} of {len(y)} scored {domain.rows_name} labelled ({domain.label_column}), latest label {latest.isoformat() if latest is not None else 'none yet'}; {verdict}"
+        f"{day}: {n_labelled} of {n_predictions} scored {domain.rows_name} labelled ({domain.label_column}), latest label {latest.isoformat() if latest is not None else 'none yet'}; {verdict}"
     )
     if below:
         run.context.log.warning(f"{day}: {verdict}")
@@ -147,14 +145,14 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     headline = _headline(rows[2 * main], rows[2 * main + 1], judgements[main]) if main is not None else {}
     metadata: dict[str, object] = {
         **headline,
-        "n_predictions": len(y),
-        "n_labelled": int((y >= 0).sum()),
+        "n_predictions": n_predictions,
+        "n_labelled": n_labelled,
         # One entry, not seven numbers: the Plots tab draws every number, and these are zero on a good day.
         LABEL_COUNTS_KEY: dg.MetadataValue.json(
             {
                 "read": known.rows_read,
-                "positives": int((y == 1).sum()),
-                "unknown_ids": unknown_ids,
+                "positives": positives,
+                "unknown_ids": tally.unknown_ids,
                 "duplicates": known.duplicates,
                 "contradictory": known.contradictory,
                 "in_future": known.future,
@@ -171,9 +169,9 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         "performance": dg.MetadataValue.md(performance_markdown(rows)),
         "uri": dg.MetadataValue.path(uri),
     }
-    if unknown_ids:
+    if tally.unknown_ids:
         run.context.log.warning(
-            f"{day}: {unknown_ids} label(s) name {domain.rows_name} that were not scored ({domain.id_column} not in the "
+            f"{day}: {tally.unknown_ids} label(s) name {domain.rows_name} that were not scored ({domain.id_column} not in the "
             "day's predictions); counted, not joined"
         )
     if known.future or known.before_day:
@@ -183,7 +181,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "labelling export"
         )
     # Re-landed labels change the content hash, so the day gets a new data version even with the same predictions.
-    predictions_version = run.latest_version(PREDICTIONS, day, state) or table_content_hash(predictions)
+    predictions_version = recorded_version or tally.predictions_hash()
     yield run.materialization(
         PREDICTION_PERFORMANCE,
         state,
@@ -208,17 +206,100 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     )
 
 
-def join_labels(ids: pa.ChunkedArray, known: DayLabels) -> tuple[np.ndarray, int]:
-    """Each prediction's label (-1 where none is known yet), and how many labels name ids that were not scored."""
-    label_ids = pa.array(known.labels[known.id_column]).cast(ids.type)
-    position = pc.index_in(ids, value_set=label_ids)
-    y = np.full(len(ids), -1, dtype=np.int8)
-    found = position.is_valid().to_numpy(zero_copy_only=False)
-    if found.any():
-        truth = known.labels[known.label_column].to_numpy(dtype=np.int8)
-        y[found] = truth[position.drop_null().to_numpy()]
-    unknown = len(label_ids) - int(pc.sum(pc.is_in(label_ids, value_set=ids)).as_py() or 0)
-    return y, unknown
+class _Tally:
+    """The day's predictions joined to its known labels piece by piece, and their metrics per model version."""
+
+    def __init__(self, domain: Domain, known: DayLabels, hash_predictions: bool) -> None:
+        self.columns = [domain.id_column, "score", "label", "model_name", "model_version"]
+        self.versions: dict[str, VersionPerformance] = {}
+        self.names: dict[str, str] = {}
+        self._known = known
+        self._label_ids: pa.Array | None = None
+        self._truth = known.labels[known.label_column].to_numpy(dtype=np.int8)
+        self._matched = np.zeros(len(self._truth), dtype=bool)
+        self._codes: dict[str, int] = {}
+        self._hasher = ContentHasher() if hash_predictions else None
+
+    def encode(self, predictions: pa.Table | pa.RecordBatch) -> pa.Table:
+        """A piece of the day's predictions (in `columns`) as (version code, score, flagged, label or -1), in its order."""
+        ids = predictions.column(self.columns[0])
+        if self._label_ids is None:
+            self._label_ids = pa.array(self._known.labels[self._known.id_column]).cast(ids.type)
+        # The labels are one row per id: the labels an id matches are the labels that name a scored id.
+        position = pc.index_in(ids, value_set=self._label_ids)
+        y = np.full(len(ids), -1, dtype=np.int8)
+        found = position.is_valid().to_numpy(zero_copy_only=False)
+        matched = position.drop_null().to_numpy()
+        y[found] = self._truth[matched]
+        self._matched[matched] = True
+        # Versions coded in Arrow: turning a million-row string column into numpy strings took 0.6 s a column.
+        versions = predictions.column("model_version")
+        present = pc.unique(versions)
+        local = pc.index_in(versions, value_set=present).to_numpy(zero_copy_only=False)
+        codes = np.empty(len(present), dtype=np.int32)
+        for k, value in enumerate(present.to_pylist()):
+            version = str(value)
+            if version not in self._codes:
+                self._codes[version] = len(self._codes)
+                self.versions[version] = VersionPerformance(version)
+                self.names[version] = predictions.column("model_name")[int(np.argmax(local == k))].as_py() or ""
+            codes[k] = self._codes[version]
+        if self._hasher is not None:
+            self._hasher.update(predictions)
+        return pa.table(
+            [
+                pa.array(codes[local]),
+                pa.array(predictions.column("score").to_numpy(zero_copy_only=False).astype(np.float64)),
+                pa.array(predictions.column("label").to_numpy(zero_copy_only=False).astype(np.int8)),
+                pa.array(y),
+            ],
+            schema=_ENCODED,
+        )
+
+    def feed(self, piece: pa.Table) -> None:
+        """Encoded rows to their versions' metrics; each piece scored at or below every earlier one."""
+        codes, scores, flagged, y = (piece.column(c).to_numpy() for c in _ENCODED.names)
+        versions = list(self._codes)
+        for code in np.unique(codes):
+            mine = codes == code
+            self.versions[versions[code]].add(scores[mine], flagged[mine], y[mine])
+
+    @property
+    def unknown_ids(self) -> int:
+        """Labels that name ids that were not scored."""
+        return int(len(self._matched) - self._matched.sum())
+
+    def predictions_hash(self) -> str:
+        """The content hash of the predictions' columns read, for a day whose predictions have no recorded version."""
+        assert self._hasher is not None
+        return self._hasher.hexdigest()
+
+
+def _feed_by_score_range(run: PipelineRun, day: str, tally: _Tally, rows: int) -> None:
+    """A day of more than `day_chunk_rows` predictions to the tally in buckets of score ranges spilled to local disk,
+    from the highest range down: tied scores always share a bucket, so the metrics are those of the whole day."""
+    cuts = _score_cuts(run.store, day, bucket_count(rows, run.day_chunk_rows))
+    run.context.log.info(
+        f"{day}: {rows:,} predictions, over day_chunk_rows={run.day_chunk_rows:,}: evaluated in {len(cuts) + 1} score ranges"
+    )
+    with DayBuckets(len(cuts) + 1, _ENCODED, run.spill_dir) as buckets:
+        batches = run.store.iter_batches(PREDICTIONS, day, batch_size=min(run.day_chunk_rows, _READ_ROWS), columns=tally.columns)
+        for batch in batches:
+            piece = tally.encode(batch)
+            # Bucket 0 holds the highest scores: buckets are read back in their order.
+            buckets.add(piece, len(cuts) - np.searchsorted(cuts, piece.column("score").to_numpy(), side="right"))
+        for part in buckets:
+            tally.feed(part)
+
+
+def _score_cuts(store: PartitionedParquetStore, day: str, parts: int) -> np.ndarray:
+    """Scores that split the day's into about `parts` ranges of equal size: quantiles of every `parts`-th score."""
+    sample, seen = [], 0
+    for batch in store.iter_batches(PREDICTIONS, day, batch_size=_READ_ROWS, columns=["score"]):
+        scores = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        sample.append(scores[(-seen) % parts :: parts])
+        seen += len(scores)
+    return np.unique(np.quantile(np.concatenate(sample), np.arange(1, parts) / parts))
 
 
 def performance_version(code_version: str, predictions_version: str, labels_hash: str) -> str:
@@ -226,19 +307,18 @@ def performance_version(code_version: str, predictions_version: str, labels_hash
     return hashlib.sha256("\0".join((code_version, predictions_version, labels_hash)).encode()).hexdigest()[:24]
 
 
-def _judge(
-    run: PipelineRun, name: str, version: str, realized: dict, estimated: dict, y: np.ndarray, gap: float | None
-) -> Judgement:
+def _judge(run: PipelineRun, name: str, performance: VersionPerformance, realized: dict, estimated: dict) -> Judgement:
     """Realized ROC AUC when enough positive and negative rows are labelled, else the estimate, against the floor."""
     policy = run.performance_policy
     try:
-        holdout = run.model_registry.version_metric(name, version, policy.holdout_metric)
+        holdout = run.model_registry.version_metric(name, performance.model_version, policy.holdout_metric)
     except ModelNotFoundError as error:
         # The metrics need only the predictions and the labels: a deleted version loses its hold-out figure, not its day.
         run.context.log.warning(f"{error}: no hold-out {policy.holdout_metric} to judge against; the day's metrics are still computed")
         holdout = None
     floor = holdout - policy.tolerance if holdout is not None else policy.absolute_floor
-    positives, negatives = int((y == 1).sum()), int((y == 0).sum())
+    version, gap = performance.model_version, performance.estimate_gap()
+    positives, negatives = int(performance.realized.positives), int(performance.realized.negatives)
     if min(positives, negatives) >= policy.min_labelled_positives and realized["roc_auc"] is not None:
         return Judgement(version, realized["roc_auc"], REALIZED, floor, holdout, gap)
     basis = estimate_basis(run.domain, positives, negatives, policy.min_labelled_positives)
@@ -258,19 +338,6 @@ def calibration_note(domain: Domain) -> str:
         f"estimated = CBPE on the unlabelled rows (each score taken as P({domain.label_column}=1)): valid only if the "
         f"model is calibrated; ece over {ECE_BINS} equal-width score bins; 95% ROC AUC interval by Hanley-McNeil"
     )
-
-
-def estimate_gap(scores: np.ndarray, flagged: np.ndarray, y: np.ndarray, realized_auc: float | None) -> float | None:
-    """How far the estimate misses on rows whose labels are known: CBPE's ROC AUC of the labelled rows minus their realized one.
-
-    Near 0 when the scores behave as probabilities; a steady gap says the estimate for the unlabelled rows is
-    off by about as much (the demo model's is about -0.05: it is not calibrated).
-    """
-    labelled = y >= 0
-    if realized_auc is None:
-        return None
-    estimated = estimated_metrics(scores[labelled], flagged[labelled]).roc_auc
-    return None if estimated is None else estimated - realized_auc
 
 
 def _headline(realized: dict, estimated: dict, judgement: Judgement) -> dict[str, object]:

@@ -259,8 +259,12 @@ class _Tally:
     def feed(self, piece: pa.Table) -> None:
         """Encoded rows to their versions' metrics; each piece scored at or below every earlier one."""
         codes, scores, flagged, y = (piece.column(c).to_numpy() for c in _ENCODED.names)
-        versions = list(self._codes)
-        for code in np.unique(codes):
+        versions, present = list(self._codes), np.unique(codes)
+        if len(present) == 1:
+            # The usual day: one version, no copies.
+            self.versions[versions[present[0]]].add(scores, flagged, y)
+            return
+        for code in present:
             mine = codes == code
             self.versions[versions[code]].add(scores[mine], flagged[mine], y[mine])
 

@@ -24,6 +24,8 @@ REALIZED = "realized"
 ESTIMATED = "estimated"
 # Expected calibration error over equal-width score bins [0, 0.1), [0.1, 0.2), ... [0.9, 1.0].
 ECE_BINS = 10
+# Rows of sorted scores turned into curve steps at a time.
+_WALK_ROWS = 1 << 18
 # Two-sided 95% normal quantile for the ROC AUC interval.
 Z_95 = 1.959963984540054
 
@@ -86,6 +88,13 @@ class _RankedCurve:
         if self.open_score is not None and ordered[0] > self.open_score:
             raise ValueError(f"rows scored up to {ordered[0]} added after rows scored {self.open_score}: feed pieces from the highest score down")
         mass = positive[order]
+        del order
+        # Walked in blocks, so the running sums' arrays stay small however big the piece.
+        for start in range(0, ordered.size, _WALK_ROWS):
+            self._walk(ordered[start : start + _WALK_ROWS], mass[start : start + _WALK_ROWS])
+
+    def _walk(self, ordered: np.ndarray, mass: np.ndarray) -> None:
+        """Rows already in descending order of score, the first not above the open step's score."""
         # Started from the carried mass, the running sums are those of one cumulative sum over every row so far.
         tp = np.cumsum(np.r_[self.open_tp, mass])[1:]
         fp = np.cumsum(np.r_[self.open_fp, 1.0 - mass])[1:]

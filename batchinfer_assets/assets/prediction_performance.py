@@ -5,7 +5,9 @@ Labels arrive days to weeks after a row's day, so a day is evaluated again whene
 scores alone (CBPE, see `lib/performance.py`), which holds only for a calibrated model. The day's model
 version comes from its predictions, never from the run's model: this stage loads no model, and a day scored
 by an older version is judged against that version's own hold-out figure. Predictions and labels are joined on the
-domain's id column; the label is the domain's label column.
+domain's id column; the label is the domain's label column. A day of more predictions than `day_chunk_rows` is streamed,
+joined batch by batch and spilled into buckets of score ranges, evaluated from the highest range down: the same figures
+as the whole day's, in the memory of one bucket (the day's labels are still held whole).
 """
 
 from __future__ import annotations
@@ -104,12 +106,12 @@ class Judgement:
 def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Join the day's predictions with its known labels, store the metrics per model version, and judge them."""
     day, domain = state.day, run.domain
+    rows_scored = run.store.row_count(PREDICTIONS, day)
     # Taken before the read: a file landing meanwhile changes the fingerprint, and the sensor evaluates the day again.
     fingerprint = run.labels.label_files_fingerprint(state.date, domain)
     known = run.labels.labels_for(state.date, domain)
     recorded_version = run.latest_version(PREDICTIONS, day, state)
     tally = _Tally(domain, known, hash_predictions=recorded_version is None)
-    rows_scored = run.store.row_count(PREDICTIONS, day)
     if rows_scored <= run.day_chunk_rows:
         tally.feed(tally.encode(run.store.read_partition(PREDICTIONS, day, columns=tally.columns)))
     else:
@@ -297,7 +299,7 @@ def _feed_by_score_range(run: PipelineRun, day: str, tally: _Tally, rows: int) -
 
 
 def _score_cuts(store: PartitionedParquetStore, day: str, parts: int) -> np.ndarray:
-    """Scores that split the day's into about `parts` ranges of equal size: quantiles of every `parts`-th score."""
+    """Scores that split the day's scores into about `parts` ranges of equal size: quantiles of every `parts`-th score."""
     sample, seen = [], 0
     for batch in store.iter_batches(PREDICTIONS, day, batch_size=_READ_ROWS, columns=["score"]):
         scores = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)

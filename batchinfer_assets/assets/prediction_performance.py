@@ -227,13 +227,7 @@ class _Tally:
         ids = predictions.column(self.columns[0])
         if self._label_ids is None:
             self._label_ids = pa.array(self._known.labels[self._known.id_column]).cast(ids.type)
-        # The labels are one row per id: the labels an id matches are the labels that name a scored id.
-        position = pc.index_in(ids, value_set=self._label_ids)
-        y = np.full(len(ids), -1, dtype=np.int8)
-        found = position.is_valid().to_numpy(zero_copy_only=False)
-        matched = position.drop_null().to_numpy()
-        y[found] = self._truth[matched]
-        self._matched[matched] = True
+        y = self._join(ids)
         # Versions coded in Arrow: turning a million-row string column into numpy strings took 0.6 s a column.
         versions = predictions.column("model_version")
         present = pc.unique(versions)
@@ -257,6 +251,25 @@ class _Tally:
             ],
             schema=_ENCODED,
         )
+
+    def _join(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each id's label (-1 where none is known yet), marking the labels (one per id) that name a scored id."""
+        assert self._label_ids is not None
+        y = np.full(len(ids), -1, dtype=np.int8)
+        # The smaller side is hashed: a batch of a big day has fewer ids than the day has labels (hashing the labels
+        # again for each of a 10M-row day's batches made the day in batches 60% slower than whole). Only for ids
+        # that are each there once, as the pipeline writes them: a repeated id gets its label at every occurrence.
+        if len(ids) < len(self._label_ids) and pc.count_distinct(ids, mode="all").as_py() == len(ids):
+            row = pc.index_in(self._label_ids, value_set=ids)
+            found = row.is_valid().to_numpy(zero_copy_only=False)
+            y[row.drop_null().to_numpy()] = self._truth[found]
+            self._matched |= found
+            return y
+        position = pc.index_in(ids, value_set=self._label_ids)
+        matched = position.drop_null().to_numpy()
+        y[position.is_valid().to_numpy(zero_copy_only=False)] = self._truth[matched]
+        self._matched[matched] = True
+        return y
 
     def feed(self, piece: pa.Table) -> None:
         """Encoded rows to their versions' metrics; each piece scored at or below every earlier one."""

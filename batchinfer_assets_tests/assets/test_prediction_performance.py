@@ -459,7 +459,7 @@ def _evaluate_with_chunk(storage: Path, registry, labels_root: Path, chunk: int)
     return rows.sort_values(["model_version", "kind"]).reset_index(drop=True), materializations(result, PERFORMANCE)[DAY], logs
 
 
-def _assert_same_whole_and_in_ranges(storage: Path, registry, labels_root: Path, rows: int) -> None:
+def _assert_same_whole_and_in_ranges(storage: Path, registry, labels_root: Path, rows: int) -> pd.DataFrame:
     whole, whole_event, whole_logs = _evaluate_with_chunk(storage, registry, labels_root, 10_000_000)
     split, split_event, split_logs = _evaluate_with_chunk(storage, registry, labels_root, SMALL_CHUNK)
 
@@ -475,6 +475,7 @@ def _assert_same_whole_and_in_ranges(storage: Path, registry, labels_root: Path,
             assert whole_meta[key].value == split_meta[key].value, key
     # No recorded predictions version in these runs: the data version hashes the predictions, streamed or whole alike.
     assert whole_event.tags["dagster/data_version"] == split_event.tags["dagster/data_version"]
+    return whole
 
 
 def _land_truth(labels_root: Path, ids: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> None:
@@ -516,6 +517,9 @@ def test_tied_scores_of_two_versions_over_day_chunk_rows_get_the_rows_of_the_who
     # Scores on a grid of 0.05: every score is shared by many rows, more than a score range's worth for the lowest.
     scores = np.round(rng.beta(0.7, 3.0, rows) * 20) / 20
     ids = np.array([f"{DAY}-{i:06d}" for i in range(rows)])
+    # Ids the pipeline would have quarantined, written by hand: repeated within one read batch and across two. Each
+    # occurrence gets the id's label, in pieces as whole.
+    ids[11], ids[2600] = ids[10], ids[3]
     frame = pd.DataFrame(
         {
             "transaction_id": ids,
@@ -526,6 +530,9 @@ def test_tied_scores_of_two_versions_over_day_chunk_rows_get_the_rows_of_the_who
         }
     )
     PartitionedParquetStore(tmp_path / "storage").write_partition("predictions", DAY, pa.Table.from_pandas(frame, preserve_index=False))
-    _land_truth(tmp_path / "labels", ids, scores, rng)
+    _land_truth(tmp_path / "labels", np.unique(ids), scores[np.unique(ids, return_index=True)[1]], rng)
+    _land_labels(tmp_path / "labels", DAY, "part-3.parquet", [ids[10], ids[3]], [1, 0], "2025-03-25")
 
-    _assert_same_whole_and_in_ranges(tmp_path / "storage", unloadable_registry, tmp_path / "labels", rows)
+    whole = _assert_same_whole_and_in_ranges(tmp_path / "storage", unloadable_registry, tmp_path / "labels", rows)
+    labelled = set(pq.read_table(tmp_path / "labels" / f"dt={DAY}").column("transaction_id").to_pylist())
+    assert whole["n_labelled"].sum() == 2 * np.isin(ids, list(labelled)).sum(), "every occurrence of a labelled id, in both rows"

@@ -117,30 +117,17 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     else:
         _feed_by_score_range(run, day, tally, rows_scored)
 
-<<<<<<< HEAD
-    scores = predictions.column("score").to_numpy().astype(np.float64)
-    flagged = predictions.column("label").to_numpy()
-    # Masks computed in Arrow: turning a million-row string column into numpy strings took 0.6 s a column.
-    version_column = predictions.column("model_version")
-    versions = sorted(str(v) for v in pc.unique(version_column).to_pylist())
+    versions = sorted(tally.versions)
     # The run of the registration that scored the day, as recorded: its version number may name another model now.
     scored = run.recorded_metadata(PREDICTIONS, state)
     scored_run = {str(scored["model_version"]): scored.get("model_run_id") or None} if "model_version" in scored else {}
-=======
-    versions = sorted(tally.versions)
->>>>>>> perf25
     rows: list[dict] = []
     judgements: list[Judgement] = []
     for version in versions:
         performance = tally.versions[version]
         realized, estimated = performance.rows()
         rows += [realized, estimated]
-<<<<<<< HEAD
-        gap = estimate_gap(scores[mine], flagged[mine], y[mine], realized["roc_auc"])
-        judgements.append(_judge(run, name, version, scored_run.get(version), realized, estimated, y[mine], gap))
-=======
-        judgements.append(_judge(run, tally.names[version], performance, realized, estimated))
->>>>>>> perf25
+        judgements.append(_judge(run, tally.names[version], scored_run.get(version), performance, realized, estimated))
     table = pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA)
     uri = run.store.write_partition(PREDICTION_PERFORMANCE, day, table)
     n_predictions = sum(p.realized.rows + p.estimated.rows for p in tally.versions.values())
@@ -342,28 +329,15 @@ def performance_version(code_version: str, predictions_version: str, labels_hash
     return hashlib.sha256("\0".join((code_version, predictions_version, labels_hash)).encode()).hexdigest()[:24]
 
 
-<<<<<<< HEAD
 def _judge(
-    run: PipelineRun,
-    name: str,
-    version: str,
-    model_run_id: str | None,
-    realized: dict,
-    estimated: dict,
-    y: np.ndarray,
-    gap: float | None,
+    run: PipelineRun, name: str, model_run_id: str | None, performance: VersionPerformance, realized: dict, estimated: dict
 ) -> Judgement:
     """Realized ROC AUC when enough positive and negative rows are labelled, else the estimate, against the floor."""
     policy = run.performance_policy
     try:
-        holdout = run.model_registry.version_metric(name, version, policy.holdout_metric, run_id=model_run_id)
-=======
-def _judge(run: PipelineRun, name: str, performance: VersionPerformance, realized: dict, estimated: dict) -> Judgement:
-    """Realized ROC AUC when enough positive and negative rows are labelled, else the estimate, against the floor."""
-    policy = run.performance_policy
-    try:
-        holdout = run.model_registry.version_metric(name, performance.model_version, policy.holdout_metric)
->>>>>>> perf25
+        holdout = run.model_registry.version_metric(
+            name, performance.model_version, policy.holdout_metric, run_id=model_run_id
+        )
     except ModelNotFoundError as error:
         # The metrics need only the predictions and the labels: a deleted version loses its hold-out figure, not its day.
         run.context.log.warning(f"{error}: no hold-out {policy.holdout_metric} to judge against; the day's metrics are still computed")

@@ -204,8 +204,9 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         severity=dg.AssetCheckSeverity.WARN,
         description=verdict,
         metadata={
-            **{k: v for k, v in judged.items() if k in ("judged_roc_auc", "floor", "holdout_roc_auc")},
-            **{k: v for k, v in headline.items() if k == "label_coverage"},
+            # Numbers are drawn as the check's plots, sorted by key: the judged figure first, the flat floor in `judgement`.
+            **{k: v for k, v in judged.items() if k == "judged_roc_auc"},
+            **{k: v for k, v in headline.items() if k in ("label_coverage", JUDGEMENT_KEY)},
             "judged_on": dg.MetadataValue.json({j.model_version: j.basis for j in judgements}),
         },
     )

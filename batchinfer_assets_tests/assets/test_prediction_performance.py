@@ -373,6 +373,10 @@ def test_planted_fraud_scores_near_the_holdout_auc_and_a_broken_version_warns(tm
     meta = materializations(broken, PERFORMANCE)[BROKEN_DAY].metadata
     assert meta["judgement"].value["floor"] == pytest.approx(holdout - 0.05)
     assert meta["roc_auc"].value < meta["judgement"].value["floor"]
+    # The check's plots (its numbers, sorted by key) open on the judged figure, not on the flat floor.
+    plotted = sorted(k for k, v in evaluation.metadata.items() if isinstance(v, (dg.FloatMetadataValue, dg.IntMetadataValue)))
+    assert plotted == ["judged_roc_auc", "label_coverage"]
+    assert evaluation.metadata["judgement"].value == meta["judgement"].value
 
 
 # --- another domain: customers labelled `churned` -------------------------------------------------------------------

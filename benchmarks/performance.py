@@ -134,7 +134,14 @@ def evaluate(workdir: Path, days: list[str], version: str, day_chunk_rows: int |
         "sum_days_s": round(float(per_day.sum()), 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "last_day": {
-            **{k: meta[k].value for k in ("n_predictions", "n_labelled", "roc_auc", "estimated_roc_auc")},
+            "n_predictions": meta["label_counts"].value["predictions"],
+            "n_labelled": meta["label_counts"].value["labelled"],
+            "roc_auc": meta["roc_auc"].value,
+            "estimated_roc_auc": next(
+                row["roc_auc"]
+                for row in pq.read_table(workdir / "storage" / "prediction_performance" / f"dt={days[-1]}").to_pylist()
+                if row["kind"] == "estimated"
+            ),
             **{f"labels_{k}": meta["label_counts"].value[k] for k in ("unknown_ids", "duplicates", "contradictory")},
         },
     }

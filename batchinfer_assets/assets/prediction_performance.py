@@ -52,6 +52,8 @@ _READ_ROWS = 1 << 20
 LABELS_FINGERPRINT_KEY = "labels_fingerprint"
 # How many labels were read, positive, and set aside by kind (unknown ids, duplicates, contradictory, misdated).
 LABEL_COUNTS_KEY = "label_counts"
+# What `performance_within_floor` compared (the judged ROC AUC, the floor and what it came from, the estimate's gap).
+JUDGEMENT_KEY = "judgement"
 
 PREDICTION_PERFORMANCE_SPEC = dg.AssetSpec(
     PREDICTION_PERFORMANCE,
@@ -145,16 +147,16 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     )
     if below:
         run.context.log.warning(f"{day}: {verdict}")
-    # The day's headline figures, one number each, for the Plots tab: the version that scored most rows.
+    # The day's headline figures for the version that scored most rows; only they are numbers (see `_headline`).
     main = max(range(len(judgements)), key=lambda k: rows[2 * k]["n_predictions"], default=None)
-    headline = _headline(rows[2 * main], rows[2 * main + 1], judgements[main]) if main is not None else {}
+    headline = _headline(rows[2 * main], judgements[main], run.performance_policy.tolerance) if main is not None else {}
     metadata: dict[str, object] = {
         **headline,
-        "n_predictions": n_predictions,
-        "n_labelled": n_labelled,
-        # One entry, not seven numbers: the Plots tab draws every number, and these are zero on a good day.
+        # One entry, not nine numbers: the Plots tab draws every number, and these are flat or zero on a good day.
         LABEL_COUNTS_KEY: dg.MetadataValue.json(
             {
+                "predictions": n_predictions,
+                "labelled": n_labelled,
                 "read": known.rows_read,
                 "positives": positives,
                 "unknown_ids": tally.unknown_ids,
@@ -167,7 +169,6 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         "latest_labelled_at": latest.isoformat() if latest is not None else "none yet",
         "labels_source": run.labels.location(state.date),
         LABELS_FINGERPRINT_KEY: fingerprint,
-        "tolerance": run.performance_policy.tolerance,
         "verdict": verdict,
         "method": calibration_note(domain),
         "model_versions": dg.MetadataValue.json(versions),
@@ -196,6 +197,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             run.code_versions[PREDICTION_PERFORMANCE], predictions_version, table_content_hash(labels_table(known))
         ),
     )
+    judged = headline[JUDGEMENT_KEY].value if headline else {}
     yield run.check(
         PREDICTION_PERFORMANCE,
         PERFORMANCE_CHECK,
@@ -205,7 +207,9 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         severity=dg.AssetCheckSeverity.WARN,
         description=verdict,
         metadata={
-            **{k: v for k, v in headline.items() if k in ("judged_roc_auc", "floor", "holdout_roc_auc", "label_coverage")},
+            # Numbers are drawn as the check's plots, sorted by key: the judged figure first, the flat floor in `judgement`.
+            **{k: v for k, v in judged.items() if k == "judged_roc_auc"},
+            **{k: v for k, v in headline.items() if k in ("label_coverage", JUDGEMENT_KEY)},
             "judged_on": dg.MetadataValue.json({j.model_version: j.basis for j in judgements}),
         },
     )
@@ -366,26 +370,25 @@ def calibration_note(domain: Domain) -> str:
     )
 
 
-def _headline(realized: dict, estimated: dict, judgement: Judgement) -> dict[str, object]:
-    """Floats for the Plots tab; a figure the day cannot define (e.g. no labels yet) is left out, not zero."""
-    figures = {
-        "roc_auc": realized["roc_auc"],
-        "roc_auc_low": realized["roc_auc_low"],
-        "roc_auc_high": realized["roc_auc_high"],
-        "pr_auc": realized["pr_auc"],
-        "precision": realized["precision"],
-        "recall": realized["recall"],
-        "ece": realized["ece"],
-        "estimated_roc_auc": estimated["roc_auc"],
-        "estimated_precision": estimated["precision"],
-        "estimated_recall": estimated["recall"],
-        "estimate_gap": judgement.estimate_gap,
+def _headline(realized: dict, judgement: Judgement, tolerance: float) -> dict[str, object]:
+    """The figures to follow over days as the only numbers, so the Plots tab (which draws every number, sorted by key)
+    opens on `label_coverage` beside `roc_auc`; what the check compared, in one `judgement` entry.
+
+    The other figures of every version's realized and estimated rows are in the `performance` table. A figure the
+    day cannot define (e.g. no labels yet) is left out, not zero.
+    """
+    plotted = {name: realized[name] for name in ("roc_auc", "roc_auc_low", "roc_auc_high")}
+    judged = {
         "judged_roc_auc": judgement.auc,
         "floor": judgement.floor,
         "holdout_roc_auc": judgement.holdout,
+        "tolerance": tolerance,
+        "estimate_gap": judgement.estimate_gap,
     }
-    out: dict[str, object] = {"label_coverage": float(realized["label_coverage"]), "model_version": judgement.model_version}
-    out.update({k: round(float(v), 6) for k, v in figures.items() if v is not None})
+    out: dict[str, object] = {"label_coverage": float(realized["label_coverage"])}
+    out.update({k: round(float(v), 6) for k, v in plotted.items() if v is not None})
+    out["model_version"] = judgement.model_version
+    out[JUDGEMENT_KEY] = dg.MetadataValue.json({k: round(float(v), 6) for k, v in judged.items() if v is not None})
     return out
 
 

@@ -125,11 +125,14 @@ def test_estimate_for_unlabelled_rows_tracks_what_their_labels_later_show(tmp_pa
     assert first_meta.tags["dagster/data_version"] != second_meta.tags["dagster/data_version"], "new labels, new version"
     # On the labelled rows the estimate can be compared with their labels: calibrated scores, small gap.
     for meta in (first_meta, second_meta):
-        assert abs(meta.metadata["estimate_gap"].value) < 0.025
+        assert abs(meta.metadata["judgement"].value["estimate_gap"]) < 0.025
     assert first_meta.metadata["latest_labelled_at"].value.startswith("2025-03-15")
     assert second_meta.metadata["latest_labelled_at"].value.startswith("2025-04-01")
     assert second_meta.metadata["label_coverage"].value == 1.0
-    assert "estimated_roc_auc" not in second_meta.metadata, "nothing unlabelled left to estimate"
+    assert "estimate_gap" in first_meta.metadata["judgement"].value
+    # The Plots tab draws every number, sorted by key: the day's coverage beside its ROC AUC, then the interval.
+    plotted = sorted(k for k, v in second_meta.metadata.items() if isinstance(v, (dg.FloatMetadataValue, dg.IntMetadataValue)))
+    assert plotted == ["label_coverage", "roc_auc", "roc_auc_high", "roc_auc_low"]
     (check,) = second.get_asset_check_evaluations()
     assert check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.metadata["day"].value == DAY
     assert "no hold-out metric to compare against" in check.description
@@ -156,7 +159,7 @@ def test_unknown_duplicate_and_contradictory_labels_are_counted_and_the_latest_w
     assert realized["n_labelled"] == 4 and realized["roc_auc"] == pytest.approx(0.75)
     # At 0.5: flagged 0.9, 0.8, 0.7 of which 2 frauds; both frauds found.
     assert realized["precision"] == pytest.approx(2 / 3) and realized["recall"] == 1.0
-    assert meta["n_labelled"].value == 4 and meta["label_counts"].value["positives"] == 2
+    assert counts["labelled"] == 4 and counts["positives"] == 2
 
 
 def test_a_labels_file_without_a_column_stops_that_day_only(tmp_path, unloadable_registry):
@@ -232,7 +235,7 @@ def test_label_files_the_landing_reader_reads_are_read(tmp_path, unloadable_regi
     result = _evaluate(tmp_path / "storage", unloadable_registry, labels_root, partition_key=DAY)
     meta = materializations(result, PERFORMANCE)[DAY].metadata
 
-    assert meta["n_labelled"].value == 4 and meta["label_counts"].value["read"] == 4
+    assert meta["label_counts"].value["labelled"] == 4 and meta["label_counts"].value["read"] == 4
 
 
 def test_a_deleted_model_version_does_not_block_label_based_metrics(tmp_path, tiny_model_store, unloadable_registry):
@@ -370,8 +373,12 @@ def test_planted_fraud_scores_near_the_holdout_auc_and_a_broken_version_warns(tm
     assert evaluation.severity == dg.AssetCheckSeverity.WARN and not evaluation.blocking
     assert evaluation.description.startswith(f"{BROKEN_DAY}: PERFORMANCE BELOW FLOOR: version 2: realized ROC AUC")
     meta = materializations(broken, PERFORMANCE)[BROKEN_DAY].metadata
-    assert meta["floor"].value == pytest.approx(holdout - 0.05)
-    assert meta["roc_auc"].value < meta["floor"].value
+    assert meta["judgement"].value["floor"] == pytest.approx(holdout - 0.05)
+    assert meta["roc_auc"].value < meta["judgement"].value["floor"]
+    # The check's plots (its numbers, sorted by key) open on the judged figure, not on the flat floor.
+    plotted = sorted(k for k, v in evaluation.metadata.items() if isinstance(v, (dg.FloatMetadataValue, dg.IntMetadataValue)))
+    assert plotted == ["judged_roc_auc", "label_coverage"]
+    assert evaluation.metadata["judgement"].value == meta["judgement"].value
 
 
 # --- another domain: customers labelled `churned` -------------------------------------------------------------------

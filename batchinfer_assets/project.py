@@ -18,7 +18,7 @@ from dagster_aws.s3 import S3Resource
 from batchinfer_assets.assets.pipeline import build_daily_pipeline
 from batchinfer_assets.domain import DOMAIN_VARIABLE, load_domain
 from batchinfer_assets.assets.predictions import scoring_model
-from batchinfer_assets.freshness import FRESHNESS_CHECKS, delivery_deadline, with_freshness_policies
+from batchinfer_assets.freshness import FRESHNESS_CHECKS, delivery_deadline
 from batchinfer_assets.jobs import daily_scoring_job, reproduce_predictions_job
 from batchinfer_assets.resources.domain import DomainResource
 from batchinfer_assets.resources.labels_zone import (
@@ -124,7 +124,7 @@ def build_scoring_engine(settings: Settings) -> ScoringEngineResource:
 def build_definitions(settings: Settings) -> dg.Definitions:
     """All definitions of the project, wired to the given settings."""
     return dg.Definitions(
-        assets=[*with_freshness_policies([scoring_model, build_daily_pipeline(load_domain(settings.domain))]), delivery_deadline],
+        assets=[scoring_model, build_daily_pipeline(load_domain(settings.domain)), delivery_deadline],
         asset_checks=FRESHNESS_CHECKS,
         jobs=[daily_scoring_job, reproduce_predictions_job],
         schedules=[daily_scoring_schedule],

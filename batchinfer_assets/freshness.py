@@ -4,6 +4,10 @@ The verdicts are checks on `delivery_deadline`, an external asset downstream of 
 launch of the pipeline's assets (an asset page, the lineage, a backfill, the CLI) includes them: Dagster adds
 every check that targets a selected asset to a launch, and inside a user's run a freshness check judged
 whatever that run was writing, or was skipped. Only `freshness_checks_sensor` records them, once per deadline.
+
+The daily assets carry no Dagster `FreshnessPolicy`: it judges an asset as a whole (any partition materialized since
+the window opened), so relaunching an old day from the UI read "Freshness policy: Passing" beside a failed on-time
+check for yesterday. The on-time checks are the one verdict.
 """
 
 import datetime as dt
@@ -12,21 +16,13 @@ from collections.abc import Iterator, Sequence
 import dagster as dg
 
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
-from batchinfer_assets.tables import DRIFT_METRICS, PREDICTIONS, PUBLISHED_PREDICTIONS
+from batchinfer_assets.tables import PREDICTIONS, PUBLISHED_PREDICTIONS
 
 DEADLINE_HOUR_UTC = 6
-DEADLINE_CRON = f"0 {DEADLINE_HOUR_UTC} * * *"
-# The schedule scores yesterday at 02:00 UTC; the window opens at midnight, when yesterday has closed.
-DEADLINE_WINDOW = dt.timedelta(hours=DEADLINE_HOUR_UTC)
 
-FRESH_DAILY_ASSETS = tuple(dg.AssetKey(name) for name in (PREDICTIONS, DRIFT_METRICS, PUBLISHED_PREDICTIONS))
 PARTITION_CHECKED_ASSETS = tuple(dg.AssetKey(name) for name in (PREDICTIONS, PUBLISHED_PREDICTIONS))
 
 DELIVERY_DEADLINE = dg.AssetKey("delivery_deadline")
-
-daily_freshness_policy = dg.FreshnessPolicy.cron(
-    deadline_cron=DEADLINE_CRON, lower_bound_delta=DEADLINE_WINDOW, timezone="UTC"
-)
 
 # An assets definition without a computation (external), like the pipeline's in `Definitions.assets`, so code that
 # hands those to Dagster's APIs (staleness, materialize) needs no special case. No deps: downstream of the pipeline,
@@ -129,13 +125,3 @@ def delivery_deadline_checks(context: dg.AssetCheckExecutionContext) -> Iterator
 
 
 FRESHNESS_CHECKS: Sequence[dg.AssetChecksDefinition] = (delivery_deadline_checks,)
-
-
-def with_freshness_policies(assets: Sequence[dg.AssetsDefinition | dg.SourceAsset]) -> list:
-    """The assets with the daily freshness policy set on the ones that must be fresh every morning."""
-    def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key in FRESH_DAILY_ASSETS:
-            return spec.replace_attributes(freshness_policy=daily_freshness_policy)
-        return spec
-
-    return [a.map_asset_specs(apply) if isinstance(a, dg.AssetsDefinition) else a for a in assets]

@@ -18,7 +18,7 @@ from dagster_aws.s3 import S3Resource
 from batchinfer_assets.assets.pipeline import build_daily_pipeline
 from batchinfer_assets.domain import DOMAIN_VARIABLE, load_domain
 from batchinfer_assets.assets.predictions import scoring_model
-from batchinfer_assets.freshness import FRESHNESS_CHECKS, delivery_deadline, with_freshness_policies
+from batchinfer_assets.freshness import FRESHNESS_CHECKS, delivery_deadline
 from batchinfer_assets.jobs import daily_scoring_job, reproduce_predictions_job
 from batchinfer_assets.resources.domain import DomainResource
 from batchinfer_assets.resources.labels_zone import (
@@ -101,7 +101,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "scoring_engine": build_scoring_engine(settings),
         "prediction_db": PredictionDatabaseResource(url=_secret_or_value(PREDICTIONS_DB_URL_VAR, settings.predictions_db_url)),
         "table_storage": TableStorageResource(
-            base_uri=settings.storage_uri, s3=s3, snapshot_retention_days=settings.snapshot_retention_days
+            base_uri=settings.storage_uri,
+            s3=s3,
+            snapshot_retention_days=settings.snapshot_retention_days,
+            day_chunk_rows=settings.day_chunk_rows,
         ),
         "labels": labels,
         "performance_policy": PerformancePolicyResource(),
@@ -121,7 +124,7 @@ def build_scoring_engine(settings: Settings) -> ScoringEngineResource:
 def build_definitions(settings: Settings) -> dg.Definitions:
     """All definitions of the project, wired to the given settings."""
     return dg.Definitions(
-        assets=[*with_freshness_policies([scoring_model, build_daily_pipeline(load_domain(settings.domain))]), delivery_deadline],
+        assets=[scoring_model, build_daily_pipeline(load_domain(settings.domain)), delivery_deadline],
         asset_checks=FRESHNESS_CHECKS,
         jobs=[daily_scoring_job, reproduce_predictions_job],
         schedules=[daily_scoring_schedule],

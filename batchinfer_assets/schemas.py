@@ -70,15 +70,29 @@ class ColumnLevelSchemaError(ValueError):
 
 
 def split_valid_rows(
-    frame: pd.DataFrame, day: dt.date, domain: Domain, text_lengths: Mapping[str, int] | None = None
+    frame: pd.DataFrame,
+    day: dt.date,
+    domain: Domain,
+    text_lengths: Mapping[str, int] | None = None,
+    repeated: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a landed day into (valid rows, quarantined rows with a `reason`), both in input order."""
+    """Split a landed day (or a part of it) into (valid rows, quarantined rows with a `reason`), both in input order.
+
+    `repeated`: rows whose id an earlier row of the day has outside this part (quarantined as the id's uniqueness
+    failure, as within the part).
+    """
     frame = frame.reset_index(drop=True)
     try:
         reasons = failure_reasons(frame, row_schema(domain, day, text_lengths))
     except ColumnLevelSchemaError as exc:
         # Quarantining every row would hide a broken export behind a "too many bad rows" block.
         raise LandingDataError(f"landing data for {day.isoformat()} is structurally invalid: {exc}") from exc
+    if repeated is not None and repeated.any():
+        unique = f"{domain.id_column}: {_READABLE_CHECK_NAMES['field_uniqueness']}"
+        for row in np.flatnonzero(repeated):
+            present = reasons.iat[row]
+            parts = set() if pd.isna(present) else set(str(present).split("; "))
+            reasons.iat[row] = "; ".join(sorted(parts | {unique}))
     bad = reasons.notna().to_numpy()
     valid = frame.loc[~bad].reset_index(drop=True)
     quarantined = frame.loc[bad].reset_index(drop=True)

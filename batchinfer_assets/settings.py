@@ -11,6 +11,7 @@ from pathlib import Path
 
 from batchinfer_assets.domain import BUILT_IN_DOMAIN, DOMAIN_VARIABLE, load_domain
 from batchinfer_assets.lib.redaction import redact
+from batchinfer_assets.lib.spill import DAY_CHUNK_ROWS_VARIABLE, DEFAULT_DAY_CHUNK_ROWS
 from batchinfer_assets.partitions import START_DATE_VARIABLE, start_date
 
 DEFAULT_ROWS_PER_DAY = 20_000
@@ -43,6 +44,8 @@ class Settings:
     ray_address: str | None = None
     # `module.path:attribute` of the domain (what the data is); the built-in card-transactions domain by default.
     domain: str = BUILT_IN_DOMAIN
+    # Rows a stage holds in memory at once: a bigger day is split into buckets on local disk.
+    day_chunk_rows: int = DEFAULT_DAY_CHUNK_ROWS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
@@ -89,6 +92,7 @@ class Settings:
             scoring_engine=_scoring_engine(get("BATCHINFER_SCORING_ENGINE")),
             ray_address=get("RAY_ADDRESS"),
             domain=domain_reference,
+            day_chunk_rows=_positive_int(DAY_CHUNK_ROWS_VARIABLE, get(DAY_CHUNK_ROWS_VARIABLE)) or DEFAULT_DAY_CHUNK_ROWS,
         )
 
     @property

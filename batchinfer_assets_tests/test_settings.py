@@ -6,6 +6,7 @@ import dagster as dg
 import pytest
 
 from batchinfer_assets.lib.model_loading import DEFAULT_MODEL_URI
+from batchinfer_assets.project import build_resources
 from batchinfer_assets.settings import Settings
 
 
@@ -40,8 +41,11 @@ def test_every_contract_variable_is_honoured(tmp_path):
         "BATCHINFER_MAX_INVALID_FRACTION": "0.05",
         "BATCHINFER_PREDICTIONS_DB_URL": "postgresql+psycopg://u:p@db/preds",
         "BATCHINFER_LABELS_URI": "s3://labels-bucket/fraud",
+        "BATCHINFER_DAY_CHUNK_ROWS": "500000",
     }
     s = Settings.from_env(env)
+    assert s.day_chunk_rows == 500_000
+    assert build_resources(s)["table_storage"].day_chunk_rows == 500_000
     assert (s.home, s.storage_uri, s.landing_uri, s.rows_per_day) == (Path(tmp_path / "h"), "s3://bucket/prefix", "/data/landing", 500)
     assert (s.tracking_uri, s.model_uri, s.device, s.batch_size) == ("http://mlflow:5000", "models:/mine/3", "cuda:1", 4096)
     assert (s.max_invalid_fraction, s.predictions_db_url) == (0.05, "postgresql+psycopg://u:p@db/preds")
@@ -91,6 +95,8 @@ def test_the_prediction_database_password_never_reaches_resource_config(monkeypa
         ("BATCHINFER_STORAGE_URI", "gs://bucket/tables", "BATCHINFER_STORAGE_URI='gs://bucket/tables': only local paths"),
         ("BATCHINFER_LANDING_URI", "s3://Bad_Bucket/landing", "BATCHINFER_LANDING_URI='s3://Bad_Bucket/landing' is not s3://<bucket>/<prefix>"),
         ("BATCHINFER_SNAPSHOT_RETENTION_DAYS", "forever", "BATCHINFER_SNAPSHOT_RETENTION_DAYS must be a positive integer"),
+        ("BATCHINFER_DAY_CHUNK_ROWS", "0", "BATCHINFER_DAY_CHUNK_ROWS must be a positive integer"),
+        ("BATCHINFER_DAY_CHUNK_ROWS", "2M", "BATCHINFER_DAY_CHUNK_ROWS must be a positive integer"),
     ],
 )
 def test_settings_that_can_never_work_are_refused_at_load_naming_the_variable(tmp_path, variable, value, message):

@@ -1,6 +1,7 @@
 """Time `prediction_performance` over a window of big days, through the real pipeline step, and its peak memory.
 
     python benchmarks/performance.py [--rows 1000000] [--days 30] [--start 2025-03-01] [--workdir DIR]
+                                     [--day-chunk-rows N [N ...]]
 
 Phase 1 (not timed) writes, for each day, `predictions` through the project's Parquet store (`--rows` rows,
 scores drawn so the model is calibrated, about 2.6% positives) and two real label files in a labels zone: the first with
@@ -11,7 +12,10 @@ check compares against.
 Phase 2 runs in a fresh process: one `dg.materialize` of `prediction_performance` alone over the whole window as
 one single-run range (what the sensor's backfill does), with `ParquetLabelsResource` on the zone. It prints the
 step's wall time, each day's evaluation time (between consecutive materializations of the asset in the event
-log) and the process's peak RSS (`ru_maxrss`), as one JSON line.
+log) and the process's peak RSS (`ru_maxrss`), as one JSON line. With `--day-chunk-rows`, phase 2 runs once per
+value given, each in its own fresh process on the same data: a day of more rows than the value is streamed and
+evaluated in score ranges, e.g. `--rows 5000000 --days 1 --day-chunk-rows 10000000 1000000` compares the whole day
+in memory with the day in buckets of about a million rows.
 """
 
 from __future__ import annotations
@@ -96,20 +100,24 @@ def _write_labels(path: Path, ids: pa.Array, fraud: np.ndarray, stamp: np.dateti
     pq.write_table(pa.table({"transaction_id": ids, "is_fraud": fraud, "labelled_at": pa.array(at, pa.timestamp("us", tz="UTC"))}), path)
 
 
-def evaluate(workdir: Path, days: list[str], version: str) -> dict:
+def evaluate(workdir: Path, days: list[str], version: str, day_chunk_rows: int | None) -> dict:
     """One single-run range of prediction_performance over the window, timed, with the process's peak RSS."""
     import dagster as dg
 
     from batchinfer_assets.resources.labels_zone import ParquetLabelsResource
     from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
+    from batchinfer_assets.resources.table_storage import TableStorageResource
     from batchinfer_assets_tests.support import materialize_pipeline, pipeline_resources
 
     registry = MlflowModelRegistryResource(
         tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", model_uri=f"runs:/{version}/model", demo_when_missing=False
     )
-    resources = pipeline_resources(workdir / "storage", registry, labels=ParquetLabelsResource(uri=str(workdir / "labels")))
-    (workdir / "dagster_home").mkdir(exist_ok=True)
-    with dg.instance_for_test(temp_dir=str(workdir / "dagster_home")) as instance:
+    storage = TableStorageResource(base_uri=str(workdir / "storage"), **({"day_chunk_rows": day_chunk_rows} if day_chunk_rows else {}))
+    resources = pipeline_resources(
+        workdir / "storage", registry, labels=ParquetLabelsResource(uri=str(workdir / "labels")), table_storage=storage
+    )
+    home = Path(tempfile.mkdtemp(prefix="dagster_home", dir=workdir))
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
         started = time.perf_counter()
         result = materialize_pipeline(resources, ["prediction_performance"], days=(days[0], days[-1]), instance=instance)
         wall = time.perf_counter() - started
@@ -119,6 +127,7 @@ def evaluate(workdir: Path, days: list[str], version: str) -> dict:
     per_day = np.diff([step_start, *(r.timestamp for r in events)])
     meta = result.get_asset_materialization_events()[-1].materialization.metadata
     return {
+        "day_chunk_rows": storage.day_chunk_rows,
         "days": len(days),
         "step_wall_s": round(wall, 2),
         "per_day_s": {"min": round(float(per_day.min()), 3), "median": round(float(np.median(per_day)), 3), "max": round(float(per_day.max()), 3)},
@@ -144,31 +153,38 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--start", default="2025-03-01")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--day-chunk-rows", type=int, nargs="+", default=[0], help="evaluate once per value [the default setting]")
     parser.add_argument("--phase", choices=["all", "evaluate"], default="all")
     parser.add_argument("--version", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     first = dt.date.fromisoformat(args.start)
     days = [(first + dt.timedelta(days=k)).isoformat() for k in range(args.days)]
     if args.phase == "evaluate":
-        print(json.dumps(evaluate(args.workdir, days, args.version)))
+        print(json.dumps(evaluate(args.workdir, days, args.version, args.day_chunk_rows[0] or None)))
         return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-performance-"))
     try:
         started = time.perf_counter()
         version = generate(workdir, days, args.rows)
         generated = time.perf_counter() - started
-        command = [sys.executable, __file__, "--phase", "evaluate", "--workdir", str(workdir), "--rows", str(args.rows),
-                   "--days", str(args.days), "--start", args.start, "--version", version]
         # The evaluation imports the test helpers that build the pipeline's resources: the repo root goes on the path.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            raise RuntimeError(f"evaluation failed (rc {out.returncode}):\n{out.stderr[-4000:]}")
-        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        runs = []
+        for chunk in args.day_chunk_rows:
+            command = [sys.executable, __file__, "--phase", "evaluate", "--workdir", str(workdir), "--rows", str(args.rows),
+                       "--days", str(args.days), "--start", args.start, "--version", version, "--day-chunk-rows", str(chunk)]
+            out = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(f"evaluation failed (rc {out.returncode}):\n{out.stderr[-4000:]}")
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        figures = runs[0] if len(runs) == 1 else {"runs": runs}
         size = sum(p.stat().st_size for p in (workdir / "labels").rglob("*.parquet"))
         print(json.dumps({
             "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "command": " ".join(["python benchmarks/performance.py", f"--rows {args.rows}", f"--days {args.days}"]),
+            "command": " ".join(
+                ["python benchmarks/performance.py", f"--rows {args.rows}", f"--days {args.days}"]
+                + (["--day-chunk-rows", *map(str, args.day_chunk_rows)] if any(args.day_chunk_rows) else [])
+            ),
             "generate_s": round(generated, 1),
             "labels_mib": round(size / 2**20, 1),
             **figures,

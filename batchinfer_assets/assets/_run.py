@@ -21,6 +21,7 @@ from batchinfer_assets.assets.run_model import ModelLoader
 from batchinfer_assets.domain import Domain, load_domain
 from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.spill import DEFAULT_DAY_CHUNK_ROWS
 from batchinfer_assets.model_observations import last_observed_model_version, model_version_observation
 from batchinfer_assets.resources.labels_zone import LabelsResource, PerformancePolicyResource
 from batchinfer_assets.resources.landing_zone import LandingZoneResource
@@ -110,6 +111,9 @@ class PipelineRun:
     labels: LabelsResource
     performance_policy: PerformancePolicyResource
     snapshot_retention_days: float = 90.0
+    # Rows a stage holds in memory at once (a bigger day goes through `DayBuckets` in `spill_dir`).
+    day_chunk_rows: int = DEFAULT_DAY_CHUNK_ROWS
+    spill_dir: str | None = None
     # What the run's data is: its columns, rules, features, business columns and labels.
     domain: Domain = field(default_factory=lambda: load_domain(None))
     cache: dict[str, Any] = field(default_factory=dict)

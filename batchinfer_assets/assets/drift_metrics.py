@@ -17,6 +17,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.assets.stage import Stage
@@ -32,6 +33,7 @@ from batchinfer_assets.lib.drift import (
 )
 from batchinfer_assets.lib.drift_report import render_drift_report
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.spill import bucket_count, bucket_of
 from batchinfer_assets.resources.model_registry import ResolvedModel
 from batchinfer_assets.tables import (
     DRIFT_CHECK,
@@ -49,6 +51,8 @@ TRAILING_DAYS = 7
 # (the tests' thresholds are set on samples of this size) at a fixed memory cost.
 TRAILING_ROWS_PER_DAY = 50_000
 SCORE_COLUMN = "score"
+# Rows read from storage at a time when a day is too big to read whole.
+_READ_ROWS = 1 << 20
 REPORT_FILE = "report.html"
 DRIFT_CONFIG = DriftConfig()
 
@@ -73,9 +77,9 @@ def drift_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializa
     day = state.day
     model = run.scored_with(state)
     columns = [c for c in model.input_columns if c not in run.domain.calendar_features]
-    current, versions = _current_day(run, state, columns)
+    current, versions, sampled = _current_day(run, state, columns)
     training, prepared_training, notes = _training_reference(run, model, [*columns, SCORE_COLUMN])
-    notes = list(notes)
+    notes = list(notes) + ([sampled] if sampled else [])
 
     parts, references = [], {}
     if training is not None:
@@ -170,23 +174,92 @@ def feature_values(table: pd.DataFrame, reference: str) -> dict[str, float]:
     return {str(f): round(float(v), 6) for f, v in zip(rows["feature"], rows["value"])}
 
 
-def _current_day(run: PipelineRun, state: DayState, columns: Sequence[str]) -> tuple[pd.DataFrame, frozenset[str]]:
-    """The day's snapshot columns with its scores as column `score` (rows must line up one to one)."""
-    snapshot = state.snapshot if state.snapshot is not None else run.store.read_partition(INPUT_SNAPSHOT, state.day).to_pandas()
-    lacking = [c for c in columns if c not in snapshot.columns]
+def _current_day(run: PipelineRun, state: DayState, columns: Sequence[str]) -> tuple[pd.DataFrame, frozenset[str], str | None]:
+    """The day's snapshot columns with its scores as column `score` (rows must line up one to one), its model
+    versions, and a note when a day of more than `day_chunk_rows` rows is judged on a sample of its rows."""
+    lacking = [c for c in columns if c not in run.store.column_names(INPUT_SNAPSHOT, state.day)]
     if lacking:
         raise DriftInputError(f"{state.day}: input_snapshot lacks column(s) {lacking} the model needs; re-materialize it")
+    rows = len(state.snapshot) if state.snapshot is not None else run.store.row_count(INPUT_SNAPSHOT, state.day)
+    if rows > run.day_chunk_rows:
+        current, versions, seen = _streamed_sample(run.store, state.day, run.domain.id_column, columns, run.day_chunk_rows)
+        note = (
+            f"{state.day}: {rows:,} rows, over day_chunk_rows={run.day_chunk_rows:,}: judged on {len(current):,} of "
+            f"{seen:,} rows, chosen by a hash of {run.domain.id_column} (the same rows in every run)"
+        )
+        return current, versions, note
+    snapshot = state.snapshot if state.snapshot is not None else run.store.read_partition(INPUT_SNAPSHOT, state.day).to_pandas()
     id_column = run.domain.id_column
     scored = run.store.read_partition(PREDICTIONS, state.day, columns=[id_column, SCORE_COLUMN, "model_version"])
     ids = scored.column(id_column).to_numpy(zero_copy_only=False)
     if len(snapshot) != len(ids) or not (snapshot[id_column].to_numpy() == ids).all():
-        raise DriftInputError(
-            f"{state.day}: predictions ({len(ids)} rows) do not line up with input_snapshot ({len(snapshot)} rows) "
-            f"by {id_column}; re-materialize predictions for {state.day}"
-        )
+        raise DriftInputError(_misaligned(state.day, len(ids), len(snapshot), id_column))
     versions = frozenset(str(v) for v in scored.column("model_version").unique().to_pylist())
     current = snapshot.loc[:, list(columns)].assign(**{SCORE_COLUMN: scored.column(SCORE_COLUMN).to_numpy()})
-    return current, versions
+    return current, versions, None
+
+
+def _misaligned(day: str, scored: int, snapshot: int, id_column: str) -> str:
+    return (
+        f"{day}: predictions ({scored} rows) do not line up with input_snapshot ({snapshot} rows) "
+        f"by {id_column}; re-materialize predictions for {day}"
+    )
+
+
+def _streamed_sample(
+    store: PartitionedParquetStore, day: str, id_column: str, columns: Sequence[str], target: int
+) -> tuple[pd.DataFrame, frozenset[str], int]:
+    """About `target` rows of the day's snapshot columns with their scores, streamed (memory: the sample), the rows
+    chosen by a hash of their id; with the scores' model versions and the rows seen. No predictions: scores NaN."""
+    rows = store.row_count(INPUT_SNAPSHOT, day)
+    every = bucket_count(rows, target)
+    snapshots = store.iter_batches(INPUT_SNAPSHOT, day, batch_size=_READ_ROWS, columns=[id_column, *columns])
+    scored = store.has_partition(PREDICTIONS, day)
+    predictions = (
+        store.iter_batches(PREDICTIONS, day, batch_size=_READ_ROWS, columns=[id_column, SCORE_COLUMN, "model_version"])
+        if scored
+        else None
+    )
+    parts, versions, seen = [], set(), 0
+    for snapshot, prediction in _aligned(snapshots, predictions):
+        seen += snapshot.num_rows
+        if prediction is not None:
+            if prediction.num_rows != snapshot.num_rows or not prediction.column(id_column).equals(snapshot.column(id_column)):
+                raise DriftInputError(_misaligned(day, store.row_count(PREDICTIONS, day), rows, id_column))
+            versions.update(str(v) for v in pc.unique(prediction.column("model_version")).to_pylist())
+        keep = pa.array(bucket_of(snapshot.column(id_column), every) == 0)
+        frame = snapshot.filter(keep).select(list(columns)).to_pandas()
+        score = prediction.column(SCORE_COLUMN).filter(keep).to_numpy() if prediction is not None else np.float32("nan")
+        parts.append(frame.assign(**{SCORE_COLUMN: score}))
+    if prediction_rows_left(predictions):
+        raise DriftInputError(_misaligned(day, store.row_count(PREDICTIONS, day), rows, id_column))
+    current = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*columns, SCORE_COLUMN])
+    return current, frozenset(versions), seen
+
+
+def _aligned(left: Iterator[pa.RecordBatch], right: Iterator[pa.RecordBatch] | None) -> Iterator[tuple[pa.Table, pa.Table | None]]:
+    """Pairs of equally long pieces of two row-aligned streams (`right` None: None beside each piece of `left`)."""
+    pending = None
+    for batch in left:
+        piece = pa.Table.from_batches([batch])
+        if right is None:
+            yield piece, None
+            continue
+        while piece.num_rows:
+            if pending is None or pending.num_rows == 0:
+                pending = next(right, None)
+                if pending is None:
+                    yield piece, pa.table({})
+                    return
+                pending = pa.Table.from_batches([pending])
+            take = min(piece.num_rows, pending.num_rows)
+            yield piece.slice(0, take), pending.slice(0, take)
+            piece, pending = piece.slice(take), pending.slice(take)
+
+
+def prediction_rows_left(predictions: Iterator[pa.RecordBatch] | None) -> bool:
+    """Whether a predictions stream still has rows once the snapshot's are used up."""
+    return predictions is not None and any(batch.num_rows for batch in predictions)
 
 
 def _training_reference(run: PipelineRun, resolved: ResolvedModel, columns: Sequence[str]):
@@ -213,15 +286,16 @@ def _training_reference(run: PipelineRun, resolved: ResolvedModel, columns: Sequ
 def _trailing(run: PipelineRun, columns: Sequence[str]) -> _TrailingWeek:
     key = f"trailing_week:{','.join(columns)}"
     if key not in run.cache:
-        run.cache[key] = _TrailingWeek(run.store, [*columns, SCORE_COLUMN], run.domain.id_column)
+        run.cache[key] = _TrailingWeek(run.store, [*columns, SCORE_COLUMN], run.domain.id_column, run.day_chunk_rows)
     return run.cache[key]
 
 
 class _TrailingWeek:
     """Samples of the previous seven days' snapshots and scores, each day read once per run."""
 
-    def __init__(self, store: PartitionedParquetStore, columns: Sequence[str], id_column: str):
+    def __init__(self, store: PartitionedParquetStore, columns: Sequence[str], id_column: str, chunk_rows: int):
         self.store = store
+        self.chunk_rows = chunk_rows
         self.columns = list(columns)
         self.id_column = id_column
         # What the last `reference` call left out that an operator should fix (shown as warnings).
@@ -290,6 +364,10 @@ class _TrailingWeek:
         if not self.store.has_partition(INPUT_SNAPSHOT, day):
             return None
         features = [c for c in self.columns if c != SCORE_COLUMN]
+        if self.store.row_count(INPUT_SNAPSHOT, day) > self.chunk_rows:
+            # A day too big to read whole: a streamed sample of the same size, chosen by id hash.
+            frame, versions, _ = _streamed_sample(self.store, day, self.id_column, features, TRAILING_ROWS_PER_DAY)
+            return frame[self.columns], versions
         snapshot = self.store.read_partition(INPUT_SNAPSHOT, day)
         frame = snapshot.select([self.id_column, *features]).to_pandas()
         if not self.store.has_partition(PREDICTIONS, day):

@@ -1,5 +1,6 @@
 """The validated, content-hashed input the model sees, and its fit to the run's model signature."""
 
+import contextlib
 from collections.abc import Iterator
 
 import dagster as dg
@@ -9,9 +10,9 @@ from pandera.errors import SchemaErrors
 
 from batchinfer_assets import schemas
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
-from batchinfer_assets.assets.transaction_features import features_of
+from batchinfer_assets.assets.transaction_features import feature_parts
 from batchinfer_assets.assets.stage import Stage
-from batchinfer_assets.lib.hashing import table_content_hash
+from batchinfer_assets.lib.hashing import ContentHasher
 from batchinfer_assets.lib.model_loading import mlflow_uris
 from batchinfer_assets.resources.model_registry import ResolvedModel
 from batchinfer_assets.schemas import feature_schema
@@ -45,17 +46,33 @@ SIGNATURE_CHECK_SPEC = dg.AssetCheckSpec(
 
 
 def snapshot_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """Validate the day's features into its snapshot, record its hash, and check it fits the run's model."""
-    snapshot = validated_snapshot(features_of(run, state), state.day, run.domain)
-    table = pa.Table.from_pandas(snapshot, preserve_index=False)
-    content_hash = table_content_hash(table)
-    uri = run.store.write_partition(INPUT_SNAPSHOT, state.day, table)
-    state.snapshot = snapshot
+    """Validate the day's features into its snapshot, record its hash, and check it fits the run's model.
+
+    Part by part as the features come (`feature_parts`): the hash is taken as the rows stream into storage.
+    """
+    hasher = ContentHasher()
+    rows, dtypes, snapshot = 0, {}, None
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for features in feature_parts(run, state):
+            snapshot = validated_snapshot(features, state.day, run.domain)
+            table = pa.Table.from_pandas(snapshot, preserve_index=False)
+            if writer is None:
+                writer = stack.enter_context(run.store.partition_writer(INPUT_SNAPSHOT, state.day, table.schema))
+                dtypes = {c: str(t) for c, t in snapshot.dtypes.items()}
+                state.snapshot = snapshot
+            else:
+                state.snapshot = None
+            writer.write(table)
+            hasher.update(table)
+            rows += len(snapshot)
+    content_hash = hasher.hexdigest()
+    uri = run.store.partition_uri(INPUT_SNAPSHOT, state.day)
     yield run.materialization(
         INPUT_SNAPSHOT,
         state,
         {
-            "row_count": len(snapshot),
+            "row_count": rows,
             "content_hash": content_hash,
             "columns": dg.MetadataValue.json(list(run.domain.snapshot_columns)),
             "uri": dg.MetadataValue.path(uri),
@@ -65,7 +82,7 @@ def snapshot_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterial
     )
     resolved = run.resolved
     problems = signature_mismatches(
-        resolved.input_columns, run_signature_types(run), {c: str(t) for c, t in snapshot.dtypes.items()}
+        resolved.input_columns, run_signature_types(run), dtypes
     )
     yield run.check(
         INPUT_SNAPSHOT,

@@ -152,6 +152,8 @@ def build_daily_pipeline(domain: Domain) -> dg.AssetsDefinition:
             labels=labels,
             performance_policy=performance_policy,
             snapshot_retention_days=table_storage.snapshot_retention_days,
+            day_chunk_rows=table_storage.day_chunk_rows,
+            spill_dir=table_storage.spill_dir,
             domain=domain,
         )
         yield from run_pipeline(run)

@@ -5,7 +5,9 @@ Labels arrive days to weeks after a row's day, so a day is evaluated again whene
 scores alone (CBPE, see `lib/performance.py`), which holds only for a calibrated model. The day's model
 version comes from its predictions, never from the run's model: this stage loads no model, and a day scored
 by an older version is judged against that version's own hold-out figure. Predictions and labels are joined on the
-domain's id column; the label is the domain's label column.
+domain's id column; the label is the domain's label column. A day of more predictions than `day_chunk_rows` is streamed,
+joined batch by batch and spilled into buckets of score ranges, evaluated from the highest range down: the same figures
+as the whole day's, in the memory of one bucket (the day's labels are still held whole).
 """
 
 from __future__ import annotations
@@ -24,17 +26,12 @@ from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib import labels as labels_lib
 from batchinfer_assets.lib import performance as performance_lib
-from batchinfer_assets.lib.hashing import table_content_hash
+from batchinfer_assets.lib.hashing import ContentHasher, table_content_hash
 from batchinfer_assets.lib.labels import DayLabels, labels_table
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
-from batchinfer_assets.lib.performance import (
-    ECE_BINS,
-    ESTIMATED,
-    PERFORMANCE_COLUMNS,
-    REALIZED,
-    estimated_metrics,
-    performance_rows,
-)
+from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
+from batchinfer_assets.lib.performance import ECE_BINS, ESTIMATED, PERFORMANCE_COLUMNS, REALIZED, VersionPerformance
+from batchinfer_assets.lib.spill import DayBuckets, bucket_count
 from batchinfer_assets.tables import PERFORMANCE_CHECK, PREDICTION_PERFORMANCE, PREDICTIONS
 
 PERFORMANCE_SCHEMA = pa.schema(
@@ -47,6 +44,10 @@ PERFORMANCE_SCHEMA = pa.schema(
         *((name, pa.float64()) for name in PERFORMANCE_COLUMNS[5:]),
     ]
 )
+# A day's predictions as its metrics need them: version (a code in order of appearance), score, flagged, label or -1.
+_ENCODED = pa.schema([("version", pa.int32()), ("score", pa.float64()), ("flagged", pa.int8()), ("y", pa.int8())])
+# Rows read from storage at a time when a day is evaluated in score ranges.
+_READ_ROWS = 1 << 20
 # The labels the evaluation saw, as the re-evaluation sensor compares them.
 LABELS_FINGERPRINT_KEY = "labels_fingerprint"
 # How many labels were read, positive, and set aside by kind (unknown ids, duplicates, contradictory, misdated).
@@ -107,34 +108,33 @@ class Judgement:
 def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Join the day's predictions with its known labels, store the metrics per model version, and judge them."""
     day, domain = state.day, run.domain
-    predictions = run.store.read_partition(
-        PREDICTIONS, day, columns=[domain.id_column, "score", "label", "model_name", "model_version"]
-    )
+    rows_scored = run.store.row_count(PREDICTIONS, day)
     # Taken before the read: a file landing meanwhile changes the fingerprint, and the sensor evaluates the day again.
     fingerprint = run.labels.label_files_fingerprint(state.date, domain)
     known = run.labels.labels_for(state.date, domain)
-    y, unknown_ids = join_labels(predictions.column(domain.id_column), known)
+    recorded_version = run.latest_version(PREDICTIONS, day, state)
+    tally = _Tally(domain, known, hash_predictions=recorded_version is None)
+    if rows_scored <= run.day_chunk_rows:
+        tally.feed(tally.encode(run.store.read_partition(PREDICTIONS, day, columns=tally.columns)))
+    else:
+        _feed_by_score_range(run, day, tally, rows_scored)
 
-    scores = predictions.column("score").to_numpy().astype(np.float64)
-    flagged = predictions.column("label").to_numpy()
-    # Masks computed in Arrow: turning a million-row string column into numpy strings took 0.6 s a column.
-    version_column = predictions.column("model_version")
-    versions = sorted(str(v) for v in pc.unique(version_column).to_pylist())
+    versions = sorted(tally.versions)
     # The run of the registration that scored the day, as recorded: its version number may name another model now.
     scored = run.recorded_metadata(PREDICTIONS, state)
     scored_run = {str(scored["model_version"]): scored.get("model_run_id") or None} if "model_version" in scored else {}
     rows: list[dict] = []
     judgements: list[Judgement] = []
     for version in versions:
-        selected = pc.equal(version_column, version)
-        mine = selected.to_numpy()
-        name = predictions.column("model_name").filter(selected)[0].as_py() or ""
-        realized, estimated = performance_rows(version, scores[mine], flagged[mine], y[mine])
+        performance = tally.versions[version]
+        realized, estimated = performance.rows()
         rows += [realized, estimated]
-        gap = estimate_gap(scores[mine], flagged[mine], y[mine], realized["roc_auc"])
-        judgements.append(_judge(run, name, version, scored_run.get(version), realized, estimated, y[mine], gap))
+        judgements.append(_judge(run, tally.names[version], scored_run.get(version), performance, realized, estimated))
     table = pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA)
     uri = run.store.write_partition(PREDICTION_PERFORMANCE, day, table)
+    n_predictions = sum(p.realized.rows + p.estimated.rows for p in tally.versions.values())
+    n_labelled = sum(p.realized.rows for p in tally.versions.values())
+    positives = round(sum(p.realized.positives for p in tally.versions.values()))
 
     below = [j for j in judgements if j.below]
     if not judgements:
@@ -143,7 +143,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         verdict = ("PERFORMANCE BELOW FLOOR: " if below else "performance within floor: ") + "; ".join(j.sentence() for j in judgements)
     latest = known.latest_labelled_at
     run.context.log.info(
-        f"{day}: {int((y >= 0).sum())} of {len(y)} scored {domain.rows_name} labelled ({domain.label_column}), latest label {latest.isoformat() if latest is not None else 'none yet'}; {verdict}"
+        f"{day}: {n_labelled} of {n_predictions} scored {domain.rows_name} labelled ({domain.label_column}), latest label {latest.isoformat() if latest is not None else 'none yet'}; {verdict}"
     )
     if below:
         run.context.log.warning(f"{day}: {verdict}")
@@ -155,11 +155,11 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         # One entry, not nine numbers: the Plots tab draws every number, and these are flat or zero on a good day.
         LABEL_COUNTS_KEY: dg.MetadataValue.json(
             {
-                "predictions": len(y),
-                "labelled": int((y >= 0).sum()),
+                "predictions": n_predictions,
+                "labelled": n_labelled,
                 "read": known.rows_read,
-                "positives": int((y == 1).sum()),
-                "unknown_ids": unknown_ids,
+                "positives": positives,
+                "unknown_ids": tally.unknown_ids,
                 "duplicates": known.duplicates,
                 "contradictory": known.contradictory,
                 "in_future": known.future,
@@ -175,9 +175,9 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         "performance": dg.MetadataValue.md(performance_markdown(rows)),
         "uri": dg.MetadataValue.path(uri),
     }
-    if unknown_ids:
+    if tally.unknown_ids:
         run.context.log.warning(
-            f"{day}: {unknown_ids} label(s) name {domain.rows_name} that were not scored ({domain.id_column} not in the "
+            f"{day}: {tally.unknown_ids} label(s) name {domain.rows_name} that were not scored ({domain.id_column} not in the "
             "day's predictions); counted, not joined"
         )
     if known.future or known.before_day:
@@ -187,7 +187,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "labelling export"
         )
     # Re-landed labels change the content hash, so the day gets a new data version even with the same predictions.
-    predictions_version = run.latest_version(PREDICTIONS, day, state) or table_content_hash(predictions)
+    predictions_version = recorded_version or tally.predictions_hash()
     yield run.materialization(
         PREDICTION_PERFORMANCE,
         state,
@@ -215,17 +215,117 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     )
 
 
-def join_labels(ids: pa.ChunkedArray, known: DayLabels) -> tuple[np.ndarray, int]:
-    """Each prediction's label (-1 where none is known yet), and how many labels name ids that were not scored."""
-    label_ids = pa.array(known.labels[known.id_column]).cast(ids.type)
-    position = pc.index_in(ids, value_set=label_ids)
-    y = np.full(len(ids), -1, dtype=np.int8)
-    found = position.is_valid().to_numpy(zero_copy_only=False)
-    if found.any():
-        truth = known.labels[known.label_column].to_numpy(dtype=np.int8)
-        y[found] = truth[position.drop_null().to_numpy()]
-    unknown = len(label_ids) - int(pc.sum(pc.is_in(label_ids, value_set=ids)).as_py() or 0)
-    return y, unknown
+class _Tally:
+    """The day's predictions joined to its known labels piece by piece, and their metrics per model version."""
+
+    def __init__(self, domain: Domain, known: DayLabels, hash_predictions: bool) -> None:
+        self.columns = [domain.id_column, "score", "label", "model_name", "model_version"]
+        self.versions: dict[str, VersionPerformance] = {}
+        self.names: dict[str, str] = {}
+        self._known = known
+        self._label_ids: pa.Array | None = None
+        self._truth = known.labels[known.label_column].to_numpy(dtype=np.int8)
+        self._matched = np.zeros(len(self._truth), dtype=bool)
+        self._codes: dict[str, int] = {}
+        self._hasher = ContentHasher() if hash_predictions else None
+
+    def encode(self, predictions: pa.Table | pa.RecordBatch) -> pa.Table:
+        """A piece of the day's predictions (in `columns`) as (version code, score, flagged, label or -1), in its order."""
+        ids = predictions.column(self.columns[0])
+        if self._label_ids is None:
+            self._label_ids = pa.array(self._known.labels[self._known.id_column]).cast(ids.type)
+        y = self._join(ids)
+        # Versions coded in Arrow: turning a million-row string column into numpy strings took 0.6 s a column.
+        versions = predictions.column("model_version")
+        present = pc.unique(versions)
+        local = pc.index_in(versions, value_set=present).to_numpy(zero_copy_only=False)
+        codes = np.empty(len(present), dtype=np.int32)
+        for k, value in enumerate(present.to_pylist()):
+            version = str(value)
+            if version not in self._codes:
+                self._codes[version] = len(self._codes)
+                self.versions[version] = VersionPerformance(version)
+                self.names[version] = predictions.column("model_name")[int(np.argmax(local == k))].as_py() or ""
+            codes[k] = self._codes[version]
+        if self._hasher is not None:
+            self._hasher.update(predictions)
+        return pa.table(
+            [
+                pa.array(codes[local]),
+                pa.array(predictions.column("score").to_numpy(zero_copy_only=False).astype(np.float64)),
+                pa.array(predictions.column("label").to_numpy(zero_copy_only=False).astype(np.int8)),
+                pa.array(y),
+            ],
+            schema=_ENCODED,
+        )
+
+    def _join(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each id's label (-1 where none is known yet), marking the labels (one per id) that name a scored id."""
+        assert self._label_ids is not None
+        y = np.full(len(ids), -1, dtype=np.int8)
+        # The smaller side is hashed: a batch of a big day has fewer ids than the day has labels (hashing the labels
+        # again for each of a 10M-row day's batches made the day in batches 60% slower than whole). Only for ids
+        # that are each there once, as the pipeline writes them: a repeated id gets its label at every occurrence.
+        if len(ids) < len(self._label_ids) and pc.count_distinct(ids, mode="all").as_py() == len(ids):
+            row = pc.index_in(self._label_ids, value_set=ids)
+            found = row.is_valid().to_numpy(zero_copy_only=False)
+            y[row.drop_null().to_numpy()] = self._truth[found]
+            self._matched |= found
+            return y
+        position = pc.index_in(ids, value_set=self._label_ids)
+        matched = position.drop_null().to_numpy()
+        y[position.is_valid().to_numpy(zero_copy_only=False)] = self._truth[matched]
+        self._matched[matched] = True
+        return y
+
+    def feed(self, piece: pa.Table) -> None:
+        """Encoded rows to their versions' metrics; each piece scored at or below every earlier one."""
+        codes, scores, flagged, y = (piece.column(c).to_numpy() for c in _ENCODED.names)
+        versions, present = list(self._codes), np.unique(codes)
+        if len(present) == 1:
+            # The usual day: one version, no copies.
+            self.versions[versions[present[0]]].add(scores, flagged, y)
+            return
+        for code in present:
+            mine = codes == code
+            self.versions[versions[code]].add(scores[mine], flagged[mine], y[mine])
+
+    @property
+    def unknown_ids(self) -> int:
+        """Labels that name ids that were not scored."""
+        return int(len(self._matched) - self._matched.sum())
+
+    def predictions_hash(self) -> str:
+        """The content hash of the predictions' columns read, for a day whose predictions have no recorded version."""
+        assert self._hasher is not None
+        return self._hasher.hexdigest()
+
+
+def _feed_by_score_range(run: PipelineRun, day: str, tally: _Tally, rows: int) -> None:
+    """A day of more than `day_chunk_rows` predictions to the tally in buckets of score ranges spilled to local disk,
+    from the highest range down: tied scores always share a bucket, so the metrics are those of the whole day."""
+    cuts = _score_cuts(run.store, day, bucket_count(rows, run.day_chunk_rows))
+    run.context.log.info(
+        f"{day}: {rows:,} predictions, over day_chunk_rows={run.day_chunk_rows:,}: evaluated in {len(cuts) + 1} score ranges"
+    )
+    with DayBuckets(len(cuts) + 1, _ENCODED, run.spill_dir) as buckets:
+        batches = run.store.iter_batches(PREDICTIONS, day, batch_size=min(run.day_chunk_rows, _READ_ROWS), columns=tally.columns)
+        for batch in batches:
+            piece = tally.encode(batch)
+            # Bucket 0 holds the highest scores: buckets are read back in their order.
+            buckets.add(piece, len(cuts) - np.searchsorted(cuts, piece.column("score").to_numpy(), side="right"))
+        for part in buckets:
+            tally.feed(part)
+
+
+def _score_cuts(store: PartitionedParquetStore, day: str, parts: int) -> np.ndarray:
+    """Scores that split the day's scores into about `parts` ranges of equal size: quantiles of every `parts`-th score."""
+    sample, seen = [], 0
+    for batch in store.iter_batches(PREDICTIONS, day, batch_size=_READ_ROWS, columns=["score"]):
+        scores = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        sample.append(scores[(-seen) % parts :: parts])
+        seen += len(scores)
+    return np.unique(np.quantile(np.concatenate(sample), np.arange(1, parts) / parts))
 
 
 def performance_version(code_version: str, predictions_version: str, labels_hash: str) -> str:
@@ -234,25 +334,21 @@ def performance_version(code_version: str, predictions_version: str, labels_hash
 
 
 def _judge(
-    run: PipelineRun,
-    name: str,
-    version: str,
-    model_run_id: str | None,
-    realized: dict,
-    estimated: dict,
-    y: np.ndarray,
-    gap: float | None,
+    run: PipelineRun, name: str, model_run_id: str | None, performance: VersionPerformance, realized: dict, estimated: dict
 ) -> Judgement:
     """Realized ROC AUC when enough positive and negative rows are labelled, else the estimate, against the floor."""
     policy = run.performance_policy
     try:
-        holdout = run.model_registry.version_metric(name, version, policy.holdout_metric, run_id=model_run_id)
+        holdout = run.model_registry.version_metric(
+            name, performance.model_version, policy.holdout_metric, run_id=model_run_id
+        )
     except ModelNotFoundError as error:
         # The metrics need only the predictions and the labels: a deleted version loses its hold-out figure, not its day.
         run.context.log.warning(f"{error}: no hold-out {policy.holdout_metric} to judge against; the day's metrics are still computed")
         holdout = None
     floor = holdout - policy.tolerance if holdout is not None else policy.absolute_floor
-    positives, negatives = int((y == 1).sum()), int((y == 0).sum())
+    version, gap = performance.model_version, performance.estimate_gap()
+    positives, negatives = int(performance.realized.positives), int(performance.realized.negatives)
     if min(positives, negatives) >= policy.min_labelled_positives and realized["roc_auc"] is not None:
         return Judgement(version, realized["roc_auc"], REALIZED, floor, holdout, gap)
     basis = estimate_basis(run.domain, positives, negatives, policy.min_labelled_positives)
@@ -272,19 +368,6 @@ def calibration_note(domain: Domain) -> str:
         f"estimated = CBPE on the unlabelled rows (each score taken as P({domain.label_column}=1)): valid only if the "
         f"model is calibrated; ece over {ECE_BINS} equal-width score bins; 95% ROC AUC interval by Hanley-McNeil"
     )
-
-
-def estimate_gap(scores: np.ndarray, flagged: np.ndarray, y: np.ndarray, realized_auc: float | None) -> float | None:
-    """How far the estimate misses on rows whose labels are known: CBPE's ROC AUC of the labelled rows minus their realized one.
-
-    Near 0 when the scores behave as probabilities; a steady gap says the estimate for the unlabelled rows is
-    off by about as much (the demo model's is about -0.05: it is not calibrated).
-    """
-    labelled = y >= 0
-    if realized_auc is None:
-        return None
-    estimated = estimated_metrics(scores[labelled], flagged[labelled]).roc_auc
-    return None if estimated is None else estimated - realized_auc
 
 
 def _headline(realized: dict, judgement: Judgement, tolerance: float) -> dict[str, object]:

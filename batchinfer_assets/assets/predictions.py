@@ -13,7 +13,7 @@ import pyarrow as pa
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.batching import ProgressMeter, record_batch_matrix
-from batchinfer_assets.lib.hashing import table_content_hash
+from batchinfer_assets.lib.hashing import HASH_CHUNK_ROWS, ContentHasher
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.lib.runtime_info import runtime_metadata
@@ -144,7 +144,15 @@ def predictions_version(artifact_checksum: str, snapshot_hash: str, batch_size: 
 def snapshot_hash_from_files(run: PipelineRun, day: str) -> str:
     """The snapshot's content hash recomputed from its files (a snapshot written outside this Dagster instance)."""
     run.context.log.warning(f"input_snapshot dt={day} has no recorded content hash; hashing its files")
-    return table_content_hash(run.store.read_partition(SNAPSHOT_TABLE, day))
+    return stored_content_hash(run.store, SNAPSHOT_TABLE, day)
+
+
+def stored_content_hash(store: PartitionedParquetStore, table: str, day: str) -> str:
+    """The content hash of a stored day, streamed from its files (what its materialization recorded)."""
+    hasher = ContentHasher()
+    for batch in store.iter_batches(table, day, batch_size=HASH_CHUNK_ROWS):
+        hasher.update(batch)
+    return hasher.hexdigest(store.schema(table, day))
 
 
 @dataclass(frozen=True)

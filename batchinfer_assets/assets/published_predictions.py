@@ -1,6 +1,7 @@
 """Predictions published to the database downstream apps query."""
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing
 from typing import Any
 
 import dagster as dg
@@ -10,6 +11,7 @@ import pyarrow.compute as pc
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.redaction import redact
+from batchinfer_assets.lib.spill import DayBuckets, bucket_count, bucket_of
 from batchinfer_assets.resources.prediction_db import PREDICTIONS_TABLE
 from batchinfer_assets.tables import (
     PREDICTIONS,
@@ -42,18 +44,27 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
             f"{state.day}: predictions have no recorded scoring lineage (written outside this Dagster instance?); "
             "rows are published without a scoring_runs link"
         )
-    rows = publishable_rows(run, state)
-    written = run.prediction_db.replace_partition(state.day, rows, lineage, domain=run.domain)
-    del rows
+    chunks: list[int] = []
+    with closing(publishable_rows(run, state)) as rows:  # closing removes a big day's buckets, even on failure
+        written = run.prediction_db.replace_partition(state.day, _counted(rows, chunks), lineage, domain=run.domain)
     run.prediction_db.release_connections()
-    run.context.log.info(f"{state.day}: published {written:,} rows to {redact(run.prediction_db.url)}")
+    run.context.log.info(
+        f"{state.day}: published {written:,} rows in {len(chunks)} chunk(s) to {redact(run.prediction_db.url)}"
+    )
     yield run.materialization(
         PUBLISHED_PREDICTIONS,
         state,
-        {"table": PREDICTIONS_TABLE, "database": redact(run.prediction_db.url), "row_count": written},
+        {"table": PREDICTIONS_TABLE, "database": redact(run.prediction_db.url), "row_count": written, "chunks": len(chunks)},
         inputs=(PREDICTIONS, RAW_TRANSACTIONS, SCORING_MODEL),
         model_version=scored.get("model_version"),
     )
+
+
+def _counted(chunks: Iterator[pa.Table], sizes: list[int]) -> Iterator[pa.Table]:
+    """`chunks` as they are, each one's row count appended to `sizes` on the way."""
+    for chunk in chunks:
+        sizes.append(chunk.num_rows)
+        yield chunk
 
 
 def scoring_run(scored: Mapping[str, Any], dagster_run_id: str | None) -> dict[str, Any] | None:
@@ -80,17 +91,76 @@ def scoring_run(scored: Mapping[str, Any], dagster_run_id: str | None) -> dict[s
     return lineage
 
 
-def publishable_rows(run: PipelineRun, state: DayState) -> pa.Table:
-    """The day's predictions joined by the domain's id column with the raw rows' business columns."""
+def publishable_rows(run: PipelineRun, state: DayState) -> Iterator[pa.Table]:
+    """The day's predictions joined by the domain's id column with the raw rows' business columns, in chunks.
+
+    A day of at most `run.day_chunk_rows` predictions is one chunk; a bigger one is split by id into buckets on
+    local disk (predictions and raw rows alike, so each id's rows meet in one bucket) and joined bucket by bucket.
+    """
     id_column, business_columns = run.domain.id_column, list(run.domain.business_columns)
-    predictions = run.store.read_partition(PREDICTIONS, state.day, columns=[id_column, *SCORE_COLUMNS])
-    if state.raw is not None:
-        raw = pa.Table.from_pandas(state.raw.loc[:, [id_column, *business_columns]], preserve_index=False)
-    else:
-        raw = run.store.read_partition(RAW_TRANSACTIONS, state.day, columns=[id_column, *business_columns])
+    predicted = [id_column, *SCORE_COLUMNS]
+    rows = run.recorded_metadata(PREDICTIONS, state).get("row_count")
+    if not isinstance(rows, int):  # written outside this instance: the files' footers say
+        rows = run.store.row_count(PREDICTIONS, state.day)
+    if rows <= run.day_chunk_rows:
+        predictions = run.store.read_partition(PREDICTIONS, state.day, columns=predicted)
+        if state.raw is not None:
+            raw = pa.Table.from_pandas(state.raw.loc[:, [id_column, *business_columns]], preserve_index=False)
+        else:
+            raw = run.store.read_partition(RAW_TRANSACTIONS, state.day, columns=[id_column, *business_columns])
+        yield joined_rows(predictions, raw, id_column)
+        return
+    # A big day's raw rows are read back from storage batch by batch (the run never holds them whole).
+    stored = run.store.schema(PREDICTIONS, state.day)
+    predictions_schema = pa.schema([stored.field(name).remove_metadata() for name in predicted])
+    stored = run.store.schema(RAW_TRANSACTIONS, state.day)
+    raw_schema = pa.schema(
+        [predictions_schema.field(id_column), *(stored.field(name).remove_metadata() for name in business_columns)]
+    )
+    yield from joined_by_bucket(
+        run.store.iter_batches(PREDICTIONS, state.day, run.day_chunk_rows, columns=predicted),
+        predictions_schema,
+        run.store.iter_batches(RAW_TRANSACTIONS, state.day, run.day_chunk_rows, columns=raw_schema.names),
+        raw_schema,
+        id_column,
+        bucket_count(rows, run.day_chunk_rows),
+        run.spill_dir,
+    )
+
+
+def joined_by_bucket(
+    predictions: Iterable[pa.RecordBatch | pa.Table],
+    predictions_schema: pa.Schema,
+    raw: Iterable[pa.RecordBatch | pa.Table],
+    raw_schema: pa.Schema,
+    id_column: str,
+    count: int,
+    spill_dir: str | None = None,
+) -> Iterator[pa.Table]:
+    """`joined_rows` of each of `count` buckets of the ids, the predictions and raw rows spilled to disk by bucket first.
+
+    Both schemas hold the id column in one type (an id hashes to one bucket on both sides); the raw schema holds the
+    business columns besides it.
+    """
+    with DayBuckets(count, predictions_schema, spill_dir) as predicted, DayBuckets(count, raw_schema, spill_dir) as landed:
+        for buckets, schema, batches in ((predicted, predictions_schema, predictions), (landed, raw_schema, raw)):
+            for batch in batches:
+                table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+                table = table.select(schema.names).cast(schema)
+                buckets.add(table, bucket_of(table.column(id_column), count))
+        # Buckets come back in order, empty ones skipped: a bucket's raw rows may have no predictions (all quarantined).
+        predicted_buckets, landed_buckets = iter(predicted), iter(landed)
+        for predicted_rows, landed_rows in zip(predicted.rows, landed.rows, strict=True):
+            business = next(landed_buckets) if landed_rows else raw_schema.empty_table()
+            if predicted_rows:
+                yield joined_rows(next(predicted_buckets), business, id_column)
+
+
+def joined_rows(predictions: pa.Table, raw: pa.Table, id_column: str) -> pa.Table:
+    """`predictions` in their order with the business columns (those of `raw` besides the id) of each id's first raw row."""
     ids = predictions.column(id_column)
     raw_ids = raw.column(id_column).cast(ids.type)
-    business = raw.select(business_columns)
+    business = raw.drop_columns([id_column])
     if not (len(raw_ids) == len(ids) and raw_ids.equals(ids)):
         # Predictions keep the order of the day's valid raw rows, a subsequence of the raw ones; a lookup of each
         # id's first raw row (repeated ids are quarantined, never scored) keeps that order, where a hash join
@@ -105,6 +175,6 @@ STAGE = Stage(
     assets=(PUBLISHED_PREDICTIONS,),
     day=publish_day,
     specs=lambda domain: [PUBLISHED_PREDICTIONS_SPEC],
-    reads=(PREDICTIONS,),
+    reads=(PREDICTIONS, RAW_TRANSACTIONS),
     domain_declaration=True,
 )

@@ -1,13 +1,15 @@
 """The day's raw rows as they landed."""
 
+import contextlib
 from collections.abc import Iterator
 
 import dagster as dg
+import pandas as pd
 import pyarrow as pa
 
 from batchinfer_assets.assets._run import DayState, PipelineRun
 from batchinfer_assets.assets.stage import Stage
-from batchinfer_assets.lib.hashing import table_content_hash
+from batchinfer_assets.lib.hashing import ContentHasher
 from batchinfer_assets.tables import RAW_TRANSACTIONS
 
 
@@ -21,18 +23,36 @@ def raw_spec(domain) -> dg.AssetSpec:
 
 
 def ingest_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization]:
-    """Read the day from the landing zone and store it; its content hash is its data version."""
-    frame = run.landing_zone.load_day(state.date, run.domain)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    uri = run.store.write_partition(RAW_TRANSACTIONS, state.day, table)
-    state.raw = frame
+    """Stream the day from the landing zone into storage, hashing it on the way; its content hash is its data version.
+
+    A day of at most `day_chunk_rows` rows is also kept in memory for the day's next stages; a bigger one is read
+    back from storage by each stage, so memory holds one piece of the landing files at a time.
+    """
     source = run.landing_zone.location(state.date)
-    run.context.log.info(f"{state.day}: {len(frame):,} {run.domain.rows_name} from {source}")
-    content_hash = table_content_hash(table)
+    hasher = ContentHasher()
+    kept: list[pd.DataFrame] | None = []
+    rows = 0
+    schema: pa.Schema | None = None
+    with contextlib.ExitStack() as stack:
+        writer = None
+        for piece in run.landing_zone.iter_day(state.date, run.domain, run.day_chunk_rows):
+            table = pa.Table.from_pandas(piece, schema=schema, preserve_index=False)
+            if writer is None:
+                schema = table.schema
+                writer = stack.enter_context(run.store.partition_writer(RAW_TRANSACTIONS, state.day, schema))
+            writer.write(table)
+            hasher.update(table)
+            rows += len(piece)
+            if kept is not None:
+                kept = kept + [piece] if rows <= run.day_chunk_rows else None
+    state.raw = None if kept is None else (pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0].reset_index(drop=True))
+    uri = run.store.partition_uri(RAW_TRANSACTIONS, state.day)
+    run.context.log.info(f"{state.day}: {rows:,} {run.domain.rows_name} from {source}")
+    content_hash = hasher.hexdigest(schema)
     yield run.materialization(
         RAW_TRANSACTIONS,
         state,
-        {"source": source, "row_count": len(frame), "content_hash": content_hash, "uri": dg.MetadataValue.path(uri)},
+        {"source": source, "row_count": rows, "content_hash": content_hash, "uri": dg.MetadataValue.path(uri)},
         inputs=(),
         data_version=content_hash,
     )

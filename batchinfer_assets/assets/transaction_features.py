@@ -1,9 +1,11 @@
 """Row validation with quarantine, and the model-ready features of the valid rows."""
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -11,6 +13,7 @@ from batchinfer_assets import schemas
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.assets.raw_transactions import raw_of
 from batchinfer_assets.assets.stage import Stage
+from batchinfer_assets.lib.spill import DayBuckets, bucket_count, bucket_of
 from batchinfer_assets.resources.prediction_db import published_text_lengths
 from batchinfer_assets.schemas import split_valid_rows
 from batchinfer_assets.tables import (
@@ -22,6 +25,9 @@ from batchinfer_assets.tables import (
 )
 
 _SAMPLE_ROWS = 10
+# A big day's row number while it is split into buckets, and rows read from storage at a time to split it.
+_ROW = "__batchinfer_row"
+_READ_ROWS = 1 << 20
 
 def feature_specs(domain) -> list[dg.AssetSpec]:
     """The features and the quarantine of the domain's days."""
@@ -54,39 +60,75 @@ INVALID_SHARE_CHECK_SPEC = dg.AssetCheckSpec(
 
 
 def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """Validate the day's raw rows, quarantine the bad ones, build features from the rest, and gate the day."""
-    domain = run.domain
-    raw = raw_of(run, state)
-    valid, bad = split_valid_rows(raw, state.date, domain, published_text_lengths(domain))
-    reasons = reason_counts(bad)
-    share = len(bad) / len(raw) if len(raw) else 0.0
-    if len(bad):
-        run.context.log.warning(f"{state.day}: quarantined {len(bad):,} of {len(raw):,} {domain.rows_name}: {reasons}")
+    """Validate the day's raw rows, quarantine the bad ones, build features from the rest, and gate the day.
 
-    if run.wants(QUARANTINED_TRANSACTIONS, state.day):
-        uri = run.store.write_partition(QUARANTINED_TRANSACTIONS, state.day, pa.Table.from_pandas(bad, preserve_index=False))
+    A day of more than `day_chunk_rows` rows goes through in buckets that keep each of the domain's groups whole
+    (`validated_parts`), so memory holds one bucket whatever the day's size.
+    """
+    domain = run.domain
+    rows = bad_rows = 0
+    reasons: Counter[str] = Counter()
+    sample: pd.DataFrame | None = None
+    unknown: Counter[str] = Counter({column: 0 for column in domain.vocabularies})
+    wants_quarantine = run.wants(QUARANTINED_TRANSACTIONS, state.day)
+    wants_features = run.wants(TRANSACTION_FEATURES, state.day)
+    with contextlib.ExitStack() as stack:
+        quarantine = features_out = None
+        for valid, bad in validated_parts(run, state):
+            rows += len(valid) + len(bad)
+            bad_rows += len(bad)
+            reasons.update(reason_counts(bad))
+            if sample is None or len(sample) < _SAMPLE_ROWS:
+                sample = bad.head(_SAMPLE_ROWS) if sample is None else pd.concat([sample, bad.head(_SAMPLE_ROWS - len(sample))])
+            if wants_quarantine:
+                table = pa.Table.from_pandas(bad, preserve_index=False)
+                if quarantine is None:
+                    quarantine = stack.enter_context(run.store.partition_writer(QUARANTINED_TRANSACTIONS, state.day, table.schema))
+                quarantine.write(table)
+            if not wants_features:
+                continue
+            features = domain.feature_frame(valid, state.day)
+            unknown.update(vocabulary_misses(domain, valid))
+            table = pa.Table.from_pandas(features, preserve_index=False)
+            if features_out is None:
+                features_out = stack.enter_context(run.store.partition_writer(TRANSACTION_FEATURES, state.day, table.schema))
+                state.features = features
+            else:
+                state.features = None
+            features_out.write(table)
+    reasons = Counter(dict(reasons.most_common()))
+    share = bad_rows / rows if rows else 0.0
+    if bad_rows:
+        run.context.log.warning(f"{state.day}: quarantined {bad_rows:,} of {rows:,} {domain.rows_name}: {dict(reasons)}")
+    if wants_quarantine:
         yield run.materialization(
             QUARANTINED_TRANSACTIONS,
             state,
-            {"row_count": len(bad), "quarantined_rows": len(bad), "reasons": dg.MetadataValue.json(reasons), "uri": dg.MetadataValue.path(uri)},
+            {
+                "row_count": bad_rows,
+                "quarantined_rows": bad_rows,
+                "reasons": dg.MetadataValue.json(dict(reasons)),
+                "uri": dg.MetadataValue.path(run.store.partition_uri(QUARANTINED_TRANSACTIONS, state.day)),
+            },
             inputs=(RAW_TRANSACTIONS,),
         )
-    if not run.wants(TRANSACTION_FEATURES, state.day):
+    if not wants_features:
         return
-    features = domain.feature_frame(valid, state.day)
-    unknown = vocabulary_misses(domain, valid)
+    valid_rows = rows - bad_rows
     for column, count in unknown.items():
-        outside = count / len(valid) if len(valid) else 0.0
+        outside = count / valid_rows if valid_rows else 0.0
         if outside > domain.vocabulary_warn_share:
             run.context.log.warning(
-                f"{state.day}: {count:,} of {len(valid):,} {domain.rows_name} ({outside:.1%}) have a {column} outside the "
+                f"{state.day}: {count:,} of {valid_rows:,} {domain.rows_name} ({outside:.1%}) have a {column} outside the "
                 f"domain's vocabulary (over {domain.vocabulary_warn_share:.0%}): the features treat them all alike"
             )
-    uri = run.store.write_partition(TRANSACTION_FEATURES, state.day, pa.Table.from_pandas(features, preserve_index=False))
-    state.features = features
-    metadata = {"row_count": len(features), "feature_count": len(domain.feature_columns), "uri": dg.MetadataValue.path(uri)}
+    metadata = {
+        "row_count": valid_rows,
+        "feature_count": len(domain.feature_columns),
+        "uri": dg.MetadataValue.path(run.store.partition_uri(TRANSACTION_FEATURES, state.day)),
+    }
     if domain.vocabularies:
-        metadata["outside_vocabulary"] = dg.MetadataValue.json(unknown)
+        metadata["outside_vocabulary"] = dg.MetadataValue.json(dict(unknown))
     yield run.materialization(TRANSACTION_FEATURES, state, metadata, inputs=(RAW_TRANSACTIONS,))
     limit = run.validation_policy.max_invalid_fraction
     blocked = share > limit
@@ -97,24 +139,77 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
         passed=not blocked,
         blocking=True,
         description=(
-            f"{share:.3%} of {len(raw):,} rows quarantined, over the {limit:.2%} limit: the day is blocked"
+            f"{share:.3%} of {rows:,} rows quarantined, over the {limit:.2%} limit: the day is blocked"
             if blocked
-            else f"{share:.3%} of {len(raw):,} rows quarantined (limit {limit:.2%})"
+            else f"{share:.3%} of {rows:,} rows quarantined (limit {limit:.2%})"
         ),
         metadata={
             "max_invalid_fraction": limit,
             "invalid_fraction": round(share, 6),
-            "rows": len(raw),
-            "quarantined_rows": len(bad),
-            "reasons": dg.MetadataValue.json(reasons),
-            "sample_failing_rows": dg.MetadataValue.md(sample_markdown(bad) if len(bad) else "none"),
+            "rows": rows,
+            "quarantined_rows": bad_rows,
+            "reasons": dg.MetadataValue.json(dict(reasons)),
+            "sample_failing_rows": dg.MetadataValue.md(sample_markdown(sample) if sample is not None and len(sample) else "none"),
         },
     )
     if blocked:
         raise DayBlocked(
             INVALID_SHARE_CHECK,
-            f"{len(bad):,} of {len(raw):,} rows ({share:.3%}) failed validation, over the {limit:.2%} limit ({reasons})",
+            f"{bad_rows:,} of {rows:,} rows ({share:.3%}) failed validation, over the {limit:.2%} limit ({dict(reasons)})",
         )
+
+
+def validated_parts(run: PipelineRun, state: DayState) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(valid rows, quarantined rows) of the day: once for a day that fits in memory, else once per bucket.
+
+    A bigger day is split by the domain's `group_column` (each group whole, so its features are those of the whole
+    day) into buckets spilled to local disk; an id repeated across buckets is found in a second, id-keyed split of
+    (id, row number) and quarantined as within one part: every occurrence after the day's first.
+    """
+    domain, day = run.domain, state.day
+    lengths = published_text_lengths(domain)
+    rows = len(state.raw) if state.raw is not None else run.store.row_count(RAW_TRANSACTIONS, day)
+    count = bucket_count(rows, run.day_chunk_rows)
+    if count > 1 and domain.group_column is None:
+        run.context.log.warning(
+            f"{day}: {rows:,} rows, over day_chunk_rows={run.day_chunk_rows:,}, but domain {domain.name!r} declares no "
+            "group_column, so its features may depend on the whole day: the day is validated and featurized in memory "
+            "(declare group_column, the id column for row-local features, to bound it)"
+        )
+        count = 1
+    if count == 1:
+        yield split_valid_rows(raw_of(run, state), state.date, domain, lengths)
+        return
+    id_column, key = domain.id_column, domain.group_column
+    schema = run.store.schema(RAW_TRANSACTIONS, day)
+    spilled = schema.append(pa.field(_ROW, pa.int64()))
+    id_schema = pa.schema([schema.field(id_column), pa.field(_ROW, pa.int64())])
+    run.context.log.info(f"{day}: {rows:,} rows in {count} buckets of whole {key} groups (day_chunk_rows={run.day_chunk_rows:,})")
+    with DayBuckets(count, spilled, run.spill_dir) as buckets, DayBuckets(count, id_schema, run.spill_dir) as ids:
+        offset = 0
+        for batch in run.store.iter_batches(RAW_TRANSACTIONS, day, batch_size=min(run.day_chunk_rows, _READ_ROWS)):
+            numbers = pa.array(np.arange(offset, offset + batch.num_rows, dtype=np.int64))
+            offset += batch.num_rows
+            table = pa.Table.from_batches([batch]).append_column(_ROW, numbers)
+            buckets.add(table, bucket_of(batch.column(key), count))
+            if key != id_column:
+                ids.add(pa.table([batch.column(id_column), numbers], schema=id_schema), bucket_of(batch.column(id_column), count))
+        repeated = _repeated_rows(ids, id_column) if key != id_column else np.empty(0, dtype=np.int64)
+        for part in buckets:
+            numbers = part.column(_ROW).to_numpy()
+            frame = part.drop_columns([_ROW]).to_pandas()
+            yield split_valid_rows(frame, state.date, domain, lengths, repeated=np.isin(numbers, repeated))
+
+
+def _repeated_rows(ids: DayBuckets, id_column: str) -> np.ndarray:
+    """The row numbers whose (non-null) id an earlier row of the day has, from the id-keyed buckets."""
+    found = []
+    for part in ids:
+        frame = part.to_pandas()
+        present = frame[id_column].notna()
+        later = frame[id_column].duplicated(keep="first") & present
+        found.append(frame.loc[later, _ROW].to_numpy())
+    return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
 
 def vocabulary_misses(domain, valid: pd.DataFrame) -> dict[str, int]:
@@ -133,25 +228,32 @@ def stored_invalid_share(run: PipelineRun, state: DayState) -> tuple[float, int,
     return (bad / rows if rows else 0.0), bad, rows
 
 
-def features_of(run: PipelineRun, state: DayState) -> pd.DataFrame:
-    """The day's features: from this run's memory, else from storage after re-applying the quarantine gate.
+def feature_parts(run: PipelineRun, state: DayState) -> Iterator[pd.DataFrame]:
+    """The day's features: from this run's memory, else from storage (in parts of `day_chunk_rows` rows) after
+    re-applying the quarantine gate.
 
     A day blocked by `invalid_share_within_limit` stays blocked for every later run until its raw data is
     fixed and its features rebuilt, whatever is selected.
     """
-    if state.features is None:
-        # The stored counts judge the day only when the quarantine and the features come from the same raw data.
-        run.require_inputs_agree(state, INPUT_SNAPSHOT, (TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS))
-        share, bad, rows = stored_invalid_share(run, state)
-        limit = run.validation_policy.max_invalid_fraction
-        if share > limit:
-            raise DayBlocked(
-                INVALID_SHARE_CHECK,
-                f"the stored features hold {rows - bad:,} of {rows:,} rows: {bad:,} ({share:.3%}) were quarantined, "
-                f"over the {limit:.2%} limit; fix the raw data and re-materialize transaction_features",
-            )
+    if state.features is not None:
+        yield state.features
+        return
+    # The stored counts judge the day only when the quarantine and the features come from the same raw data.
+    run.require_inputs_agree(state, INPUT_SNAPSHOT, (TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS))
+    share, bad, rows = stored_invalid_share(run, state)
+    limit = run.validation_policy.max_invalid_fraction
+    if share > limit:
+        raise DayBlocked(
+            INVALID_SHARE_CHECK,
+            f"the stored features hold {rows - bad:,} of {rows:,} rows: {bad:,} ({share:.3%}) were quarantined, "
+            f"over the {limit:.2%} limit; fix the raw data and re-materialize transaction_features",
+        )
+    if rows - bad <= run.day_chunk_rows:
         state.features = run.store.read_partition(TRANSACTION_FEATURES, state.day).to_pandas()
-    return state.features
+        yield state.features
+        return
+    for batch in run.store.iter_batches(TRANSACTION_FEATURES, state.day, batch_size=run.day_chunk_rows):
+        yield batch.to_pandas()
 
 
 def sample_markdown(quarantined: pd.DataFrame) -> str:

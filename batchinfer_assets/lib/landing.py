@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,26 +151,49 @@ def read_landing_day(
     root: str | Path, day: dt.date, columns: Mapping[str, pa.DataType], s3_client: Any = None
 ) -> pd.DataFrame:
     """All Parquet files of `{root}/dt={day}/` (a local folder or an S3 prefix), concatenated and conformed to `columns`."""
+    frames = list(iter_landing_day(root, day, columns, s3_client))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def iter_landing_day(
+    root: str | Path, day: dt.date, columns: Mapping[str, pa.DataType], s3_client: Any = None, batch_rows: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """The rows of `{root}/dt={day}/` file by file, conformed to `columns`; a file of more than `batch_rows` rows in
+    pieces of at most that many (None: each file whole)."""
     folder, exists, files = day_files(root, day, s3_client)
     if not exists:
         raise LandingDataError(f"no landing data for {day.isoformat()}: folder {folder} does not exist")
     if not files:
         raise LandingDataError(f"no landing data for {day.isoformat()}: no data files in {folder} (only writers' bookkeeping files)")
-    frames = []
     for file in files:
         # Opening (an S3 download) stays outside the try: a connection failure is transient, not bad data.
         with file.open() as path:
-            try:
-                present = set(pq.read_schema(path).names)
-                # Only the declared columns are read: other columns of the export are ignored anyway.
-                table = pq.read_table(path, columns=[c for c in columns if c in present])
-            except (pa.ArrowException, OSError) as exc:
-                raise LandingDataError(
-                    f"landing file {file.name} is not a readable Parquet file ({exc}); every file of a landing day is read "
-                    "except writers' bookkeeping (names starting with _ or ., manifests): remove or move it"
-                ) from exc
-        frames.append(conform_landing_frame(table.to_pandas(), source=file.name, columns=columns))
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            pieces = _read_pieces(file.name, path, [c for c in columns], batch_rows)
+            for piece in pieces:
+                yield conform_landing_frame(piece.to_pandas(), source=file.name, columns=columns)
+
+
+def _read_pieces(name: str, path: Any, columns: list[str], batch_rows: int | None) -> Iterator[pa.Table | pa.RecordBatch]:
+    """The file's declared columns: whole, or in pieces of `batch_rows` when it has more; unreadable: LandingDataError."""
+    try:
+        parquet = pq.ParquetFile(path, pre_buffer=False)
+        present = set(parquet.schema_arrow.names)
+        # Only the declared columns are read: other columns of the export are ignored anyway.
+        wanted = [c for c in columns if c in present]
+        if batch_rows is None or parquet.metadata.num_rows <= batch_rows:
+            yield parquet.read(columns=wanted)
+            return
+        batches = parquet.iter_batches(batch_size=batch_rows, columns=wanted)
+        while True:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+    except (pa.ArrowException, OSError) as exc:
+        raise LandingDataError(
+            f"landing file {name} is not a readable Parquet file ({exc}); every file of a landing day is read "
+            "except writers' bookkeeping (names starting with _ or ., manifests): remove or move it"
+        ) from exc
 
 
 def _local_day(root: str, day: dt.date, _client: Any) -> tuple[str, bool, list[DayFile]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Optional
 
 import dagster as dg
@@ -12,7 +13,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from batchinfer_assets.domain import DEFAULT_SEED, Domain
-from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame, read_landing_day
+from batchinfer_assets.lib.landing import LandingDataError, conform_landing_frame, iter_landing_day, read_landing_day
 from batchinfer_assets.lib.parquet_store import is_s3_uri
 from batchinfer_assets.resources.table_storage import S3_FIELD_DESCRIPTION
 
@@ -41,6 +42,12 @@ class LandingZoneResource(dg.ConfigurableResource, ABC):
                 "(set allow_empty_days on the landing zone resource to accept empty days)"
             )
         return frame
+
+    def iter_day(self, day: dt.date, domain: Domain, batch_rows: int) -> Iterator[pd.DataFrame]:
+        """The day's rows in pieces of at most about `batch_rows` rows, in the order `load_day` returns them."""
+        frame = self.load_day(day, domain)
+        for offset in range(0, max(len(frame), 1), batch_rows):
+            yield frame.iloc[offset : offset + batch_rows]
 
 
 class SyntheticLandingZoneResource(LandingZoneResource):
@@ -73,3 +80,19 @@ class ParquetLandingZoneResource(LandingZoneResource):
     def _read_day(self, day: dt.date, domain: Domain) -> pd.DataFrame:
         client = (self.s3 or S3Resource()).get_client() if is_s3_uri(self.uri) else None
         return read_landing_day(self.uri, day, domain.landing_columns, s3_client=client)
+
+    def iter_day(self, day: dt.date, domain: Domain, batch_rows: int) -> Iterator[pd.DataFrame]:
+        """File by file, a big file in pieces: memory holds one piece, whatever the day's size."""
+        client = (self.s3 or S3Resource()).get_client() if is_s3_uri(self.uri) else None
+        pieces = iter_landing_day(self.uri, day, domain.landing_columns, s3_client=client, batch_rows=batch_rows)
+        rows = 0
+        for piece in pieces:
+            rows += len(piece)
+            if rows == 0 and not self.allow_empty_days:
+                continue
+            yield piece
+        if rows == 0 and not self.allow_empty_days:
+            raise LandingDataError(
+                f"landing data for {day.isoformat()} at {self.location(day)} has no rows "
+                "(set allow_empty_days on the landing zone resource to accept empty days)"
+            )

@@ -1,11 +1,13 @@
 """The prediction database downstream apps query.
 
-A day's rows go in as one Arrow table and are bulk-loaded without Python code per row. The table's layout comes
-from the domain: its id column (the key, with the day), the score columns, then its business columns. One
-database holds one domain's predictions.
+A day's rows go in as one Arrow table, or as a stream of them for a day too big to hold (loaded one chunk at a
+time, all in one transaction), and are bulk-loaded without Python code per row. The table's layout comes from the
+domain: its id column (the key, with the day), the score columns, then its business columns. One database holds
+one domain's predictions.
 
 PostgreSQL: one table `predictions` (primary key `(dt, id)`, indexes on the id and `(dt, score)`), loaded through
-COPY in CSV that pyarrow writes chunk by chunk, rows sorted by the id so two of its three B-trees fill in key order.
+COPY in CSV that pyarrow writes chunk by chunk, rows sorted by the id (within each of a day's chunks) so two of its
+three B-trees fill in key order.
 
 SQLite: `predictions` is a view over one table per day (`predictions_day_YYYYMMDD`, keyed by the id, indexed by
 `score`), grouped by year (`predictions_year_YYYY`). A single table cannot be loaded under SQLite's own floor of
@@ -19,6 +21,7 @@ day's primary key and `WHERE dt = ? ORDER BY score DESC LIMIT n` into that day's
 from __future__ import annotations
 
 import datetime as dt_
+import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -342,18 +345,26 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
         self._ready.add(id(layout))
 
     def replace_partition(
-        self, dt: str, rows: pa.Table, scoring_run: Mapping[str, Any] | None = None, *, domain: Domain
+        self,
+        dt: str,
+        rows: pa.Table | Iterable[pa.Table],
+        scoring_run: Mapping[str, Any] | None = None,
+        *,
+        domain: Domain,
     ) -> int:
         """Delete the day's rows and insert `rows` atomically; returns rows written.
 
-        `rows` holds the domain's id column, score, label, model_name, model_version and the domain's business
-        columns (more columns are ignored). `scoring_run` (the SCORING_RUN_FIELDS of the scoring that produced
-        them) is recorded in `scoring_runs` in the same transaction and each row links to it. Nothing is written,
-        and the day's previous rows are kept, when a column is missing, an id is null or repeated, or a value
-        cannot be stored.
+        `rows` (one table, or the day's chunks, loaded one at a time in one transaction) holds the domain's id
+        column, score, label, model_name, model_version and the domain's business columns (more columns are
+        ignored). `scoring_run` (the SCORING_RUN_FIELDS of the scoring that produced them) is recorded in
+        `scoring_runs` in the same transaction and each row links to it. Nothing is written, and the day's
+        previous rows are kept, when a column is missing, an id is null or repeated (within a chunk or across
+        chunks), or a value cannot be stored.
         """
         layout = _layout(domain)
-        table = _prepare(dt, rows, layout)
+        chunks = _prepared_chunks(dt, rows, layout)
+        # The first chunk is refused before the database is touched (a day of one table: everything is).
+        loaded = _resumed(next(chunks, None), chunks)
         if scoring_run is not None:
             missing = [name for name in SCORING_RUN_FIELDS if name not in scoring_run]
             if missing:
@@ -363,27 +374,36 @@ class PredictionDatabaseResource(dg.ConfigurableResource):
         if not self._is_postgres():
             dialect = self.engine.dialect
             try:
-                _replace_sqlite_day(self._sqlite_path(), dt, table, scoring_run, layout)
+                return _replace_sqlite_day(self._sqlite_path(), dt, loaded, scoring_run, layout)
             except _adbc_error() as exc:
                 # Raise what SQLAlchemy raises for the same failure, so callers and the retry policy see one kind.
                 raise sa.exc.DBAPIError.instance(
                     f"bulk load into {PREDICTIONS_TABLE} for {dt}", None, exc, _adbc_error(), dialect=dialect
                 ) from exc
-            return table.num_rows
+        written = 0
         with self._begin(self.engine) as conn:
             # Two runs replacing the same day would interleave their deletes and inserts and collide.
             day_lock = zlib.crc32(f"batchinfer:predictions:{dt}".encode())
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(day_lock)))
             conn.execute(sa.delete(layout.table).where(layout.table.c.dt == dt))
             run_id = None if scoring_run is None else _record_scoring_run(conn, dt, scoring_run)
-            try:
-                _copy_csv(conn, dt, table, run_id)
-            except conn.dialect.loaded_dbapi.Error as exc:
-                # The load runs on the driver's own cursor; raise what SQLAlchemy would have raised.
-                raise sa.exc.DBAPIError.instance(
-                    f"bulk load into {PREDICTIONS_TABLE} for {dt}", None, exc, conn.dialect.loaded_dbapi.Error
-                ) from exc
-        return table.num_rows
+            for number, table in enumerate(loaded, start=1):
+                # A savepoint per chunk: after a repeated id the transaction can still say which.
+                savepoint = conn.begin_nested()
+                try:
+                    _copy_csv(conn, dt, table, run_id)
+                except conn.dialect.loaded_dbapi.Error as exc:
+                    if isinstance(exc, conn.dialect.loaded_dbapi.IntegrityError):
+                        savepoint.rollback()
+                        _refuse_repeated_across_chunks(dt, number, *_pg_repeated(conn, dt, table, layout), layout)
+                    # The load runs on the driver's own cursor; raise what SQLAlchemy would have raised.
+                    raise sa.exc.DBAPIError.instance(
+                        f"bulk load into {PREDICTIONS_TABLE} for {dt}", None, exc, conn.dialect.loaded_dbapi.Error
+                    ) from exc
+                savepoint.commit()
+                written += table.num_rows
+                del table
+        return written
 
     def release_connections(self) -> None:
         """Close pooled connections (the next call opens new ones, with the same settings).
@@ -533,13 +553,53 @@ def _widen_string_columns(conn: sa.Connection, inspector: sa.Inspector, table: s
             )
 
 
+_REFUSED = "nothing was published, the day's previous rows are kept"
+
+
+def _prepared_chunks(dt: str, rows: pa.Table | Iterable[pa.Table], layout: _Layout) -> Iterator[pa.Table]:
+    """Each chunk of the day's rows prepared for loading (`_prepare`), as the caller's iterable produces them."""
+    if isinstance(rows, (pa.Table, pa.RecordBatch)):
+        rows = (rows,)
+    elif not isinstance(rows, Iterable):
+        raise TypeError(f"predictions for {dt} must be a pyarrow.Table or an iterable of them, got {type(rows).__name__}")
+    for chunk in rows:
+        yield _prepare(dt, chunk, layout)
+
+
+def _resumed(first: pa.Table | None, rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """`first` (when there is one) and then `rest`."""
+    if first is not None:
+        yield first
+        del first  # the loader holds one chunk at a time
+    yield from rest
+
+
+def _refuse_repeated_across_chunks(dt: str, number: int, count: int, example: str | None, layout: _Layout) -> None:
+    """Refuse a chunk whose ids an earlier chunk of the day holds (found by the database's unique key)."""
+    if count:
+        raise PredictionsRefusedError(
+            f"predictions for {dt} repeat {count} {layout.id_column}(s), e.g. {example!r} (chunk {number} of the"
+            f" day's rows repeats ids of earlier chunks): {_REFUSED}"
+        )
+
+
+def _pg_repeated(conn: sa.Connection, dt: str, table: pa.Table, layout: _Layout) -> tuple[int, str | None]:
+    """How many of the chunk's ids the day's rows loaded so far hold, and the least of them."""
+    column = layout.table.c[layout.id_column]
+    query = sa.select(sa.func.count(), sa.func.min(column)).where(
+        layout.table.c.dt == dt, column == sa.any_(sa.bindparam("ids", type_=sa.ARRAY(sa.String)))
+    )
+    count, example = conn.execute(query, {"ids": table.column(layout.id_column).to_pylist()}).one()
+    return int(count), example
+
+
 def _prepare(dt: str, rows: pa.Table, layout: _Layout) -> pa.Table:
     """The input columns in their storage types, sorted by the id; refuses what cannot be published."""
     if isinstance(rows, pa.RecordBatch):
         rows = pa.Table.from_batches([rows])
     if not isinstance(rows, pa.Table):
         raise TypeError(f"predictions for {dt} must be a pyarrow.Table, got {type(rows).__name__}")
-    refused = "nothing was published, the day's previous rows are kept"
+    refused = _REFUSED
     missing = [name for name in layout.input_types if name not in rows.column_names]
     if missing:
         raise PredictionsRefusedError(
@@ -724,9 +784,10 @@ def _checked_day(dt: str) -> str:
 
 
 def _replace_sqlite_day(
-    path: str, dt: str, table: pa.Table, scoring_run: Mapping[str, Any] | None, layout: _Layout
-) -> None:
-    """Replace the day's table in one transaction: drop it, create it, load it from Arrow, index it."""
+    path: str, dt: str, chunks: Iterable[pa.Table], scoring_run: Mapping[str, Any] | None, layout: _Layout
+) -> int:
+    """Replace the day's table in one transaction: drop it, create it, load it from Arrow chunk by chunk, index it;
+    returns rows written."""
     import adbc_driver_sqlite.dbapi as adbc_sqlite
 
     name = _day_table(_checked_day(dt))
@@ -744,7 +805,21 @@ def _replace_sqlite_day(
             previous = {row[0] for row in cursor.fetchall()}  # empty: a new day
             cursor.execute(f"DROP TABLE IF EXISTS {name}")
             cursor.execute(_sqlite_day_ddl(name, layout))
-            cursor.adbc_ingest(name, _sqlite_rows(table, run_id, layout), mode="append")
+            written = 0
+            for number, table in enumerate(chunks, start=1):
+                # A savepoint per chunk: after a repeated id the transaction can still say which.
+                cursor.execute("SAVEPOINT chunk")
+                try:
+                    cursor.adbc_ingest(name, _sqlite_rows(table, run_id, layout), mode="append")
+                except _adbc_error():
+                    # The driver reports a broken unique key as an internal error: ask the table whether it was one.
+                    with suppress(_adbc_error()):
+                        cursor.execute("ROLLBACK TO chunk")
+                        _refuse_repeated_across_chunks(dt, number, *_sqlite_repeated(cursor, name, table, layout), layout)
+                    raise
+                cursor.execute("RELEASE chunk")
+                written += table.num_rows
+                del table
             _index_day_table(cursor, name)
             # The views name every day's table and its columns: a new day, or a day of other columns, redoes them.
             if previous != {column for column, _ in layout.sqlite_columns}:
@@ -760,6 +835,18 @@ def _replace_sqlite_day(
             cursor.close()
     finally:
         conn.close()
+    return written
+
+
+def _sqlite_repeated(cursor: Any, name: str, table: pa.Table, layout: _Layout) -> tuple[int, str | None]:
+    """How many of the chunk's ids the day's table holds so far, and the least of them."""
+    column = _SQLITE_QUOTE(layout.id_column)
+    cursor.execute(
+        f"SELECT count(*), min({column}) FROM {name} WHERE {column} IN (SELECT value FROM json_each(?))",
+        pa.table({"ids": [json.dumps(table.column(layout.id_column).to_pylist())]}),
+    )
+    count, example = cursor.fetchall()[0]
+    return int(count), example
 
 
 def _index_day_table(cursor: Any, name: str) -> None:

@@ -7,6 +7,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore, is_s3_uri
+from batchinfer_assets.lib.spill import DEFAULT_DAY_CHUNK_ROWS
 
 S3_FIELD_DESCRIPTION = (
     "S3 client settings for s3:// URIs; unset: boto3's own environment (AWS_ENDPOINT_URL, credentials, region)."
@@ -33,6 +34,17 @@ class TableStorageResource(dg.ConfigurableResource):
             "Days an archived input snapshot (input_snapshot_archive/sha256=...) is kept after it was archived; "
             "one that a published day's rows still come from is never removed."
         ),
+    )
+    day_chunk_rows: int = Field(
+        default=DEFAULT_DAY_CHUNK_ROWS,
+        gt=0,
+        description=(
+            "Rows a stage holds in memory at once: a day with more is validated, featurized, snapshotted and "
+            "published in buckets of about this many rows, spilled to local disk (BATCHINFER_DAY_CHUNK_ROWS)."
+        ),
+    )
+    spill_dir: Optional[str] = Field(
+        default=None, description="Local folder for a big day's buckets while a stage runs; unset: the system's temp folder."
     )
 
     @property

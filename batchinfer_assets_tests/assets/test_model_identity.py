@@ -127,4 +127,4 @@ def test_a_days_performance_is_judged_against_the_hold_out_of_the_registration_t
         # Re-evaluated with the labels known now: the day was scored by the first registration, judged by its hold-out.
         judged = materialize_pipeline(build_resources(settings), ["prediction_performance"], partition_key=DAY, instance=instance)
     meta = materializations(judged, "prediction_performance")[DAY].metadata
-    assert (meta["model_version"].value, meta["holdout_roc_auc"].value) == ("1", 0.91)
+    assert (meta["model_version"].value, meta["judgement"].value["holdout_roc_auc"]) == ("1", 0.91)

@@ -26,12 +26,13 @@ from batchinfer_assets.resources.labels_zone import (
 )
 from batchinfer_assets.resources.landing_zone import SyntheticLandingZoneResource
 from batchinfer_assets.resources.model_registry import MlflowModelRegistryResource
+from batchinfer_assets.resources.table_storage import TableStorageResource
 from batchinfer_assets.tables import PERFORMANCE_CHECK
 from batchinfer_assets.tags import MODEL_VERSION_TAG
 from batchinfer_assets_tests.support import (
     check_verdicts,
-    materialize_pipeline,
     materializations,
+    materialize_pipeline,
     pipeline_resources,
 )
 
@@ -444,3 +445,102 @@ def test_a_domains_predictions_are_judged_on_its_own_id_and_label_columns(tmp_pa
     # Nothing the operator reads speaks of the card domain.
     said = [*spoken, check.description, *meta, *(str(v.value) for v in meta.values())]
     assert not [m for m in said if re.search("fraud|transaction", m)]
+
+
+# --- a day bigger than day_chunk_rows: the same rows, evaluated in score ranges --------------------------------------
+
+SMALL_CHUNK = 500
+
+
+def _evaluate_with_chunk(storage: Path, registry, labels_root: Path, chunk: int) -> tuple[pd.DataFrame, dg.AssetMaterialization, list[str]]:
+    """prediction_performance of DAY with `day_chunk_rows=chunk`: its rows by (version, kind), its materialization, its log."""
+    resources = pipeline_resources(
+        storage,
+        registry,
+        labels=ParquetLabelsResource(uri=str(labels_root)),
+        table_storage=TableStorageResource(base_uri=str(storage), day_chunk_rows=chunk),
+    )
+    with dg.instance_for_test() as instance:
+        result = materialize_pipeline(resources, [PERFORMANCE], partition_key=DAY, instance=instance)
+        logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    rows = PartitionedParquetStore(storage).read_partition(PERFORMANCE, DAY).to_pandas()
+    return rows.sort_values(["model_version", "kind"]).reset_index(drop=True), materializations(result, PERFORMANCE)[DAY], logs
+
+
+def _assert_same_whole_and_in_ranges(storage: Path, registry, labels_root: Path, rows: int) -> pd.DataFrame:
+    whole, whole_event, whole_logs = _evaluate_with_chunk(storage, registry, labels_root, 10_000_000)
+    split, split_event, split_logs = _evaluate_with_chunk(storage, registry, labels_root, SMALL_CHUNK)
+
+    assert any(f"{rows:,} predictions, over day_chunk_rows={SMALL_CHUNK}: evaluated in " in m for m in split_logs), split_logs
+    assert not any("score ranges" in m for m in whole_logs)
+    pd.testing.assert_frame_equal(whole, split, check_exact=False, rtol=1e-12, atol=1e-12)
+    assert whole["n_predictions"].groupby(whole["kind"]).sum().to_dict() == {"estimated": rows, "realized": rows}
+    assert whole["roc_auc"].notna().all(), "both classes labelled and unlabelled rows left, in every version"
+    whole_meta, split_meta = whole_event.metadata, split_event.metadata
+    assert whole_meta.keys() == split_meta.keys()
+    for key in whole_meta:
+        if key != "uri":
+            assert whole_meta[key].value == split_meta[key].value, key
+    # No recorded predictions version in these runs: the data version hashes the predictions, streamed or whole alike.
+    assert whole_event.tags["dagster/data_version"] == split_event.tags["dagster/data_version"]
+    return whole
+
+
+def _land_truth(labels_root: Path, ids: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> None:
+    """Labels drawn from the scores for 60% of the ids, a later file relabelling some of them, and ids never scored."""
+    truth = (rng.random(ids.size) < scores).astype(np.int8)
+    early = rng.random(ids.size) < 0.6
+    _land_labels(labels_root, DAY, "part-1.parquet", ids[early], truth[early], "2025-03-12")
+    again = early & (rng.random(ids.size) < 0.05)
+    later_ids = np.r_[ids[again], [f"never-scored-{i}" for i in range(3)]]
+    _land_labels(labels_root, DAY, "part-2.parquet", later_ids, np.r_[1 - truth[again], [0, 1, 0]], "2025-03-20")
+
+
+def test_a_scored_day_over_day_chunk_rows_gets_the_rows_of_the_whole_day(tmp_path, demo_model_store):
+    """A real pipeline day (demo model), labelled in part, evaluated whole and in score ranges."""
+    rows = 3000
+    registry = MlflowModelRegistryResource(
+        tracking_uri=demo_model_store.tracking_uri, artifact_location=demo_model_store.artifact_location
+    )
+    storage = tmp_path / "storage"
+    scoring = ["raw_transactions", "transaction_features", "input_snapshot", "predictions"]
+    materialize_pipeline(
+        pipeline_resources(storage, registry, landing_zone=SyntheticLandingZoneResource(rows_per_day=rows)), scoring, partition_key=DAY
+    )
+    predictions = PartitionedParquetStore(storage).read_partition("predictions", DAY)
+    scored = predictions.num_rows
+    _land_truth(
+        tmp_path / "labels",
+        predictions.column("transaction_id").to_numpy(zero_copy_only=False),
+        predictions.column("score").to_numpy().astype(np.float64),
+        np.random.default_rng(5),
+    )
+
+    _assert_same_whole_and_in_ranges(storage, registry, tmp_path / "labels", scored)
+
+
+def test_tied_scores_of_two_versions_over_day_chunk_rows_get_the_rows_of_the_whole_day(tmp_path, unloadable_registry):
+    rows = 4000
+    rng = np.random.default_rng(9)
+    # Scores on a grid of 0.05: every score is shared by many rows, more than a score range's worth for the lowest.
+    scores = np.round(rng.beta(0.7, 3.0, rows) * 20) / 20
+    ids = np.array([f"{DAY}-{i:06d}" for i in range(rows)])
+    # Ids the pipeline would have quarantined, written by hand: repeated within one read batch and across two. Each
+    # occurrence gets the id's label, in pieces as whole.
+    ids[11], ids[2600] = ids[10], ids[3]
+    frame = pd.DataFrame(
+        {
+            "transaction_id": ids,
+            "score": scores.astype(np.float32),
+            "label": (scores >= 0.5).astype(np.int8),
+            "model_name": "tiny-pickle",
+            "model_version": np.where(rng.random(rows) < 0.7, "1", "2"),
+        }
+    )
+    PartitionedParquetStore(tmp_path / "storage").write_partition("predictions", DAY, pa.Table.from_pandas(frame, preserve_index=False))
+    _land_truth(tmp_path / "labels", np.unique(ids), scores[np.unique(ids, return_index=True)[1]], rng)
+    _land_labels(tmp_path / "labels", DAY, "part-3.parquet", [ids[10], ids[3]], [1, 0], "2025-03-25")
+
+    whole = _assert_same_whole_and_in_ranges(tmp_path / "storage", unloadable_registry, tmp_path / "labels", rows)
+    labelled = set(pq.read_table(tmp_path / "labels" / f"dt={DAY}").column("transaction_id").to_pylist())
+    assert whole["n_labelled"].sum() == 2 * np.isin(ids, list(labelled)).sum(), "every occurrence of a labelled id, in both rows"

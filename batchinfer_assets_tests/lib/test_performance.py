@@ -1,5 +1,6 @@
 """Performance metrics on hand-computable examples and against brute-force definitions."""
 
+import dataclasses
 import itertools
 import math
 
@@ -12,6 +13,9 @@ from batchinfer_assets.lib.performance import (
     ESTIMATED,
     PERFORMANCE_COLUMNS,
     REALIZED,
+    Metrics,
+    MetricsAccumulator,
+    VersionPerformance,
     estimated_metrics,
     expected_calibration_error,
     hanley_mcneil_interval,
@@ -178,3 +182,112 @@ def test_fully_labelled_day_has_no_estimate():
     scores = np.array([0.9, 0.2])
     (_, estimated) = performance_rows("1", scores, scores >= 0.5, np.array([1, 0]))
     assert all(estimated[c] is None for c in ("roc_auc", "pr_auc", "precision", "recall", "ece"))
+
+
+# --- the same figures from pieces of a day as from the whole day -------------------------------------------------
+
+
+def _one_shot_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[float | None, float | None]:
+    """(ROC AUC, average precision) as the module computed them before it accumulated: every row sorted at once,
+    the curves normalized, trapezoids summed (kept here as an independent reference for the accumulator's algebra)."""
+    order = np.argsort(-scores, kind="stable")
+    ordered = scores[order]
+    tp, fp = np.cumsum(positive[order]), np.cumsum(1.0 - positive[order])
+    ends = np.r_[np.flatnonzero(ordered[1:] != ordered[:-1]), ordered.size - 1] if ordered.size else np.array([], int)
+    tp, fp = tp[ends], fp[ends]
+    auc = ap = None
+    if tp.size and tp[-1] > 0 and fp[-1] > 0:
+        auc = float(np.sum(np.diff(np.r_[0.0, fp / fp[-1]]) * (np.r_[0.0, tp / tp[-1]][1:] + np.r_[0.0, tp / tp[-1]][:-1]) / 2))
+    if tp.size and tp[-1] > 0:
+        ap = float(np.sum(np.diff(np.r_[0.0, tp / tp[-1]]) * tp / np.maximum(tp + fp, np.finfo(np.float64).tiny)))
+    return auc, ap
+
+
+def _split_from_the_top(rng: np.random.Generator, scores: np.ndarray, pieces: int, ties_whole: bool) -> list[np.ndarray]:
+    """Row indices in pieces, each scored at or below every earlier one, rows shuffled within a piece; with
+    `ties_whole` no tied score is split between pieces, else a tie may run on into the next piece."""
+    order = np.argsort(-scores, kind="stable")
+    allowed = np.flatnonzero(scores[order][1:] != scores[order][:-1]) + 1 if ties_whole else np.arange(1, scores.size)
+    cuts = np.sort(rng.choice(allowed, size=min(pieces - 1, allowed.size), replace=False)) if allowed.size else []
+    # Empty pieces too: a bucket or a batch can hold no row of a version.
+    return [rng.permutation(part) for part in np.split(order, cuts)] + [np.array([], dtype=np.int64)]
+
+
+def _same(a: Metrics, b: Metrics) -> None:
+    for field in dataclasses.fields(Metrics):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        assert (x is None) == (y is None), (field.name, x, y)
+        if x is not None:
+            assert x == pytest.approx(y, rel=1e-12, abs=1e-12), field.name
+
+
+def _days(seed: int):
+    """Random days: labels of both classes or one only, scores on coarse grids (many ties) and a few outside [0, 1]."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    grid = int(rng.choice([3, 20, 1000, 10**9]))
+    scores = np.round(rng.beta(0.6, 3.0, n) * grid) / grid
+    scores[rng.random(n) < 0.01] = rng.choice([-0.2, 1.3])
+    kind = seed % 4
+    y = {0: rng.random(n) < np.clip(scores, 0, 1), 1: np.zeros(n), 2: np.ones(n), 3: rng.random(n) < 0.3}[kind].astype(np.int8)
+    return rng, scores, (scores >= 0.5).astype(np.int8), y
+
+
+@pytest.mark.parametrize("ties_whole", [True, False])
+@pytest.mark.parametrize("seed", range(24))
+def test_metrics_fed_in_pieces_from_the_top_equal_the_one_shot_metrics(seed, ties_whole):
+    rng, scores, flagged, y = _days(seed)
+    for estimated in (False, True):
+        accumulator = MetricsAccumulator(estimated=estimated)
+        for piece in _split_from_the_top(rng, scores, int(rng.integers(1, 12)), ties_whole):
+            accumulator.add(scores[piece], flagged[piece], None if estimated else y[piece])
+        one_shot = estimated_metrics(scores, flagged) if estimated else realized_metrics(y, scores, flagged)
+        _same(accumulator.metrics(), one_shot)
+        mass = np.clip(scores, 0.0, 1.0) if estimated else y.astype(np.float64)
+        reference = _one_shot_curve(np.clip(scores, 0.0, 1.0) if estimated else scores, mass)
+        for got, expected in zip((one_shot.roc_auc, one_shot.pr_auc), reference):
+            assert (got is None) == (expected is None) and (got is None or got == pytest.approx(expected, rel=1e-12, abs=1e-12))
+    if not (y == 1).any() or not (y == 0).any():
+        assert realized_metrics(y, scores, flagged).roc_auc is None
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_version_fed_in_pieces_gives_the_rows_and_the_estimate_gap_of_the_whole(seed):
+    rng, scores, flagged, y = _days(seed)
+    y = np.where(rng.random(y.size) < 0.4, -1, y).astype(np.int8)
+    version = VersionPerformance("7")
+    for piece in _split_from_the_top(rng, scores, int(rng.integers(1, 12)), ties_whole=bool(seed % 2)):
+        version.add(scores[piece], flagged[piece], y[piece])
+    for got, expected in zip(version.rows(), performance_rows("7", scores, flagged, y)):
+        assert got.keys() == expected.keys()
+        for column, value in expected.items():
+            if isinstance(value, float):
+                assert got[column] == pytest.approx(value, rel=1e-12, abs=1e-12), column
+            else:
+                assert got[column] == value, column
+    labelled = y >= 0
+    realized = realized_metrics(y[labelled], scores[labelled], flagged[labelled]).roc_auc
+    estimated = estimated_metrics(scores[labelled], flagged[labelled]).roc_auc
+    if realized is None or estimated is None:
+        assert version.estimate_gap() is None
+    else:
+        assert version.estimate_gap() == pytest.approx(estimated - realized, rel=1e-12, abs=1e-12)
+
+
+def test_a_piece_scored_above_an_earlier_one_is_refused():
+    accumulator = MetricsAccumulator(estimated=False)
+    accumulator.add(np.array([0.4, 0.3]), np.array([0, 0]), np.array([1, 0]))
+    accumulator.add(np.array([0.3]), np.array([0]), np.array([1]))  # a tie running on is fine
+    with pytest.raises(ValueError, match="from the highest score down"):
+        accumulator.add(np.array([0.35]), np.array([0]), np.array([0]))
+
+
+def test_a_piece_longer_than_a_walk_block_gives_the_one_shot_curve():
+    # 700,000 rows are walked in several blocks of sorted scores; a grid of 0.001 puts ties across the blocks' edges.
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.beta(0.6, 3.0, 700_000), 3)
+    y = (rng.random(scores.size) < scores).astype(np.float64)
+    realized, estimated = realized_metrics(y, scores, scores >= 0.5), estimated_metrics(scores, scores >= 0.5)
+    for metrics, mass in ((realized, y), (estimated, scores)):
+        auc, ap = _one_shot_curve(scores, mass)
+        assert metrics.roc_auc == pytest.approx(auc, rel=1e-12) and metrics.pr_auc == pytest.approx(ap, rel=1e-12)

@@ -643,3 +643,121 @@ def test_a_business_column_of_a_type_the_database_cannot_hold_is_refused_naming_
     db = PredictionDatabaseResource(url=f"sqlite:///{tmp_path}/predictions.db")
     with pytest.raises(ValueError, match=r"domain 'with_dates': business column 'birthday' of type date32\[day\] cannot be"):
         db.replace_partition("2025-01-01", pa.table({"row_id": ["a"]}), domain=domain)
+
+
+def _awkward_day(n: int) -> pa.Table:
+    """A day of varied rows in no id order: odd characters, nulls beside empty strings, float32 scores, event times."""
+    rng = np.random.default_rng(n)
+    ids = [f"tx-{i}\t'\"\\,;\n{i} é" for i in rng.permutation(n)]
+    scores = rng.random(n, dtype=np.float32)
+    midnight = dt.datetime(2025, 2, 3, tzinfo=dt.UTC)
+    return _predictions(
+        ids,
+        score=pa.array(scores, pa.float32()),
+        label=pa.array((scores >= 0.5).astype(np.int8)),
+        model_name=pa.array([None if i % 7 == 0 else "fraud-detector" for i in range(n)], pa.string()),
+        customer_id=pa.array(["" if i % 5 == 0 else f"C,{i}\"" for i in range(n)], pa.string()),
+        event_time=pa.array([midnight + dt.timedelta(microseconds=int(us)) for us in rng.integers(0, 86_400_000_000, n)], EVENT_TIME),
+        amount=pa.array(rng.random(n) * 1000, pa.float64()),
+        merchant_category=pa.array([None if i % 11 == 0 else "grocery" for i in range(n)], pa.string()),
+    )
+
+
+def _day_rows(url, day):
+    """The day's rows, every column but dt and the scoring run's id, by id; and whether each links to a scoring run."""
+    rows = _read_back(url, day)
+    linked = all(row.scoring_run_id is not None for row in rows.values())
+    return {key: tuple(row)[1:-1] for key, row in rows.items()}, linked
+
+
+def _chunks(table: pa.Table, size: int):
+    """The table in slices of `size` rows, produced one at a time."""
+    for start in range(0, table.num_rows, size):
+        yield table.slice(start, size)
+
+
+def test_a_day_loaded_in_chunks_stores_exactly_the_rows_of_one_table(db_url):
+    day = _awkward_day(300)
+    db = PredictionDatabaseResource(url=db_url)
+    assert db.replace_partition("2025-01-01", day, _scoring_run("run-1", "1"), domain=CARD) == 300
+    assert db.replace_partition("2025-01-02", _chunks(day, 7), _scoring_run("run-1", "1"), domain=CARD) == 300
+    assert db.replace_partition("2025-01-03", day.to_batches(max_chunksize=7), _scoring_run("run-1", "1"), domain=CARD) == 300
+
+    whole, linked = _day_rows(db_url, "2025-01-01")
+    assert len(whole) == 300 and linked
+    assert _day_rows(db_url, "2025-01-02") == (whole, True)
+    assert _day_rows(db_url, "2025-01-03") == (whole, True)
+
+    # Published again in chunks: replaced, never appended; no chunks at all: the day is emptied.
+    assert db.replace_partition("2025-01-02", _chunks(day.slice(0, 20), 3), domain=CARD) == 20
+    assert db.count_partition("2025-01-02") == 20
+    assert db.replace_partition("2025-01-03", iter([]), domain=CARD) == 0
+    assert db.count_partition("2025-01-03") == 0
+    assert _day_rows(db_url, "2025-01-01") == (whole, True)
+
+
+def _failing_after(chunks, n):
+    """`chunks`, then a failure while the next one is produced (a spill file gone, say)."""
+    for i, chunk in enumerate(chunks):
+        if i == n:
+            raise OSError("bucket file vanished")
+        yield chunk
+
+
+def _with_value(table: pa.Table, column: str, row: int, value) -> pa.Table:
+    values = table.column(column).to_pylist()
+    values[row] = value
+    return table.set_column(table.schema.get_field_index(column), column, pa.array(values, table.schema.field(column).type))
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "message"),
+    [
+        ("unstorable", PredictionsRefusedError, r"predictions for 2025-01-01: 1 customer_id value\(s\) are longer than the 128 characters the column holds, first at transaction_id 'n40'.*previous rows are kept"),
+        ("nul", PredictionsRefusedError, r"predictions for 2025-01-01: 1 merchant_category value\(s\) hold a NUL character.*first at transaction_id 'n41'"),
+        ("null score", PredictionsRefusedError, r"predictions for 2025-01-01 have 1 null score\(s\).*previous rows are kept"),
+        ("missing column", PredictionsRefusedError, r"predictions for 2025-01-01 lack column\(s\) 'amount'"),
+        ("producer fails", OSError, "bucket file vanished"),
+    ],
+)
+def test_a_chunk_failing_late_in_the_day_keeps_the_previous_publication_whole(db_url, failure, error, message):
+    db = PredictionDatabaseResource(url=db_url)
+    db.replace_partition("2025-01-01", _predictions(["a", "b"]), _scoring_run("run-1", "1"), domain=CARD)
+    chunks = [_predictions([f"n{i}" for i in range(start, start + 7)], version="2") for start in range(0, 49, 7)]
+    late = chunks[5]  # ids n35..n41
+    if failure == "unstorable":
+        chunks[5] = _with_value(late, "customer_id", 5, "c" * 129)
+    elif failure == "nul":
+        chunks[5] = _with_value(late, "merchant_category", 6, "grocery\x00")
+    elif failure == "null score":
+        chunks[5] = _with_value(late, "score", 2, None)
+    elif failure == "missing column":
+        chunks[5] = late.drop_columns(["amount"])
+    rows = _failing_after(chunks, 5) if failure == "producer fails" else iter(chunks)
+
+    with pytest.raises(error, match=message):
+        db.replace_partition("2025-01-01", rows, _scoring_run("run-2", "2"), domain=CARD)
+
+    assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            runs = conn.execute(sa.text("SELECT dagster_run_id FROM scoring_runs")).scalars().all()
+    finally:
+        engine.dispose()
+    assert runs == ["run-1"], "the failed publication's scoring run is rolled back with its rows"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        ([["x", "y"], ["z", "x"]], r"repeat 1 transaction_id\(s\), e.g. 'x' \(chunk 2 of the day's rows repeats ids of earlier chunks\)"),
+        ([["p", "q", "r"], ["s"], ["t", "r", "u", "q"]], r"repeat 2 transaction_id\(s\), e.g. 'q' \(chunk 3 of"),
+    ],
+)
+def test_an_id_repeated_across_chunks_is_refused_naming_it_and_previous_rows_kept(db_url, chunks, message):
+    db = PredictionDatabaseResource(url=db_url)
+    db.replace_partition("2025-01-01", _predictions(["a", "b"]), domain=CARD)
+    with pytest.raises(PredictionsRefusedError, match=rf"predictions for 2025-01-01 {message}.*previous rows are kept"):
+        db.replace_partition("2025-01-01", (_predictions(ids, version="2") for ids in chunks), domain=CARD)
+    assert _rows(db_url) == [("2025-01-01", "a", "1"), ("2025-01-01", "b", "1")]

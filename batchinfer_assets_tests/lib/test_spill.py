@@ -1,0 +1,47 @@
+"""Buckets on disk: whole groups, original order within a bucket, the same split in every process."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batchinfer_assets.lib.spill import DayBuckets, bucket_count, bucket_of
+
+
+@pytest.mark.parametrize(("rows", "chunk", "expected"), [(0, 10, 1), (1, 10, 1), (10, 10, 1), (11, 10, 2), (100, 7, 15)])
+def test_bucket_count_splits_rows_into_parts_of_at_most_chunk(rows, chunk, expected):
+    assert bucket_count(rows, chunk) == expected
+
+
+def test_groups_stay_whole_and_rows_keep_their_order_across_batches(tmp_path):
+    rng = np.random.default_rng(7)
+    groups = [f"c{g}" for g in rng.integers(0, 300, size=5_000)]
+    table = pa.table({"group": groups, "row": np.arange(5_000)})
+    with DayBuckets(4, table.schema, spill_dir=tmp_path) as buckets:
+        for start in range(0, 5_000, 1_234):
+            batch = table.slice(start, 1_234)
+            buckets.add(batch, bucket_of(batch.column("group"), 4))
+        assert sum(buckets.rows) == 5_000
+        parts = list(buckets)
+    assert len(parts) == 4
+    seen: dict[str, int] = {}
+    for index, part in enumerate(parts):
+        rows = part.column("row").to_numpy()
+        assert (np.diff(rows) > 0).all()
+        for group in set(part.column("group").to_pylist()):
+            assert seen.setdefault(group, index) == index
+    assert sorted(np.concatenate([p.column("row").to_numpy() for p in parts]).tolist()) == list(range(5_000))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bucket_of_is_the_same_in_another_process():
+    keys = ["a", "b", "customer-0001", "é", ""]
+    here = bucket_of(pa.array(keys), 7).tolist()
+    code = (
+        "import pyarrow as pa; from batchinfer_assets.lib.spill import bucket_of; "
+        f"print(bucket_of(pa.array({keys!r}), 7).tolist())"
+    )
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", **__import__("os").environ}).stdout
+    assert there.strip() == str(here)

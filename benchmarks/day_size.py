@@ -1,0 +1,136 @@
+"""What a day's size costs: one day of N rows through the real CLI, for several N, on the local engine.
+
+    python benchmarks/day_size.py --rows 1000000 20000000 [--chunk-rows 2000000] [--day 2025-03-03]
+
+The demo model is registered once (outside the timings). For each N, in a fresh BATCHINFER_HOME and DAGSTER_HOME:
+the synthetic card day is landed as Parquet files of 1,000,000 rows each (outside the timings; file k drawn with
+seed k, its transaction ids prefixed with k so they stay unique), then `dg launch --job daily_scoring_job
+--partition DAY` runs with `BATCHINFER_LANDING_URI` on those files and `BATCHINFER_DAY_CHUNK_ROWS` as given.
+Per N: the wall clock, the step's seconds, rows per second of the step, the peak RSS of the largest process
+(`/usr/bin/time -v`) and of the whole process tree (summed, polled from /proc), each stage's seconds, and the peak
+of the largest process while each stage ran. Ratios are against the first N of the same invocation. The landing
+and storage of each N are removed before the next (disk).
+Goals (issue 25): largest process 20M / 1M <= 1.5; a 100M-row day completes with a peak <= 4 GiB and rows/s
+within 20% of the 1M-row day's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from whole_day import DAY, ROOT, STAGES, bench_env, fresh_dagster_home, read_run, register_model, run_cli, stage_memory
+
+FILE_ROWS = 1_000_000
+
+
+def land(rows: int, day: str, landing: Path) -> float:
+    """Land `rows` synthetic rows for `day` as files of FILE_ROWS rows, in a child process; seconds taken."""
+    code = f"""
+import datetime as dt, pyarrow as pa, pyarrow.parquet as pq
+from pathlib import Path
+from batchinfer_assets.domain import load_domain
+domain = load_domain(None)
+folder = Path({str(landing)!r}) / "dt={day}"
+folder.mkdir(parents=True, exist_ok=True)
+left, k = {rows}, 0
+while left > 0:
+    n = min(left, {FILE_ROWS})
+    frame = domain.synthetic.generate_day(dt.date.fromisoformat({day!r}), n, k)
+    frame[domain.id_column] = f"{{k:04d}}-" + frame[domain.id_column].astype(str)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / f"part-{{k:05d}}.parquet")
+    left, k = left - n, k + 1
+"""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    return time.perf_counter() - started
+
+
+def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: str) -> dict:
+    landing = workdir / "landing"
+    land_s = land(rows, day, landing)
+    home = workdir / "home"
+    dagster_home = fresh_dagster_home(workdir / "dagster_home")
+    env = bench_env(home, dagster_home, rows, tracking_uri, landing=landing)
+    env["BATCHINFER_DAY_CHUNK_ROWS"] = str(chunk_rows)
+    cli = run_cli(["--partition", day], env, workdir / "cli.log")
+    run = read_run(dagster_home)
+    if cli["rc"] != 0 or run["status"] != "SUCCESS":
+        tail = (workdir / "cli.log").read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"{cli['command']} failed (rc {cli['rc']}, {run['status']}): {run.get('errors')}\n{tail}")
+    per_stage = {stage: (seconds, peak) for _, stage, seconds, peak in stage_memory(cli, run)}
+    result = {
+        "rows": rows,
+        "chunk_rows": chunk_rows,
+        "land_s": land_s,
+        "wall_s": cli["wall_s"],
+        "step_s": run.get("step_s"),
+        "rows_per_s": rows / run["step_s"] if run.get("step_s") else None,
+        "largest_mib": cli["largest_process_peak_mib"],
+        "tree_mib": cli["tree_sum_peak_mib"],
+        "stages": per_stage,
+        "loadavg_1m_before": cli["loadavg_1m_before"],
+        "loadavg_1m_after": cli["loadavg_1m_after"],
+        "command": cli["command"],
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "stages"}), flush=True)
+    shutil.rmtree(landing, ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def report(results: list[dict]) -> str:
+    base = results[0]
+    lines = [
+        f"`BATCHINFER_DAY_CHUNK_ROWS={base['chunk_rows']:,}`, local engine, one day per run (`{base['command']}`):",
+        "",
+        "| rows | wall s | step s | rows/s (step) | vs first | largest process peak MiB | vs first | tree peak MiB | load avg before/after |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['rows']:,} | {r['wall_s']:.1f} | {r['step_s']:.1f} | {r['rows_per_s']:,.0f} | "
+            f"{r['rows_per_s'] / base['rows_per_s']:.2f} | {r['largest_mib']:,.0f} | {r['largest_mib'] / base['largest_mib']:.2f} | "
+            f"{r['tree_mib']:,.0f} | {r['loadavg_1m_before']:.1f} / {r['loadavg_1m_after']:.1f} |"
+        )
+    lines += ["", "Each stage's seconds and the largest process's peak while it ran (MiB):", ""]
+    lines.append("| rows | " + " | ".join(STAGES) + " |")
+    lines.append("| ---: |" + " ---: |" * len(STAGES))
+    for r in results:
+        cells = []
+        for stage in STAGES:
+            seconds, peak = r["stages"].get(stage, (float("nan"), float("nan")))
+            cells.append(f"{seconds:.1f} s / {peak:,.0f}")
+        lines.append(f"| {r['rows']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 20_000_000])
+    parser.add_argument("--chunk-rows", type=int, default=2_000_000)
+    parser.add_argument("--day", default=DAY)
+    parser.add_argument("--workdir", type=Path, default=None, help="kept when given; a temporary folder otherwise")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    args = parser.parse_args()
+    workdir = args.workdir.absolute() if args.workdir else Path(tempfile.mkdtemp(prefix="bench-day-size-"))
+    try:
+        tracking_uri, seconds = register_model(workdir / "model")
+        print(f"demo model registered in {seconds:.1f} s (not timed below)", flush=True)
+        results = [measure(workdir / f"rows{rows}", rows, args.day, args.chunk_rows, tracking_uri) for rows in args.rows]
+        print(report(results), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1, default=str))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

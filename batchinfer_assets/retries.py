@@ -19,6 +19,7 @@ from batchinfer_assets.lib.drift import DriftInputError
 from batchinfer_assets.lib.landing import LandingDataError
 from batchinfer_assets.lib.model_loading import ModelResolutionError
 from batchinfer_assets.lib.parquet_store import BucketNotFoundError, PartitionNotFoundError, StorageCredentialsError
+from batchinfer_assets.lib.ray_pool import RayNoProgressError, RayPoolDoesNotFitError
 from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.lib.snapshot_archive import SnapshotNotArchivedError
 from batchinfer_assets.resources.prediction_db import PredictionsRefusedError
@@ -47,6 +48,9 @@ BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (
     SnapshotNotArchivedError,
     # Not the data, but as permanent: a wrong address or a missing token fails the same way on every try.
     RayClusterUnreachableError,
+    # A pool the cluster cannot hold, or a job that waited the whole no-progress timeout: a retry waits again.
+    RayPoolDoesNotFitError,
+    RayNoProgressError,
 )
 
 F = TypeVar("F", bound=Callable)

@@ -1,6 +1,7 @@
 """The Ray engine against the local engine on the same day snapshot and model: rows/s, memory, per-actor throughput.
 
     python benchmarks/ray_scoring.py --rows 5000000 --actors 1 2
+    python benchmarks/ray_scoring.py --rows 1000000 --actors 1 2 0 --node-cpus 1   # 0: the pool sized from the cluster
 
 One loopback Ray cluster (a head and a worker node, as `batchinfer_assets_tests/ray` starts it) serves every Ray
 variant. Each variant's driver runs in a fresh subprocess, so its peak RSS is its own; the Ray worker processes'
@@ -61,7 +62,7 @@ def child(engine: str, actors: int, storage: str, tracking_uri: str, address: st
     else:
         from batchinfer_assets.resources.ray_engine import RayScoringEngine, ray_cluster_for
 
-        ray_engine = RayScoringEngine(cluster=ray_cluster_for(address), actors=actors, num_cpus_per_actor=0.5)
+        ray_engine = RayScoringEngine(cluster=ray_cluster_for(address), actors=actors or None, num_cpus_per_actor=0.5)
         ray_engine.prepare(_Context())
     Path("/proc/self/clear_refs").write_text("5")
     baseline = _status_mib("VmRSS")
@@ -78,6 +79,7 @@ def child(engine: str, actors: int, storage: str, tracking_uri: str, address: st
     else:
         result = ray_engine.score_day(_Context(), store, DAY, scorer, resolved, predictions_schema("transaction_id"), on_rows)
         per_actor = result.rows_per_second_per_actor
+        actors = result.actors
     seconds = time.perf_counter() - started
     return {
         "engine": engine,
@@ -154,7 +156,7 @@ def compare(reference, candidate) -> dict:
     return {"max_abs_score_diff": diff, "scores_not_bit_identical": int(np.count_nonzero(a != b))}
 
 
-def run(rows: int, actor_counts: list[int], workdir: Path) -> list[dict]:
+def run(rows: int, actor_counts: list[int], workdir: Path, node_cpus: int = 2) -> list[dict]:
     from batchinfer_assets.lib.demo_model import register_demo_model
     from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
     from batchinfer_assets_tests.ray.cluster import LOOPBACK_ENV, start_cluster, stop_cluster
@@ -183,9 +185,9 @@ def run(rows: int, actor_counts: list[int], workdir: Path) -> list[dict]:
     reference = PartitionedParquetStore(storage).read_partition("predictions", DAY)
     results.append(local)
     print(json.dumps(local), flush=True)
-    # Two 2-CPU nodes on this machine's 2 cores: the second node stands in for a second machine's scheduling, not
-    # its cores; per-actor throughput is what a real second machine adds per actor.
-    cluster = start_cluster(head_cpus=2, worker_cpus=2, object_store_mb=1024)
+    # Two nodes on this machine's 2 cores: the second node stands in for a second machine's scheduling, not its
+    # cores; per-actor throughput is what a real second machine adds per actor.
+    cluster = start_cluster(head_cpus=node_cpus, worker_cpus=node_cpus, object_store_mb=1024)
     try:
         for actors in actor_counts:
             with WorkerSampler([node.pid for node in cluster.nodes]) as sampler:
@@ -219,7 +221,8 @@ def summary(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="pool sizes to run; 0: unset, sized from the cluster")
+    parser.add_argument("--node-cpus", type=int, default=2, help="logical CPUs of each of the two nodes")
     parser.add_argument("--workdir", type=Path, default=None, help="kept when given; a temporary folder otherwise")
     parser.add_argument("--child", nargs=5, metavar=("ENGINE", "ACTORS", "STORAGE", "TRACKING_URI", "ADDRESS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,10 +233,10 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        results = run(args.rows, args.actors, args.workdir.absolute())
+        results = run(args.rows, args.actors, args.workdir.absolute(), args.node_cpus)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-ray-scoring-") as tmp:
-            results = run(args.rows, args.actors, Path(tmp))
+            results = run(args.rows, args.actors, Path(tmp), args.node_cpus)
     print(summary(results))
     for r in results:
         if "worker_peak_by_kind_mib" in r:

@@ -16,9 +16,13 @@ Needs the `ray` extra (`pip install -e '.[ray]'`); `build_resources` imports thi
 
 from __future__ import annotations
 
+import functools
+import math
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import urlsplit
@@ -27,12 +31,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster_ray import LocalRay, RayResource
-from dagster_ray.configs import Lifecycle
+from dagster_ray.configs import Lifecycle, RayDataExecutionOptions
 from pydantic import Field
 
 from batchinfer_assets.lib.batching import record_batch_matrix
 from batchinfer_assets.lib.model_loading import ModelResolutionError, ResolvedModel
 from batchinfer_assets.lib.parquet_store import LocalBackend, PartitionedParquetStore, S3Backend
+from batchinfer_assets.lib.ray_pool import (
+    NodeResources,
+    PoolRequest,
+    RayNoProgressError,
+    no_progress_message,
+    nodes_from_ray,
+    pool_size,
+)
 from batchinfer_assets.lib.redaction import redact
 from batchinfer_assets.resources.scoring_engine import RayClusterUnreachableError, RemoteScoringEngine
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
@@ -58,8 +70,19 @@ _ERROR_SCHEMA = pa.schema([("_error_kind", pa.string()), ("_error", pa.string())
 _ERRORS: dict[str, type[Exception]] = {"ModelOutputError": ModelOutputError, "ModelResolutionError": ModelResolutionError}
 
 
+class DriverDataExecutionOptions(RayDataExecutionOptions):
+    """dagster-ray's Ray Data options, applied in the step's process (the driver, where Ray Data plans) and nowhere else."""
+
+    def apply_remote(self) -> None:
+        """Nothing: dagster-ray sets them on a worker with a 1-CPU task, which on a busy cluster waits forever, joining included."""
+
+
 class ExistingRayCluster(RayResource):
     """A Ray cluster that already runs (a `RayCluster` on Kubernetes, `ray start` nodes): joined, never created or deleted."""
+
+    data_execution_options: DriverDataExecutionOptions = Field(
+        default_factory=DriverDataExecutionOptions, description="Ray Data options dagster-ray applies on joining, in the step's process only."
+    )
 
     address: str = Field(
         description=(
@@ -121,13 +144,37 @@ class RayScoringEngine(RemoteScoringEngine):
     cluster: RayResource = Field(
         description="dagster-ray resource for the cluster: ExistingRayCluster (RAY_ADDRESS) or LocalRay (unset: a Ray for the run)."
     )
-    actors: int = Field(default=2, ge=1, description="Actors in the scoring pool; each holds one copy of the model.")
+    actors: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Actors in the scoring pool; each holds one copy of the model. Unset: as many as the cluster's nodes hold "
+            "while a read task still finds its CPUs, and no more than the day has batches. A number the cluster cannot "
+            "hold fails the day at once, naming the cluster's resources."
+        ),
+    )
     num_cpus_per_actor: float = Field(
         default=0.5,
         gt=0,
         description=(
             "CPUs Ray reserves per actor. Fractional by default: on a small machine, actors that take every CPU "
             "leave none for the read tasks and the pipeline hangs. torch's threads follow (torch_threads_per_actor)."
+        ),
+    )
+    num_cpus_per_read_task: float = Field(
+        default=0.25,
+        gt=0,
+        description=(
+            "CPUs Ray reserves per Parquet read task (Ray Data's default is 1: next to a pool that holds the other CPUs "
+            "of a small cluster, a 1-CPU read task finds no node with room and waits forever)."
+        ),
+    )
+    no_progress_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "Seconds the Ray job may go without scoring rows or moving a block between its stages (actors starting and "
+            "loading the model count) before it is cancelled and the day fails, naming the cluster's resources."
         ),
     )
     num_gpus_per_actor: Optional[float] = Field(
@@ -203,6 +250,11 @@ class RayScoringEngine(RemoteScoringEngine):
         self.prepare(context)
         paths, filesystem = snapshot_files(store, day)
         gpus = self.gpus_per_actor(torch_scorer)
+        request = PoolRequest(self.num_cpus_per_actor, gpus, self.num_cpus_per_read_task)
+        nodes = nodes_from_ray(ray.nodes())
+        batches = max(1, math.ceil(store.row_count(INPUT_SNAPSHOT, day) / self.rows_per_batch))
+        actors = pool_size(nodes, request, self.actors, batches)
+        context.log.info(f"{day}: scoring on Ray with {request.describe(actors)} ({batches:,} batch(es) of up to {self.rows_per_batch:,} rows)")
         data_context = ray.data.DataContext.get_current()
         # Blocks come back in snapshot order, so the day's files hold the rows in the order the local engine writes.
         data_context.execution_options.preserve_order = True
@@ -211,12 +263,26 @@ class RayScoringEngine(RemoteScoringEngine):
         # from another file than the first. The V1 reader makes its read tasks in file and row-group order.
         data_context.use_datasource_v2 = False
         data_context.enable_progress_bars = False
+        # Ray Data's own no-progress guard cancels the job (its tasks and actors) and raises in this process.
+        data_context.execution_no_progress_timeout_s = self.no_progress_timeout_s
+        watchdog = functools.partial(_no_progress_named, self.no_progress_timeout_s, nodes, request, actors)
+        with watchdog():
+            read = _within(
+                self.no_progress_timeout_s,
+                "Ray Data's tasks that read the snapshot files' Parquet metadata (before the job starts) did not finish",
+                lambda: ray.data.read_parquet(
+                    paths,
+                    filesystem=filesystem,
+                    partitioning=None,
+                    num_cpus=self.num_cpus_per_read_task,
+                    # About one call's rows per block: the read tasks split their files' rows (in order), so a file
+                    # spreads over the whole pool instead of one actor taking the block its read task produced. (Not
+                    # `repartition`: its tasks ask 1 CPU each, which a small cluster next to the pool does not have.)
+                    override_num_blocks=batches,
+                ),
+            )
         dataset = (
-            ray.data.read_parquet(paths, filesystem=filesystem, partitioning=None)
-            .select_columns([schema.names[0], *columns])
-            # Blocks of one call each (streaming, order kept): a file's rows then spread over the whole pool instead
-            # of one actor taking the block its read task produced.
-            .repartition(target_num_rows_per_block=self.rows_per_batch)
+            read.select_columns([schema.names[0], *columns])
             .map_batches(
                 DayScorer,
                 fn_constructor_kwargs={
@@ -228,7 +294,7 @@ class RayScoringEngine(RemoteScoringEngine):
                 },
                 batch_size=self.rows_per_batch,
                 batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=self.actors),
+                compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=self.num_cpus_per_actor,
                 num_gpus=gpus,
                 # Deprecated in Ray 2.60 with no named replacement yet (removed in 2.64); without them a model that
@@ -242,7 +308,7 @@ class RayScoringEngine(RemoteScoringEngine):
         per_actor: dict[str, list[float]] = {}
         devices: set[str] = set()
         started = time.perf_counter()
-        with store.partition_writer(PREDICTIONS, day, schema) as writer:
+        with store.partition_writer(PREDICTIONS, day, schema) as writer, watchdog():
             for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
                 failed = block.filter(pc.is_valid(block.column("_error")))
                 if failed.num_rows:
@@ -268,7 +334,7 @@ class RayScoringEngine(RemoteScoringEngine):
             batch_size=min(batch_sizes, default=self.rows_per_batch),
             backoffs=backoffs,
             device=",".join(sorted(devices)) or ("cuda" if gpus else "cpu"),
-            actors=self.actors,
+            actors=actors,
             rows_per_second_per_actor=round(float(np.mean(throughputs)), 1) if throughputs else 0.0,
             files_sha256=writer.files_sha256,
         )
@@ -285,6 +351,45 @@ class RayScoringEngine(RemoteScoringEngine):
 
             return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         return 0.0
+
+
+@contextmanager
+def _no_progress_named(timeout_s: float, nodes: list[NodeResources], request: PoolRequest, actors: int) -> Iterator[None]:
+    """Turn Ray Data's no-progress timeout into an error naming the cluster, the pool and what to change."""
+    import ray
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    try:
+        yield
+    except ExecutionTimeoutError as error:
+        detail = str(error).split("\nIf this is expected", 1)[0].replace("\n", " ")
+        raise RayNoProgressError(no_progress_message(timeout_s, nodes, ray.available_resources(), request, actors, detail)) from None
+
+
+def _within(timeout_s: float, what: str, plan: Callable[[], Any]) -> Any:
+    """`plan()`, or Ray Data's no-progress error after `timeout_s`.
+
+    Planning a read runs Ray tasks (reading Parquet footers) outside Ray Data's no-progress guard: on a cluster with
+    no free CPU they wait forever. The thread left waiting is a daemon and ends when the step leaves the cluster.
+    """
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = plan()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="ray-data-plan", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise ExecutionTimeoutError(f"{what} in {timeout_s:g} s.")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def actor_scorer_config(torch_scorer: TorchScorerResource, gpus: float) -> dict[str, Any]:

@@ -15,10 +15,10 @@ NODE_S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": 
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> LoopbackRayCluster:
-    """Head and worker node on 127.0.0.1 with 2 logical CPUs each (with 1, Ray Data holds a CPU for listing and one for reading, leaving the actors none: it hangs); this process joins as a driver with auth off."""
+    """Head and worker node on 127.0.0.1 with 1 logical CPU each, as `ray start --num-cpus 1` twice makes them (the smallest cluster the engine must not hang on); this process joins as a driver with auth off."""
     saved = {name: os.environ.get(name) for name in LOOPBACK_ENV}
     os.environ.update(LOOPBACK_ENV)
-    cluster = start_cluster(head_cpus=2, worker_cpus=2, node_env=NODE_S3_CREDENTIALS)
+    cluster = start_cluster(head_cpus=1, worker_cpus=1, node_env=NODE_S3_CREDENTIALS)
     try:
         yield cluster
     finally:

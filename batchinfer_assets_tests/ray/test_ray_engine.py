@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -21,16 +25,19 @@ from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.tags import MODEL_VERSION_TAG
 from batchinfer_assets_tests.conftest import TINY_COLUMNS, tiny_module
 from batchinfer_assets_tests.processes import free_port
-from batchinfer_assets_tests.ray.cluster import LoopbackRayCluster
+from batchinfer_assets_tests.ray.cluster import REPO, LoopbackRayCluster
 from batchinfer_assets_tests.support import materialize_pipeline, materializations, pipeline_resources
 
 DAY = "2025-01-02"
+# The slow model's seconds per forward pass, and a no-progress timeout well above it (and above an actor's start).
+SLOW_BATCH_S = 2.0
+SLOW_TIMEOUT_S = 15.0
 SCORING = ["raw_transactions", "transaction_features", "input_snapshot", "predictions"]
 
 
 def ray_engine(address: str, **config) -> RayScoringEngine:
-    """Two actors of a quarter CPU each, so the read tasks always find a CPU."""
-    return RayScoringEngine(cluster=ray_cluster_for(address), actors=2, num_cpus_per_actor=0.25, **config)
+    """Two actors of a quarter CPU each (unless `config` says otherwise)."""
+    return RayScoringEngine(cluster=ray_cluster_for(address), **{"actors": 2, "num_cpus_per_actor": 0.25, **config})
 
 
 def day_files(storage: str | Path, table: str = "predictions") -> dict[str, bytes]:
@@ -80,6 +87,33 @@ class _NaNAboveOne(torch.nn.Module):
         return torch.where(x[:, :1] > 1.0, torch.full_like(scores, float("nan")), scores)
 
 
+class _Slow(torch.nn.Module):
+    """The tiny model, sleeping `seconds` in every forward pass: a job that is slow but keeps scoring."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.inner = tiny_module()
+        self.seconds = seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.inner(x)
+
+
+class _HangsWhenTold(torch.nn.Module):
+    """The tiny model, except that once the marker file exists every forward pass blocks for an hour (a stuck UDF)."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.inner = tiny_module()
+        self.marker = marker
+
+    def forward(self, x):
+        if os.path.exists(self.marker):
+            time.sleep(3600)
+        return self.inner(x)
+
+
 class _DiesOnce(torch.nn.Module):
     """The tiny model, except that the first forward pass anywhere kills its process (and leaves a marker file)."""
 
@@ -119,6 +153,9 @@ def tiny_versions(tmp_path_factory):
         dies_once = _DiesOnce(str(marker)).eval()
         log_torch_model(dies_once, input_columns=TINY_COLUMNS, example=example, serialization_format="pickle", registered_model_name="tiny-dies-once")
         marker.unlink()
+        hang = _HangsWhenTold(str(root / "hang")).eval()
+        log_torch_model(hang, input_columns=TINY_COLUMNS, example=example, serialization_format="pickle", registered_model_name="tiny-hangs")
+        log_torch_model(_Slow(SLOW_BATCH_S).eval(), input_columns=TINY_COLUMNS, example=example, serialization_format="pickle", registered_model_name="tiny-slow")
     client.set_registered_model_alias("tiny", "champion", "2")
     return tracking_uri
 
@@ -251,3 +288,138 @@ def test_an_actor_that_dies_is_restarted_and_its_batch_retried(ray_cluster, tiny
     with torch.inference_mode():
         expected = tiny_module()(torch.from_numpy(frame[list(TINY_COLUMNS)].to_numpy(np.float32))).numpy().reshape(-1)
     np.testing.assert_allclose(stored.column("score").to_numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_the_default_engine_scores_a_day_on_two_one_cpu_nodes(ray_cluster, tiny_versions, tmp_path):
+    """Issue 25: on `ray start --num-cpus 1` twice, a 1-CPU read task beside the pool found no node with room: it hung."""
+    frame = _snapshot()
+    _write_snapshot(tmp_path, frame)
+    registry = MlflowModelRegistryResource(tracking_uri=tiny_versions, model_uri="models:/tiny/1")
+    # The engine `BATCHINFER_SCORING_ENGINE=ray` builds (every default), with 300-row calls: the day is four batches.
+    engine = RayScoringEngine(cluster=ray_cluster_for(ray_cluster.address), rows_per_batch=300)
+
+    result = materialize_pipeline(pipeline_resources(tmp_path, registry, scoring_engine=engine), ["predictions"], partition_key=DAY)
+
+    meta = materializations(result, "predictions")[DAY].metadata
+    # Sized from the cluster: 2 CPUs, less a read task's 0.25 on each node wherever the actors land, hold three 0.5-CPU actors.
+    assert (meta["engine"].value, meta["actors"].value, meta["row_count"].value) == ("ray", 3, len(frame))
+    stored = PartitionedParquetStore(tmp_path).read_partition("predictions", DAY)
+    assert stored.column("transaction_id").to_pylist() == frame["transaction_id"].tolist()
+    with torch.inference_mode():
+        expected = tiny_module()(torch.from_numpy(frame[list(TINY_COLUMNS)].to_numpy(np.float32))).numpy().reshape(-1)
+    np.testing.assert_allclose(stored.column("score").to_numpy(), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"actors": 4}, "the pool asks 4 actor(s) x 0.5 CPU, and 0.25 CPU per read task (RayScoringEngine.actors=4,"),
+        ({"num_gpus_per_actor": 1.0}, "the pool asks 1 actor(s) x 0.5 CPU + 1 GPU, and 0.25 CPU per read task (RayScoringEngine.actors=unset,"),
+    ],
+)
+def test_a_pool_the_cluster_cannot_hold_is_refused_before_any_work_naming_cluster_and_setting(ray_cluster, tiny_versions, tmp_path, config, named):
+    _write_snapshot(tmp_path, _snapshot())
+    materialize_pipeline(_tiny_resources(tiny_versions, tmp_path, "models:/tiny/1"), ["predictions"], partition_key=DAY)
+    before = day_files(tmp_path)
+    registry = MlflowModelRegistryResource(tracking_uri=tiny_versions, model_uri="models:/tiny/1")
+    engine = RayScoringEngine(cluster=ray_cluster_for(ray_cluster.address), rows_per_batch=300, **config)
+
+    result = materialize_pipeline(pipeline_resources(tmp_path, registry, scoring_engine=engine), ["predictions"], partition_key=DAY, raise_on_error=False)
+
+    assert not result.success
+    assert "STEP_UP_FOR_RETRY" not in [event.event_type_value for event in result.all_events]
+    message = result.failure_data_for_node("daily_pipeline").error.message
+    assert "RayPoolDoesNotFitError: the Ray cluster cannot hold the scoring pool: it has 2 node(s), 2 CPU(s) (1 + 1), 0 GPU(s)" in message
+    assert named in message
+    assert day_files(tmp_path) == before
+
+
+def _hold_cpus(cluster: LoopbackRayCluster, cpus: int) -> subprocess.Popen:
+    """Another Ray job that holds `cpus` CPUs, one per node (a placement group), until its stdin closes."""
+    script = (
+        "import sys, ray; from ray.util.placement_group import placement_group; "
+        "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+        "group = placement_group([{'CPU': 1}] * int(sys.argv[2]), strategy='STRICT_SPREAD'); ray.get(group.ready()); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, cluster.address, str(cpus)],
+        cwd=REPO, env=cluster.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    ready, _, _ = select.select([holder.stdout], [], [], 120)
+    if not ready or holder.stdout.readline().strip() != "held":
+        _release(holder)
+        raise RuntimeError("the job holding the cluster's CPUs did not start")
+    return holder
+
+
+def _release(holder: subprocess.Popen) -> None:
+    """End the holding job; Ray frees its placement group when the job's driver goes."""
+    holder.stdin.close()
+    try:
+        holder.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_job_that_cannot_be_scheduled_is_cancelled_by_the_watchdog_naming_why(ray_cluster, tiny_versions, tmp_path):
+    _write_snapshot(tmp_path, _snapshot())
+    materialize_pipeline(_tiny_resources(tiny_versions, tmp_path, "models:/tiny/1"), ["predictions"], partition_key=DAY)
+    before = day_files(tmp_path)
+    registry = MlflowModelRegistryResource(tracking_uri=tiny_versions, model_uri="models:/tiny/1")
+    # The pool fits the cluster on paper; another job holds every CPU, so neither a read task nor an actor can start.
+    resources = pipeline_resources(tmp_path, registry, scoring_engine=ray_engine(ray_cluster.address, no_progress_timeout_s=5))
+
+    holder = _hold_cpus(ray_cluster, 2)
+    try:
+        result = materialize_pipeline(resources, ["predictions"], partition_key=DAY, raise_on_error=False)
+    finally:
+        _release(holder)
+
+    assert not result.success
+    assert "STEP_UP_FOR_RETRY" not in [event.event_type_value for event in result.all_events]
+    message = result.failure_data_for_node("daily_pipeline").error.message
+    assert "RayNoProgressError: the Ray job made no progress for 5 s (RayScoringEngine.no_progress_timeout_s) and was cancelled" in message
+    assert "The cluster has 2 node(s), 2 CPU(s) (1 + 1), 0 GPU(s); free now: 0 CPU(s), 0 GPU(s)" in message
+    assert "the pool asked 2 actor(s) x 0.25 CPU, and 0.25 CPU per read task" in message
+    assert "raise RayScoringEngine.no_progress_timeout_s" in message
+    assert day_files(tmp_path) == before
+
+
+def test_a_model_that_stops_scoring_is_cancelled_by_the_watchdog_naming_why(ray_cluster, tiny_versions, tmp_path):
+    _write_snapshot(tmp_path, _snapshot())
+    materialize_pipeline(_tiny_resources(tiny_versions, tmp_path, "models:/tiny/1"), ["predictions"], partition_key=DAY)
+    before = day_files(tmp_path)
+    registry = MlflowModelRegistryResource(tracking_uri=tiny_versions, model_uri="models:/tiny-hangs/1")
+    resources = pipeline_resources(tmp_path, registry, scoring_engine=ray_engine(ray_cluster.address, no_progress_timeout_s=5))
+    hang = Path(tiny_versions.removeprefix("sqlite:///")).parent / "hang"
+
+    hang.touch()
+    try:
+        result = materialize_pipeline(resources, ["predictions"], partition_key=DAY, raise_on_error=False)
+    finally:
+        hang.unlink()
+
+    assert not result.success
+    message = result.failure_data_for_node("daily_pipeline").error.message
+    assert "RayNoProgressError: the Ray job made no progress for 5 s (RayScoringEngine.no_progress_timeout_s)" in message
+    assert "The cluster has 2 node(s), 2 CPU(s) (1 + 1), 0 GPU(s); free now:" in message
+    # Ray Data's own account of where the job stood comes along.
+    assert "Ray Data said: Dataset execution made no progress" in message
+    assert day_files(tmp_path) == before
+
+
+def test_the_watchdog_lets_a_slow_job_that_keeps_scoring_finish(ray_cluster, tiny_versions, tmp_path):
+    frame = _snapshot()
+    _write_snapshot(tmp_path, frame)
+    registry = MlflowModelRegistryResource(tracking_uri=tiny_versions, model_uri="models:/tiny-slow/1")
+    # One actor, twelve 100-row batches of SLOW_BATCH_S each: the job lasts longer than the timeout, no gap does.
+    engine = ray_engine(ray_cluster.address, actors=1, rows_per_batch=100, no_progress_timeout_s=SLOW_TIMEOUT_S)
+    assert len(frame) / 100 * SLOW_BATCH_S > SLOW_TIMEOUT_S
+
+    result = materialize_pipeline(pipeline_resources(tmp_path, registry, scoring_engine=engine), ["predictions"], partition_key=DAY)
+
+    assert materializations(result, "predictions")[DAY].metadata["row_count"].value == len(frame)
+    stored = PartitionedParquetStore(tmp_path).read_partition("predictions", DAY)
+    assert stored.column("transaction_id").to_pylist() == frame["transaction_id"].tolist()

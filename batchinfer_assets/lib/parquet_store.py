@@ -153,6 +153,10 @@ class LocalBackend(PartitionBackend):
             _fsync_dir(table_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            # A table's first day that failed leaves no folder behind (rmdir removes only empty ones).
+            for folder in (staging_root, table_dir):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise
         shutil.rmtree(previous, ignore_errors=True)
 

@@ -67,7 +67,15 @@ def test_failed_write_keeps_previous_files(tmp_path):
     with pytest.raises(AttributeError):
         store.write_partition("t", "2025-01-01", None)  # type: ignore[arg-type]
     assert store.read_partition("t", "2025-01-01").equals(_table(2))
-    assert os.listdir(tmp_path / "t" / STAGING_DIR) == []
+    assert os.listdir(tmp_path / "t") == ["dt=2025-01-01"], "no staging left behind"
+
+
+def test_a_tables_first_failed_write_leaves_no_folder(tmp_path):
+    store = PartitionedParquetStore(tmp_path)
+    with pytest.raises(RuntimeError), store.partition_writer("t", "2025-01-01", _table(2).schema) as writer:
+        writer.write(_table(2))
+        raise RuntimeError("the second landing file is unreadable")
+    assert not (tmp_path / "t").exists()
 
 
 def test_interrupted_swap_is_restored(tmp_path):

@@ -17,7 +17,6 @@ from batchinfer_assets.lib.drift import (
     WASSERSTEIN,
     DriftConfig,
     PreparedReference,
-    combine_prepared,
     compute_drift,
     drift_markdown,
     drift_severity,
@@ -262,29 +261,6 @@ def test_one_prepared_reference_serves_many_days():
             compute_drift(cur, ref, list(cur.columns), "training"),
             check_exact=True,
         )
-
-
-def test_combined_prepared_days_equal_the_prepared_concatenation():
-    rng = np.random.default_rng(16)
-    days = [_mixed(rng, n) for n in (8_000, 12_000, 5_000)]
-    cols = list(days[0].columns)
-    cur = _mixed(rng, 20_000, 0.2)
-    combined = combine_prepared([prepare_reference(d) for d in days])
-    for c in cols:
-        assert combined[c].n == sum(int(prepare_reference(d, [c])[c].n) for d in days)
-    pd.testing.assert_frame_equal(
-        compute_drift(cur, combined, cols, "trailing_7d"),
-        compute_drift(cur, pd.concat(days, ignore_index=True), cols, "trailing_7d"),
-        check_exact=True,
-    )
-
-
-def test_combine_prepared_keeps_the_columns_every_day_has():
-    rng = np.random.default_rng(17)
-    a, b = _mixed(rng, 500), _mixed(rng, 500).drop(columns=["flag"])
-    assert combine_prepared([prepare_reference(a), prepare_reference(b)]).columns == tuple(b.columns)
-    with pytest.raises(ValueError):
-        combine_prepared([])
 
 
 def test_prepared_reference_missing_column_is_a_clear_error():

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -548,6 +549,14 @@ def _scipy():
     import scipy.stats
 
     return scipy
+
+
+def import_statistics_in_background() -> threading.Thread:
+    """Start importing scipy on a worker thread (a run that measures drift calls this as it starts): the import then
+    overlaps the day's first stages instead of adding its 0.6 s to the drift stage. `_scipy` waits for it if needed."""
+    thread = threading.Thread(target=_scipy, name="scipy-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def _category_key(value: object) -> tuple[str, object]:

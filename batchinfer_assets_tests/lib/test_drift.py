@@ -1,5 +1,7 @@
 import datetime as dt
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -717,3 +719,14 @@ def test_severity_ranks_p_value_tests_and_distances_on_one_scale():
     assert severity[:3] == pytest.approx([100.0, 5.0, 1e4])
     assert math.isnan(severity[3])
     assert list(severity_order(table)) == [2, 0, 1, 3]
+
+
+def test_scipy_is_imported_by_drift_only_and_can_be_warmed_on_a_thread():
+    code = (
+        "import sys\n"
+        "from batchinfer_assets.lib.drift import import_statistics_in_background\n"
+        "assert 'scipy.stats' not in sys.modules, 'imported with the module'\n"
+        "import_statistics_in_background().join()\n"
+        "assert {'scipy.stats', 'scipy.spatial.distance'} <= set(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

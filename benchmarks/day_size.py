@@ -1,6 +1,6 @@
 """What a day's size costs: one day of N rows through the real CLI, for several N, on the local engine.
 
-    python benchmarks/day_size.py --rows 1000000 20000000 [--chunk-rows 2000000] [--day 2025-03-03]
+    python benchmarks/day_size.py --rows 1000000 20000000 [--chunk-rows 1000000] [--day 2025-03-03]
 
 The demo model is registered once (outside the timings). For each N, in a fresh BATCHINFER_HOME and DAGSTER_HOME:
 the synthetic card day is landed as Parquet files of 1,000,000 rows each (outside the timings; file k drawn with
@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from batchinfer_assets.lib.spill import DEFAULT_DAY_CHUNK_ROWS
 from whole_day import DAY, ROOT, STAGES, bench_env, fresh_dagster_home, read_run, register_model, run_cli, stage_memory
 
 FILE_ROWS = 1_000_000
@@ -114,7 +115,7 @@ def report(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 20_000_000])
-    parser.add_argument("--chunk-rows", type=int, default=2_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_DAY_CHUNK_ROWS)
     parser.add_argument("--day", default=DAY)
     parser.add_argument("--workdir", type=Path, default=None, help="kept when given; a temporary folder otherwise")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")

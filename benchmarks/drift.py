@@ -1,6 +1,6 @@
 """Time `compute_drift`, old code against new, on the shapes the drift asset sees.
 
-    python benchmarks/drift.py [--rows 1000000] [--days 4] [--repeat 3] [--trailing]
+    python benchmarks/drift.py [--rows 1000000] [--days 4] [--repeat 3]
 
 Days have twenty columns like the model's inputs: 14 continuous, 5 binary flags and 1 small count
 (Poisson(3), clipped to 0..12), all float32 as the feature tables store them. Cases:
@@ -10,9 +10,6 @@ Days have twenty columns like the model's inputs: 14 continuous, 5 binary flags 
     threads as CPUs;
 (b) a range of ``--days`` days against one 20k-row reference, which the new code prepares once
     (``prepare_reference``) and the old code sorts again for every day;
-(c) with ``--trailing``, each day of the range against the days before it (up to 7) as one reference,
-    as the asset's trailing week does: the old code gets the concatenated DataFrame, the new code
-    prepares each day once and merges them (``combine_prepared``).
 
 The old code is ``batchinfer_assets/lib/drift.py`` as of ``--baseline-rev`` (read with ``git show``),
 loaded as a module beside the new one, so both run in the same process on the same data. Each case
@@ -37,7 +34,6 @@ from batchinfer_assets.lib import drift as new
 # The last commit before drift statistics were computed from sorted arrays.
 BASELINE_REV = "622d5ab"
 REFERENCE_ROWS = 20_000
-TRAILING_DAYS = 7
 
 
 def day(rng: np.random.Generator, n: int, shift: float = 0.0, count_shift: float = 0.0) -> pd.DataFrame:
@@ -108,7 +104,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per day")
     parser.add_argument("--days", type=int, default=4, help="days in the range of (b) and (c)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--trailing", action="store_true", help="also time (c), the trailing-week references")
     parser.add_argument("--baseline-rev", default=BASELINE_REV)
     args = parser.parse_args()
     old = load_baseline(args.baseline_rev)
@@ -150,28 +145,6 @@ def main() -> None:
     row(f"{args.days}-day range", o[:2], n[:2])
     print(f"    {compare(o[2], n[2])}")
     print(f"    drifted by day: old {drifted(o[2])} | new {drifted(n[2])}")
-
-    if args.trailing:
-        print(f"(c) each day against the days before it (up to {TRAILING_DAYS}) as one reference, threads = CPUs")
-
-        def old_trailing():
-            return [
-                old.compute_drift(d, pd.concat(days[max(0, i - TRAILING_DAYS) : i], ignore_index=True), columns, "t")
-                for i, d in enumerate(days)
-                if i
-            ]
-
-        def new_trailing():
-            prepared = [new.prepare_reference(d, columns) for d in days]
-            return [
-                new.compute_drift(p, new.combine_prepared(prepared[max(0, i - TRAILING_DAYS) : i]), columns, "t")
-                for i, p in enumerate(prepared)
-                if i
-            ]
-
-        o, n = timed(old_trailing, args.repeat), timed(new_trailing, args.repeat)
-        row(f"{args.days - 1} days with a trailing reference", o[:2], n[:2])
-        print(f"    {compare(o[2], n[2])}")
 
 
 if __name__ == "__main__":

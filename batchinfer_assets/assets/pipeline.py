@@ -34,6 +34,7 @@ from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.domain import Domain, load_domain
 from batchinfer_assets.lib import hashing, parquet_store
 from batchinfer_assets.lib.code_version import code_version_of
+from batchinfer_assets.lib.drift import import_statistics_in_background
 from batchinfer_assets.lib.redaction import redact, redacted_error
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
@@ -50,9 +51,7 @@ from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, step_failure
 from batchinfer_assets.run_worker import this_worker
-from batchinfer_assets.tables import (
-    PREDICTIONS,
-)
+from batchinfer_assets.tables import DRIFT_METRICS, PREDICTIONS
 from batchinfer_assets.tags import DAYS_TAG, PROGRESS_TAG, WORKER_TAG
 
 # The stages of a day, in lineage order; each declares its assets, checks, inputs and code (`stage.Stage`).
@@ -223,6 +222,8 @@ def _run_days(run: PipelineRun, stages: list[Stage], stopped: dict[str, str]) ->
             # Only scoring needs the loaded module: it loads while the first day's earlier stages run. A load
             # that fails fails the run at the next stage, and always before any predictions are written.
             run.start_loading_model()
+    if DRIFT_METRICS in run.selected:
+        import_statistics_in_background()
     progress = Progress(run)
     going_on = "; the run goes on with the other days" if len(run.days) > 1 else ""
     try:

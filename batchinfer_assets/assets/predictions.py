@@ -32,6 +32,9 @@ from batchinfer_assets.tables import INPUT_SNAPSHOT as SNAPSHOT_TABLE
 from batchinfer_assets.tables import PREDICTIONS as PREDICTIONS_TABLE
 from batchinfer_assets.tables import SCORING_MODEL
 
+# The pool that scored the day (actors, each one's rows/s, out-of-memory batch backoffs), as one metadata entry.
+ENGINE_DETAILS_KEY = "engine_details"
+
 # Rows read from the snapshot per step on CPU; one forward batch each, so the matrix stays small.
 MIN_READ_ROWS = 65_536
 
@@ -114,12 +117,17 @@ def predictions_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
             "rows_per_second": rows_per_second,
             "device": device,
             "engine": engine_name,
-            "actors": actors,
+            # One entry: as numbers they opened the Plots tab (sorted by key) with flat lines before positive_rate.
             # The local engine is one "actor": the step's process.
-            "rows_per_second_per_actor": rows_per_second if per_actor is None else per_actor,
+            ENGINE_DETAILS_KEY: dg.MetadataValue.json(
+                {
+                    "actors": actors,
+                    "rows_per_second_per_actor": rows_per_second if per_actor is None else per_actor,
+                    "batch_size_backoffs": result.backoffs,
+                }
+            ),
             "precision": scorer.precision,
             "batch_size": result.batch_size,
-            "batch_size_backoffs": result.backoffs,
             "threshold": scorer.threshold,
             "code_version": run.code_versions[PREDICTIONS_TABLE],
             **runtime_metadata(),

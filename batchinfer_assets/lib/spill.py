@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # Rows a stage holds in memory at once; a day over it is processed in buckets of about this many rows.
-DEFAULT_DAY_CHUNK_ROWS = 2_000_000
+DEFAULT_DAY_CHUNK_ROWS = 1_000_000
 DAY_CHUNK_ROWS_VARIABLE = "BATCHINFER_DAY_CHUNK_ROWS"
 
 

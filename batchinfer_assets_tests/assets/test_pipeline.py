@@ -89,6 +89,14 @@ def test_one_day_end_to_end(settings):
         assert key in meta, key
     assert meta["model_version"].value == "1"
     assert meta["row_count"].value == len(preds)
+    # The Plots tab draws every number sorted by key: the day's figures, not the pool's flat ones, come first.
+    numbers = sorted(k for k, v in meta.items() if isinstance(v, (dg.IntMetadataValue, dg.FloatMetadataValue)))
+    assert numbers == ["batch_size", "positive_rate", "row_count", "rows_per_second", "threshold", "torch_threads"]
+    assert meta["engine_details"].value == {
+        "actors": 1,
+        "rows_per_second_per_actor": meta["rows_per_second"].value,
+        "batch_size_backoffs": 0,
+    }
     snapshot_meta = materializations(result, "input_snapshot")["2025-01-03"].metadata
     assert meta["input_snapshot_hash"].value == snapshot_meta["content_hash"].value
 

@@ -1,5 +1,7 @@
 import datetime as dt
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,6 @@ from batchinfer_assets.lib.drift import (
     WASSERSTEIN,
     DriftConfig,
     PreparedReference,
-    combine_prepared,
     compute_drift,
     drift_markdown,
     drift_severity,
@@ -262,29 +263,6 @@ def test_one_prepared_reference_serves_many_days():
             compute_drift(cur, ref, list(cur.columns), "training"),
             check_exact=True,
         )
-
-
-def test_combined_prepared_days_equal_the_prepared_concatenation():
-    rng = np.random.default_rng(16)
-    days = [_mixed(rng, n) for n in (8_000, 12_000, 5_000)]
-    cols = list(days[0].columns)
-    cur = _mixed(rng, 20_000, 0.2)
-    combined = combine_prepared([prepare_reference(d) for d in days])
-    for c in cols:
-        assert combined[c].n == sum(int(prepare_reference(d, [c])[c].n) for d in days)
-    pd.testing.assert_frame_equal(
-        compute_drift(cur, combined, cols, "trailing_7d"),
-        compute_drift(cur, pd.concat(days, ignore_index=True), cols, "trailing_7d"),
-        check_exact=True,
-    )
-
-
-def test_combine_prepared_keeps_the_columns_every_day_has():
-    rng = np.random.default_rng(17)
-    a, b = _mixed(rng, 500), _mixed(rng, 500).drop(columns=["flag"])
-    assert combine_prepared([prepare_reference(a), prepare_reference(b)]).columns == tuple(b.columns)
-    with pytest.raises(ValueError):
-        combine_prepared([])
 
 
 def test_prepared_reference_missing_column_is_a_clear_error():
@@ -741,3 +719,14 @@ def test_severity_ranks_p_value_tests_and_distances_on_one_scale():
     assert severity[:3] == pytest.approx([100.0, 5.0, 1e4])
     assert math.isnan(severity[3])
     assert list(severity_order(table)) == [2, 0, 1, 3]
+
+
+def test_scipy_is_imported_by_drift_only_and_can_be_warmed_on_a_thread():
+    code = (
+        "import sys\n"
+        "from batchinfer_assets.lib.drift import import_statistics_in_background\n"
+        "assert 'scipy.stats' not in sys.modules, 'imported with the module'\n"
+        "import_statistics_in_background().join()\n"
+        "assert {'scipy.stats', 'scipy.spatial.distance'} <= set(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

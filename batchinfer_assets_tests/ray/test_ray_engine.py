@@ -67,11 +67,11 @@ def test_ray_scores_a_pipeline_day_like_the_local_engine(ray_cluster: LoopbackRa
 
     local_meta = materializations(local, "predictions")[DAY]
     meta = {k: v.value for k, v in materializations(on_ray, "predictions")[DAY].metadata.items()}
-    assert (meta["engine"], meta["actors"], meta["device"], meta["batch_size"]) == ("ray", 2, "cpu", 400)
-    assert meta["rows_per_second_per_actor"] > 0
+    assert (meta["engine"], meta["engine_details"]["actors"], meta["device"], meta["batch_size"]) == ("ray", 2, "cpu", 400)
+    assert meta["engine_details"]["rows_per_second_per_actor"] > 0
     for key in ("row_count", "model_version", "pinned_model_uri", "input_snapshot_hash", "positive_rate"):
         assert meta[key] == local_meta.metadata[key].value, key
-    assert (local_meta.metadata["engine"].value, local_meta.metadata["actors"].value) == ("local", 1)
+    assert (local_meta.metadata["engine"].value, local_meta.metadata["engine_details"].value["actors"]) == ("local", 1)
     assert meta["row_count"] == 1500
 
 
@@ -302,7 +302,7 @@ def test_the_default_engine_scores_a_day_on_two_one_cpu_nodes(ray_cluster, tiny_
 
     meta = materializations(result, "predictions")[DAY].metadata
     # Sized from the cluster: 2 CPUs, less a read task's 0.25 on each node wherever the actors land, hold three 0.5-CPU actors.
-    assert (meta["engine"].value, meta["actors"].value, meta["row_count"].value) == ("ray", 3, len(frame))
+    assert (meta["engine"].value, meta["engine_details"].value["actors"], meta["row_count"].value) == ("ray", 3, len(frame))
     stored = PartitionedParquetStore(tmp_path).read_partition("predictions", DAY)
     assert stored.column("transaction_id").to_pylist() == frame["transaction_id"].tolist()
     with torch.inference_mode():

@@ -1,5 +1,7 @@
 """One day through the real dagster-webserver and dagster-daemon with BATCHINFER_SCORING_ENGINE=ray on the loopback cluster."""
 
+import json
+
 from batchinfer_assets_tests.ray.cluster import LOOPBACK_ENV, LoopbackRayCluster
 from batchinfer_assets_tests.system.dagster_processes import BACKFILL, BACKFILL_TIMEOUT, LAUNCH, REPO, RUNS, SCORING_ASSETS, running_dagster
 
@@ -10,7 +12,7 @@ query($partitions: [String!]) {
     ... on Asset {
       assetMaterializations(partitions: $partitions) {
         partition
-        metadataEntries { label ... on TextMetadataEntry { text } ... on IntMetadataEntry { intValue } }
+        metadataEntries { label ... on TextMetadataEntry { text } ... on IntMetadataEntry { intValue } ... on JsonMetadataEntry { jsonString } }
       }
     }
   }
@@ -33,7 +35,9 @@ def test_a_backfilled_day_is_scored_on_the_ray_cluster(ray_cluster: LoopbackRayC
         assert [r["status"] for r in system.graphql(RUNS, id=launched["backfillId"])["runsOrError"]["results"]] == ["SUCCESS"]
         (event,) = system.graphql(PREDICTION_METADATA, partitions=[DAY])["assetOrError"]["assetMaterializations"]
 
-    metadata = {e["label"]: e.get("text", e.get("intValue")) for e in event["metadataEntries"]}
+    metadata = {
+        e["label"]: json.loads(e["jsonString"]) if "jsonString" in e else e.get("text", e.get("intValue")) for e in event["metadataEntries"]
+    }
     # The engine as the environment builds it sizes its pool: a 1,000-row day is one batch, so one actor.
-    assert (metadata["engine"], metadata["actors"], metadata["device"]) == ("ray", 1, "cpu")
+    assert (metadata["engine"], metadata["engine_details"]["actors"], metadata["device"]) == ("ray", 1, "cpu")
     assert metadata["row_count"] > 0 and metadata["model_version"] == "1"

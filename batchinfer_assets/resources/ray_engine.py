@@ -366,8 +366,8 @@ def _no_progress_named(timeout_s: float, nodes: list[NodeResources], request: Po
         raise RayNoProgressError(no_progress_message(timeout_s, nodes, ray.available_resources(), request, actors, detail)) from None
 
 
-def _within(timeout_s: float, what: str, plan: Callable[[], Any]) -> Any:
-    """`plan()`, or Ray Data's no-progress error after `timeout_s`.
+def _within(timeout_s: float, what: str, planning: Callable[[], Any]) -> Any:
+    """`planning()`, or Ray Data's no-progress error after `timeout_s`.
 
     Planning a read runs Ray tasks (reading Parquet footers) outside Ray Data's no-progress guard: on a cluster with
     no free CPU they wait forever. The thread left waiting is a daemon and ends when the step leaves the cluster.
@@ -378,11 +378,11 @@ def _within(timeout_s: float, what: str, plan: Callable[[], Any]) -> Any:
 
     def run() -> None:
         try:
-            outcome["value"] = plan()
+            outcome["value"] = planning()
         except BaseException as error:  # handed to the caller's thread
             outcome["error"] = error
 
-    thread = threading.Thread(target=run, name="ray-data-plan", daemon=True)
+    thread = threading.Thread(target=run, name="ray-data-planning", daemon=True)
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():

@@ -177,7 +177,9 @@ def feature_values(table: pd.DataFrame, reference: str) -> dict[str, float]:
 def _current_day(run: PipelineRun, state: DayState, columns: Sequence[str]) -> tuple[pd.DataFrame, frozenset[str], str | None]:
     """The day's snapshot columns with its scores as column `score` (rows must line up one to one), its model
     versions, and a note when a day of more than `day_chunk_rows` rows is judged on a sample of its rows."""
-    lacking = [c for c in columns if c not in run.store.column_names(INPUT_SNAPSHOT, state.day)]
+    # From the frame this run holds, else the stored schema (on S3 a footer read fetches the file).
+    present = state.snapshot.columns if state.snapshot is not None else run.store.column_names(INPUT_SNAPSHOT, state.day)
+    lacking = [c for c in columns if c not in present]
     if lacking:
         raise DriftInputError(f"{state.day}: input_snapshot lacks column(s) {lacking} the model needs; re-materialize it")
     rows = len(state.snapshot) if state.snapshot is not None else run.store.row_count(INPUT_SNAPSHOT, state.day)

@@ -43,8 +43,10 @@ def ingest_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterializ
             writer.write(table)
             hasher.update(table)
             rows += len(piece)
-            if kept is not None:
-                kept = kept + [piece] if rows <= run.day_chunk_rows else None
+            if kept is not None and rows <= run.day_chunk_rows:
+                kept.append(piece)
+            else:
+                kept = None
     state.raw = None if kept is None else (pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0].reset_index(drop=True))
     uri = run.store.partition_uri(RAW_TRANSACTIONS, state.day)
     run.context.log.info(f"{state.day}: {rows:,} {run.domain.rows_name} from {source}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -100,10 +102,37 @@ def split_valid_rows(
     return valid, quarantined
 
 
+_backends: threading.Thread | None = None
+
+
+def load_validation_in_background() -> None:
+    """Start loading pandera's validation backends on a worker thread (a run that validates calls this as it starts):
+    the first validation of a process otherwise waits for them (0.2-0.8 s here, most of it pandera importing its
+    data-synthesis strategies when hypothesis is installed) in the middle of the day's stages."""
+    global _backends
+    if _backends is None:
+        _backends = threading.Thread(target=_load_backends, name="pandera-backends", daemon=True)
+        _backends.start()
+
+
+def _load_backends() -> None:
+    with contextlib.suppress(Exception):
+        pa.DataFrameSchema({"x": pa.Column(float, checks=pa.Check.ge(0))}).validate(pd.DataFrame({"x": [1.0]}))
+
+
+def validate_uncopied(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> pd.DataFrame:
+    """`schema.validate(frame, lazy=True)`, without pandera's copy of the frame (a day's worth of memory) when the
+    schema coerces nothing, so the frame is left as it was either way."""
+    if _backends is not None:
+        _backends.join()
+    coerces = schema.coerce or any(column.coerce for column in schema.columns.values())
+    return schema.validate(frame, lazy=True, inplace=not coerces)
+
+
 def failure_reasons(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.Series:
     """Per row of a RangeIndex frame: `"column: check"` reasons joined by "; ", or NA; column-level failures raise."""
     try:
-        schema.validate(frame, lazy=True)
+        validate_uncopied(schema, frame)
     except SchemaErrors as errors:
         cases = errors.failure_cases
     else:

@@ -15,7 +15,7 @@ from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.hashing import ContentHasher
 from batchinfer_assets.lib.model_loading import mlflow_uris
 from batchinfer_assets.resources.model_registry import ResolvedModel
-from batchinfer_assets.schemas import feature_schema
+from batchinfer_assets.schemas import feature_schema, validate_uncopied
 from batchinfer_assets.tables import (
     INPUT_SNAPSHOT,
     SIGNATURE_CHECK,
@@ -118,7 +118,7 @@ def validated_snapshot(features: pd.DataFrame, day: str, domain) -> pd.DataFrame
         )
     try:
         schema = feature_schema(domain.feature_columns, domain.id_column)
-        return schema.validate(features.loc[:, columns], lazy=True).reset_index(drop=True)
+        return validate_uncopied(schema, features.loc[:, columns]).reset_index(drop=True)
     except SchemaErrors as errors:
         cases = errors.failure_cases
         counts = cases.groupby(["column", "check"], dropna=False).size()

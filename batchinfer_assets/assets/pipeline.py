@@ -36,6 +36,7 @@ from batchinfer_assets.lib import hashing, parquet_store
 from batchinfer_assets.lib.code_version import code_version_of
 from batchinfer_assets.lib.drift import import_statistics_in_background
 from batchinfer_assets.lib.redaction import redact, redacted_error
+from batchinfer_assets.schemas import load_validation_in_background
 from batchinfer_assets.lib.snapshot_archive import SnapshotArchive
 from batchinfer_assets.partitions import PIPELINE_GROUP, daily_partitions
 from batchinfer_assets.resources.labels_zone import LabelsResource, PerformancePolicyResource
@@ -51,7 +52,13 @@ from batchinfer_assets.resources.torch_scorer import TorchScorerResource
 from batchinfer_assets.resources.validation import ValidationPolicyResource
 from batchinfer_assets.retries import BAD_DATA_ERRORS, TRANSIENT_RETRY, step_failure
 from batchinfer_assets.run_worker import this_worker
-from batchinfer_assets.tables import DRIFT_METRICS, PREDICTIONS
+from batchinfer_assets.tables import (
+    DRIFT_METRICS,
+    INPUT_SNAPSHOT,
+    PREDICTIONS,
+    QUARANTINED_TRANSACTIONS,
+    TRANSACTION_FEATURES,
+)
 from batchinfer_assets.tags import DAYS_TAG, PROGRESS_TAG, WORKER_TAG
 
 # The stages of a day, in lineage order; each declares its assets, checks, inputs and code (`stage.Stage`).
@@ -224,6 +231,8 @@ def _run_days(run: PipelineRun, stages: list[Stage], stopped: dict[str, str]) ->
             run.start_loading_model()
     if DRIFT_METRICS in run.selected:
         import_statistics_in_background()
+    if run.selected & {TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS, INPUT_SNAPSHOT}:
+        load_validation_in_background()
     progress = Progress(run)
     going_on = "; the run goes on with the other days" if len(run.days) > 1 else ""
     try:

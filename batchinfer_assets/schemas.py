@@ -84,6 +84,27 @@ def split_valid_rows(
     failure, as within the part).
     """
     frame = frame.reset_index(drop=True)
+    return split_by_reasons(frame, quarantine_reasons(frame, day, domain, text_lengths, repeated))
+
+
+def split_by_reasons(frame: pd.DataFrame, reasons: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows without a reason, rows with one and their `reason`) of a RangeIndex frame, both in its order."""
+    bad = reasons.notna().to_numpy()
+    valid = frame.loc[~bad].reset_index(drop=True)
+    quarantined = frame.loc[bad].reset_index(drop=True)
+    quarantined[REASON_COLUMN] = pd.array(reasons[bad].to_numpy(), dtype="string")
+    return valid, quarantined
+
+
+def quarantine_reasons(
+    frame: pd.DataFrame,
+    day: dt.date,
+    domain: Domain,
+    text_lengths: Mapping[str, int] | None = None,
+    repeated: np.ndarray | None = None,
+) -> pd.Series:
+    """Per row of a RangeIndex frame of landed rows: why it is quarantined (`"column: check"` reasons joined by "; "),
+    or NA for a valid row (`repeated` as in `split_valid_rows`)."""
     try:
         reasons = failure_reasons(frame, row_schema(domain, day, text_lengths))
     except ColumnLevelSchemaError as exc:
@@ -95,11 +116,7 @@ def split_valid_rows(
             present = reasons.iat[row]
             parts = set() if pd.isna(present) else set(str(present).split("; "))
             reasons.iat[row] = "; ".join(sorted(parts | {unique}))
-    bad = reasons.notna().to_numpy()
-    valid = frame.loc[~bad].reset_index(drop=True)
-    quarantined = frame.loc[bad].reset_index(drop=True)
-    quarantined[REASON_COLUMN] = pd.array(reasons[bad].to_numpy(), dtype="string")
-    return valid, quarantined
+    return reasons
 
 
 _backends: threading.Thread | None = None

@@ -34,7 +34,7 @@ from batchinfer_assets.assets._run import DayState
 from batchinfer_assets.assets.published_predictions import publishable_rows
 from batchinfer_assets.domains.card_transactions import domain as CARD
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
-from batchinfer_assets.lib.synthetic import MERCHANT_CATEGORIES
+from batchinfer_assets.domains.card_transactions.synthetic import MERCHANT_CATEGORIES
 from batchinfer_assets.resources.prediction_db import PredictionDatabaseResource
 from batchinfer_assets.tables import PREDICTIONS, RAW_TRANSACTIONS
 

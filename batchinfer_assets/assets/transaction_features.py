@@ -3,6 +3,7 @@
 import contextlib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
@@ -13,9 +14,10 @@ from batchinfer_assets import schemas
 from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.assets.raw_transactions import raw_of
 from batchinfer_assets.assets.stage import Stage
-from batchinfer_assets.lib.spill import DayBuckets, bucket_count, bucket_of
+from batchinfer_assets.lib.parquet_store import PartitionWriter
+from batchinfer_assets.lib.spill import ROW_NUMBER, DayBuckets, RowOrderedSpill, bucket_count, bucket_of
 from batchinfer_assets.resources.prediction_db import published_text_lengths
-from batchinfer_assets.schemas import split_valid_rows
+from batchinfer_assets.schemas import quarantine_reasons, split_by_reasons, split_valid_rows
 from batchinfer_assets.tables import (
     INPUT_SNAPSHOT,
     INVALID_SHARE_CHECK,
@@ -26,7 +28,7 @@ from batchinfer_assets.tables import (
 
 _SAMPLE_ROWS = 10
 # A big day's row number while it is split into buckets, and rows read from storage at a time to split it.
-_ROW = "__batchinfer_row"
+_ROW = ROW_NUMBER
 _READ_ROWS = 1 << 20
 
 def feature_specs(domain) -> list[dg.AssetSpec]:
@@ -73,30 +75,42 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
     wants_quarantine = run.wants(QUARANTINED_TRANSACTIONS, state.day)
     wants_features = run.wants(TRANSACTION_FEATURES, state.day)
     with contextlib.ExitStack() as stack:
-        quarantine = features_out = None
-        for valid, bad in validated_parts(run, state):
+        # A day in buckets is spilled part by part and written merged back into the order of its rows, so its files
+        # are those of the whole day in memory (the same content hash whatever day_chunk_rows is).
+        outputs: dict[str, PartitionWriter | RowOrderedSpill] = {}
+
+        def output(asset: str, table: pa.Table, ordered: bool) -> PartitionWriter | RowOrderedSpill:
+            if asset not in outputs:
+                outputs[asset] = stack.enter_context(
+                    RowOrderedSpill(table.schema, run.spill_dir) if ordered else run.store.partition_writer(asset, state.day, table.schema)
+                )
+            return outputs[asset]
+
+        for part in validated_parts(run, state):
+            valid, bad = part.valid, part.bad
+            ordered = part.valid_rows is not None
             rows += len(valid) + len(bad)
             bad_rows += len(bad)
             reasons.update(reason_counts(bad))
-            if sample is None or len(sample) < _SAMPLE_ROWS:
-                sample = bad.head(_SAMPLE_ROWS) if sample is None else pd.concat([sample, bad.head(_SAMPLE_ROWS - len(sample))])
+            sample = _first_failing(sample, bad, part.bad_rows)
             if wants_quarantine:
                 table = pa.Table.from_pandas(bad, preserve_index=False)
-                if quarantine is None:
-                    quarantine = stack.enter_context(run.store.partition_writer(QUARANTINED_TRANSACTIONS, state.day, table.schema))
-                quarantine.write(table)
+                _write(output(QUARANTINED_TRANSACTIONS, table, ordered), table, part.bad_rows)
             if not wants_features:
                 continue
             features = domain.feature_frame(valid, state.day)
             unknown.update(vocabulary_misses(domain, valid))
             table = pa.Table.from_pandas(features, preserve_index=False)
-            if features_out is None:
-                features_out = stack.enter_context(run.store.partition_writer(TRANSACTION_FEATURES, state.day, table.schema))
-                state.features = features
-            else:
-                state.features = None
-            features_out.write(table)
+            _write(output(TRANSACTION_FEATURES, table, ordered), table, part.valid_rows)
+            state.features = None if ordered else features
+        for asset, spilled in list(outputs.items()):
+            if isinstance(spilled, RowOrderedSpill):
+                # Committed with the other writers as the stack closes: a failure before then writes nothing.
+                writer = stack.enter_context(run.store.partition_writer(asset, state.day, spilled.schema))
+                for chunk in spilled.merged(run.day_chunk_rows):
+                    writer.write(chunk)
     reasons = Counter(dict(reasons.most_common()))
+    sample = sample.drop(columns=[_ROW]) if sample is not None else None
     share = bad_rows / rows if rows else 0.0
     if bad_rows:
         run.context.log.warning(f"{state.day}: quarantined {bad_rows:,} of {rows:,} {domain.rows_name}: {dict(reasons)}")
@@ -159,8 +173,35 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
         )
 
 
-def validated_parts(run: PipelineRun, state: DayState) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
-    """(valid rows, quarantined rows) of the day: once for a day that fits in memory, else once per bucket.
+def _first_failing(sample: pd.DataFrame | None, bad: pd.DataFrame, row_numbers: np.ndarray | None) -> pd.DataFrame:
+    """The day's first `_SAMPLE_ROWS` quarantined rows so far (by their number in the day), with this part's added."""
+    head = bad.head(_SAMPLE_ROWS)
+    head = head.assign(**{_ROW: row_numbers[: len(head)] if row_numbers is not None else np.arange(len(head))})
+    if sample is None:
+        return head
+    both = pd.concat([sample, head], ignore_index=True)
+    return both.iloc[np.argsort(both[_ROW].to_numpy(), kind="stable")[:_SAMPLE_ROWS]].reset_index(drop=True)
+
+
+def _write(out: PartitionWriter | RowOrderedSpill, table: pa.Table, row_numbers: np.ndarray | None) -> None:
+    if isinstance(out, RowOrderedSpill):
+        out.add(table, row_numbers)
+    else:
+        out.write(table)
+
+
+@dataclass(frozen=True)
+class ValidatedPart:
+    """Valid and quarantined rows of the day, or of one bucket of it with the rows' numbers in the day."""
+
+    valid: pd.DataFrame
+    bad: pd.DataFrame
+    valid_rows: np.ndarray | None = None
+    bad_rows: np.ndarray | None = None
+
+
+def validated_parts(run: PipelineRun, state: DayState) -> Iterator[ValidatedPart]:
+    """The day's valid and quarantined rows: once for a day that fits in memory, else once per bucket.
 
     A bigger day is split by the domain's `group_column` (each group whole, so its features are those of the whole
     day) into buckets spilled to local disk; an id repeated across buckets is found in a second, id-keyed split of
@@ -178,7 +219,7 @@ def validated_parts(run: PipelineRun, state: DayState) -> Iterator[tuple[pd.Data
         )
         count = 1
     if count == 1:
-        yield split_valid_rows(raw_of(run, state), state.date, domain, lengths)
+        yield ValidatedPart(*split_valid_rows(raw_of(run, state), state.date, domain, lengths))
         return
     id_column, key = domain.id_column, domain.group_column
     schema = run.store.schema(RAW_TRANSACTIONS, day)
@@ -198,7 +239,9 @@ def validated_parts(run: PipelineRun, state: DayState) -> Iterator[tuple[pd.Data
         for part in buckets:
             numbers = part.column(_ROW).to_numpy()
             frame = part.drop_columns([_ROW]).to_pandas()
-            yield split_valid_rows(frame, state.date, domain, lengths, repeated=np.isin(numbers, repeated))
+            reasons = quarantine_reasons(frame, state.date, domain, lengths, repeated=np.isin(numbers, repeated))
+            quarantined = reasons.notna().to_numpy()
+            yield ValidatedPart(*split_by_reasons(frame, reasons), numbers[~quarantined], numbers[quarantined])
 
 
 def _repeated_rows(ids: DayBuckets, id_column: str) -> np.ndarray:

@@ -100,3 +100,109 @@ class DayBuckets:
             writer.close()
         self._writers.clear()
         self._folder.cleanup()
+
+
+class RowOrderedSpill:
+    """Parts of a day's output, each with its rows' numbers in the day, spilled to local disk and read back merged in
+    row-number order: what a day computed bucket by bucket comes out in the order of the day's rows, as if computed
+    whole (the same files and content hash whatever the bucket size).
+
+    Each part's row numbers must rise; parts may interleave (a bucket holds rows from all over the day).
+    """
+
+    def __init__(self, schema: pa.Schema, spill_dir: str | Path | None = None) -> None:
+        self.schema = schema
+        self._folder = tempfile.TemporaryDirectory(prefix="batchinfer-order-", dir=spill_dir)
+        self._schema = schema.append(pa.field(ROW_NUMBER, pa.int64()))
+        self._parts = 0
+        self.rows = 0
+
+    def __enter__(self) -> RowOrderedSpill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _path(self, part: int) -> Path:
+        return Path(self._folder.name) / f"part-{part:05d}.parquet"
+
+    def add(self, table: pa.Table, row_numbers: np.ndarray) -> None:
+        """Spill one part: `table`'s rows and their (rising) numbers in the day."""
+        if not len(row_numbers):
+            return
+        if (np.diff(row_numbers) <= 0).any():
+            raise ValueError("a part's row numbers must rise")
+        table = table.cast(self.schema) if table.schema != self.schema else table
+        table = table.append_column(ROW_NUMBER, pa.array(row_numbers, pa.int64()))
+        pq.write_table(table, self._path(self._parts), compression="lz4", write_statistics=False, row_group_size=_MERGE_READ_ROWS)
+        self._parts += 1
+        self.rows += len(row_numbers)
+
+    def merged(self, chunk_rows: int) -> Iterator[pa.Table]:
+        """Every row added, in row-number order, in tables of at most `chunk_rows` rows (the row numbers dropped).
+
+        Each part is read a row group at a time, so memory holds one chunk plus a row group per part.
+        """
+        cursors = [_PartCursor(self._path(part)) for part in range(self._parts)]
+        try:
+            while any(not cursor.done for cursor in cursors):
+                # Row numbers are unique in the day: chunk_rows numbers from the lowest left hold at most chunk_rows rows.
+                high = min(cursor.first for cursor in cursors if not cursor.done) + chunk_rows
+                pieces = [piece for cursor in cursors if (piece := cursor.take_below(high)) is not None]
+                chunk = pa.concat_tables(pieces)
+                order = pa.array(np.argsort(chunk.column(ROW_NUMBER).to_numpy(), kind="stable"))
+                yield chunk.take(order).drop_columns([ROW_NUMBER])
+        finally:
+            for cursor in cursors:
+                cursor.close()
+
+    def close(self) -> None:
+        """Remove the spill files."""
+        self._folder.cleanup()
+
+
+ROW_NUMBER = "__batchinfer_row"
+# Rows per row group of a spilled part, and so read from a part at a time while merging.
+_MERGE_READ_ROWS = 64 * 1024
+
+
+class _PartCursor:
+    """Reads one spilled part row group by row group, handing out its rows below a row number."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = pq.ParquetFile(path)
+        self._groups = iter(range(self._file.num_row_groups))
+        self._buffer: pa.Table | None = None
+        self._numbers = np.empty(0, dtype=np.int64)
+        self.done = False
+        self._fill()
+
+    def _fill(self) -> None:
+        """Make sure the buffer holds rows (reading the next row group); done once the part is exhausted."""
+        while self._buffer is None or self._buffer.num_rows == 0:
+            group = next(self._groups, None)
+            if group is None:
+                self.done = True
+                return
+            self._buffer = self._file.read_row_group(group)
+            self._numbers = self._buffer.column(ROW_NUMBER).to_numpy()
+
+    @property
+    def first(self) -> int:
+        return int(self._numbers[0])
+
+    def take_below(self, high: int) -> pa.Table | None:
+        """This part's rows numbered below `high` (reading on as far as needed), removed from it; None if none."""
+        pieces = []
+        while not self.done:
+            cut = int(np.searchsorted(self._numbers, high))
+            if cut:
+                pieces.append(self._buffer.slice(0, cut))
+                self._buffer, self._numbers = self._buffer.slice(cut), self._numbers[cut:]
+            if self._buffer.num_rows:
+                break
+            self._fill()
+        return pa.concat_tables(pieces) if pieces else None
+
+    def close(self) -> None:
+        self._file.close()

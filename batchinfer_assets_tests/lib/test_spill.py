@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchinfer_assets.lib.spill import DayBuckets, bucket_count, bucket_of
+from batchinfer_assets.lib.spill import DayBuckets, RowOrderedSpill, bucket_count, bucket_of
 
 
 @pytest.mark.parametrize(("rows", "chunk", "expected"), [(0, 10, 1), (1, 10, 1), (10, 10, 1), (11, 10, 2), (100, 7, 15)])
@@ -45,3 +45,27 @@ def test_bucket_of_is_the_same_in_another_process():
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", **__import__("os").environ}).stdout
     assert there.strip() == str(here)
+
+
+def test_parts_come_back_merged_in_the_order_of_the_days_rows(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = np.flatnonzero(rng.random(50_000) > 0.2)  # the day's rows that reach this output (the rest quarantined)
+    parts = rng.integers(0, 5, len(rows))  # the bucket each row went through
+    schema = pa.schema([("row", pa.int64()), ("text", pa.string())])
+    with RowOrderedSpill(schema, tmp_path) as spill:
+        for part in range(5):
+            numbers = rows[parts == part]
+            spill.add(pa.table({"row": numbers, "text": [f"r{n}" for n in numbers]}, schema=schema), numbers)
+        chunks = list(spill.merged(7_000))
+
+    merged = pa.concat_tables(chunks)
+    assert merged.schema == schema
+    assert merged.column("row").to_pylist() == rows.tolist()
+    assert merged.column("text").to_pylist() == [f"r{n}" for n in rows]
+    assert max(chunk.num_rows for chunk in chunks) <= 7_000
+    assert list(tmp_path.iterdir()) == []  # the spill files are gone
+
+
+def test_a_part_whose_rows_do_not_rise_is_refused(tmp_path):
+    with RowOrderedSpill(pa.schema([("v", pa.int64())]), tmp_path) as spill, pytest.raises(ValueError, match="must rise"):
+        spill.add(pa.table({"v": [1, 2]}), np.array([5, 3]))

@@ -5,6 +5,7 @@ from contextlib import closing
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,8 +46,16 @@ def publish_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateriali
             "rows are published without a scoring_runs link"
         )
     chunks: list[int] = []
-    with closing(publishable_rows(run, state)) as rows:  # closing removes a big day's buckets, even on failure
-        written = run.prediction_db.replace_partition(state.day, _counted(rows, chunks), lineage, domain=run.domain)
+    try:
+        with closing(publishable_rows(run, state)) as rows:  # closing removes a big day's buckets, even on failure
+            written = run.prediction_db.replace_partition(state.day, _counted(rows, chunks), lineage, domain=run.domain)
+    except OutOfRawOrder:
+        # Predictions written before the pipeline kept a big day in the order of its rows (or outside it): the
+        # transaction was rolled back, and the day is joined again through buckets of ids.
+        run.context.log.info(f"{state.day}: predictions not in the order of the day's raw rows: joined through buckets of ids")
+        chunks.clear()
+        with closing(publishable_rows(run, state, in_raw_order=False)) as rows:
+            written = run.prediction_db.replace_partition(state.day, _counted(rows, chunks), lineage, domain=run.domain)
     run.prediction_db.release_connections()
     run.context.log.info(
         f"{state.day}: published {written:,} rows in {len(chunks)} chunk(s) to {redact(run.prediction_db.url)}"
@@ -91,11 +100,13 @@ def scoring_run(scored: Mapping[str, Any], dagster_run_id: str | None) -> dict[s
     return lineage
 
 
-def publishable_rows(run: PipelineRun, state: DayState) -> Iterator[pa.Table]:
+def publishable_rows(run: PipelineRun, state: DayState, in_raw_order: bool = True) -> Iterator[pa.Table]:
     """The day's predictions joined by the domain's id column with the raw rows' business columns, in chunks.
 
-    A day of at most `run.day_chunk_rows` predictions is one chunk; a bigger one is split by id into buckets on
-    local disk (predictions and raw rows alike, so each id's rows meet in one bucket) and joined bucket by bucket.
+    A day of at most `run.day_chunk_rows` predictions is one chunk. A bigger one is read in pieces beside its raw rows
+    (`joined_in_raw_order`: predictions follow the order of the day's rows), or, with `in_raw_order` False, split by
+    id into buckets on local disk (predictions and raw rows alike, so each id's rows meet in one bucket) and joined
+    bucket by bucket.
     """
     id_column, business_columns = run.domain.id_column, list(run.domain.business_columns)
     predicted = [id_column, *SCORE_COLUMNS]
@@ -117,6 +128,16 @@ def publishable_rows(run: PipelineRun, state: DayState) -> Iterator[pa.Table]:
     raw_schema = pa.schema(
         [predictions_schema.field(id_column), *(stored.field(name).remove_metadata() for name in business_columns)]
     )
+    if in_raw_order:
+        yield from joined_in_raw_order(
+            run.store.iter_batches(PREDICTIONS, state.day, run.day_chunk_rows, columns=predicted),
+            predictions_schema,
+            run.store.iter_batches(RAW_TRANSACTIONS, state.day, run.day_chunk_rows, columns=raw_schema.names),
+            raw_schema,
+            id_column,
+            _RAW_ORDER_WINDOW * run.day_chunk_rows,
+        )
+        return
     yield from joined_by_bucket(
         run.store.iter_batches(PREDICTIONS, state.day, run.day_chunk_rows, columns=predicted),
         predictions_schema,
@@ -126,6 +147,55 @@ def publishable_rows(run: PipelineRun, state: DayState) -> Iterator[pa.Table]:
         bucket_count(rows, run.day_chunk_rows),
         run.spill_dir,
     )
+
+
+class OutOfRawOrder(Exception):
+    """A day's predictions do not follow the order of its raw rows, so they cannot be joined as both are read."""
+
+
+# Raw rows a piece of predictions may skip (quarantined rows between its valid ones), in day_chunk_rows.
+_RAW_ORDER_WINDOW = 3
+
+
+def joined_in_raw_order(
+    predictions: Iterable[pa.RecordBatch | pa.Table],
+    predictions_schema: pa.Schema,
+    raw: Iterable[pa.RecordBatch | pa.Table],
+    raw_schema: pa.Schema,
+    id_column: str,
+    skipped_rows: int,
+) -> Iterator[pa.Table]:
+    """`joined_rows` of each piece of `predictions`, the raw rows read alongside (memory: a piece and its window).
+
+    The pipeline writes a day's predictions in the order of its valid raw rows, so a piece's ids are found, in rising
+    order, among the raw rows after the previous piece's last one. Raises OutOfRawOrder, before that piece is
+    yielded, when they are not (found, rising, within the piece's rows plus `skipped_rows` more raw rows).
+    """
+    raw = iter(raw)
+    window = raw_schema.empty_table()
+    for piece in predictions:
+        piece = _as_table(piece, predictions_schema)
+        ids = piece.column(id_column)
+        while True:
+            positions = pc.index_in(ids, value_set=window.column(id_column))
+            if positions.null_count == 0:
+                break
+            batch = next(raw, None) if window.num_rows <= piece.num_rows + skipped_rows else None
+            if batch is None:
+                raise OutOfRawOrder(f"{positions.null_count:,} of {len(ids):,} ids not found in raw order")
+            window = pa.concat_tables([window, _as_table(batch, raw_schema)])
+        found = positions.to_numpy()
+        if len(found) and (np.diff(found) <= 0).any():
+            raise OutOfRawOrder("ids found out of raw order")
+        business = window.drop_columns([id_column]).take(positions)
+        yield pa.Table.from_arrays([*piece.columns, *business.columns], names=[*piece.column_names, *business.column_names])
+        if len(found):
+            window = window.slice(int(found[-1]) + 1)
+
+
+def _as_table(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    return table.select(schema.names).cast(schema)
 
 
 def joined_by_bucket(
@@ -145,8 +215,7 @@ def joined_by_bucket(
     with DayBuckets(count, predictions_schema, spill_dir) as predicted, DayBuckets(count, raw_schema, spill_dir) as landed:
         for buckets, schema, batches in ((predicted, predictions_schema, predictions), (landed, raw_schema, raw)):
             for batch in batches:
-                table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-                table = table.select(schema.names).cast(schema)
+                table = _as_table(batch, schema)
                 buckets.add(table, bucket_of(table.column(id_column), count))
         # Buckets come back in order, empty ones skipped: a bucket's raw rows may have no predictions (all quarantined).
         predicted_buckets, landed_buckets = iter(predicted), iter(landed)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from batchinfer_assets.assets.published_predictions import joined_by_bucket, joined_rows
+from batchinfer_assets.assets.published_predictions import OutOfRawOrder, joined_by_bucket, joined_in_raw_order, joined_rows
 from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.lib.spill import bucket_of
@@ -110,6 +110,51 @@ def test_joined_by_bucket_gives_the_rows_of_the_whole_day_join(count, tmp_path):
     assert pa.concat_tables(chunks).sort_by("transaction_id").equals(whole.sort_by("transaction_id"))
 
 
+@pytest.mark.parametrize(("piece", "raw_batch"), [(1, 1), (37, 41), (200, 13), (1_000, 1_000)])
+def test_predictions_in_raw_order_are_joined_piece_by_piece_as_the_whole_day(piece, raw_batch):
+    rng = np.random.default_rng(piece)
+    raw_ids = [f"id-{i}" for i in rng.permutation(500)]
+    raw_ids[300] = raw_ids[100]  # a repeated id: quarantined, never scored; its first row's columns are published
+    raw = _raw(raw_ids, [f"C{i}" for i in range(500)], rng.random(500).tolist())
+    scored = [i for n, i in enumerate(raw_ids) if n != 300 and rng.random() > 0.1]  # the valid rows, in the day's order
+    predictions = _predictions(scored, rng.random(len(scored)).tolist())
+    predictions_schema, raw_schema = _schemas()
+
+    pieces = list(
+        joined_in_raw_order(
+            predictions.to_batches(max_chunksize=piece), predictions_schema, raw.to_batches(max_chunksize=raw_batch), raw_schema,
+            "transaction_id", 2 * raw_batch + 50,
+        )
+    )
+
+    assert [p.num_rows for p in pieces] == [b.num_rows for b in predictions.to_batches(max_chunksize=piece)]
+    assert pa.concat_tables(pieces).equals(joined_rows(predictions, raw, "transaction_id"))
+    assert pa.concat_tables(pieces).column("customer_id")[scored.index(raw_ids[100])].as_py() == "C100"
+
+
+@pytest.mark.parametrize(
+    "scored",
+    [
+        pytest.param(["b", "a", "c"], id="two ids swapped"),
+        pytest.param(["a", "zz"], id="an id the raw rows lack"),
+        pytest.param(["a", "d"], id="an id past the window"),
+    ],
+)
+def test_predictions_out_of_raw_order_are_refused_before_their_piece_is_joined(scored):
+    raw = _raw(["a", "b", "c", "x1", "x2", "x3", "x4", "d"], list("ABCWXYZD"), [1.0] * 8)
+    predictions = _predictions(scored, [0.5] * len(scored))
+    predictions_schema, raw_schema = _schemas()
+
+    joined = joined_in_raw_order(
+        predictions.to_batches(max_chunksize=1), predictions_schema, raw.to_batches(max_chunksize=2), raw_schema, "transaction_id", 3
+    )
+    assert next(joined).column("transaction_id").to_pylist() == [scored[0]]
+    if scored[1] == "a":
+        return
+    with pytest.raises(OutOfRawOrder):
+        list(joined)
+
+
 def _published(url: str) -> pd.DataFrame:
     engine = sa.create_engine(url)
     try:
@@ -141,7 +186,7 @@ def test_a_day_published_in_chunks_of_7_rows_is_the_same_in_the_database_as_in_o
     assert materializations(whole, "published_predictions")[day].metadata["chunks"].value == 1
     chunked_meta = materializations(chunked, "published_predictions")[day].metadata
     assert chunked_meta["row_count"].value == rows > 1000
-    # About rows / 7 buckets of about 7 rows each.
+    # Pieces of 7 predictions, read beside the raw rows in the order of the day.
     assert rows / 7 * 0.9 < chunked_meta["chunks"].value <= -(-rows // 7)
     expected = _published(pipeline_settings.predictions_db_url)
     assert len(expected) == rows and expected["scoring_run_id"].notna().all()
@@ -169,3 +214,32 @@ def test_publishing_a_day_whose_raw_rows_are_gone_names_them_and_what_to_run(pip
     failure = result.failure_data_for_node("daily_pipeline").error.message
     assert f"raw_transactions for {day} is not in storage (never materialized)" in failure
     assert f"dg launch --assets '+published_predictions' --partition {day}" in failure
+
+
+def test_predictions_not_in_raw_order_are_published_through_buckets(pipeline_settings, tmp_path):
+    # As a big day scored before its features kept the order of its rows: the same rows, in another order.
+    day = "2025-01-03"
+    defs = build_definitions(pipeline_settings)
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    everything = dg.AssetSelection.all() - dg.AssetSelection.assets("scoring_model")
+    with dg.instance_for_test() as instance:
+        dg.materialize(assets, resources=build_resources(pipeline_settings), partition_key=day, instance=instance, selection=everything)
+        store = PartitionedParquetStore(pipeline_settings.storage_uri)
+        stored = store.read_partition("predictions", day)
+        store.write_partition("predictions", day, stored.take(pa.array(np.arange(stored.num_rows)[::-1])))
+        chunked_settings = dataclasses.replace(
+            pipeline_settings, day_chunk_rows=50, predictions_db_url=f"sqlite:///{tmp_path / 'chunked.db'}"
+        )
+        chunked = dg.materialize(
+            assets,
+            resources=build_resources(chunked_settings),
+            partition_key=day,
+            instance=instance,
+            selection=dg.AssetSelection.assets("published_predictions"),
+        )
+        logged = [e.user_message for e in instance.all_logs(chunked.run_id)]
+
+    assert any("not in the order of the day's raw rows: joined through buckets of ids" in m for m in logged)
+    rows = materializations(chunked, "published_predictions")[day].metadata["row_count"].value
+    assert rows == stored.num_rows
+    pd.testing.assert_frame_equal(_published(chunked_settings.predictions_db_url), _published(pipeline_settings.predictions_db_url))

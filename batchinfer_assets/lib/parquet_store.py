@@ -34,6 +34,8 @@ PARTITION_COLUMN = "dt"
 STAGING_DIR = "_staging"
 ROWS_PER_FILE = 2_000_000
 ROW_GROUP_SIZE = 256 * 1024
+# Bytes read from the end of an object for its footer: most footers fit, a bigger one takes a second read.
+_FOOTER_GUESS_BYTES = 64 * 1024
 S3_PART = "part-00000.parquet"
 # S3 caps presigned URLs made with long-term credentials at 7 days.
 SIDE_FILE_LINK_EXPIRY_S = 7 * 24 * 3600
@@ -80,6 +82,11 @@ class PartitionBackend(ABC):
     @abstractmethod
     def open_part(self, ref: Any) -> contextlib.AbstractContextManager[str | Path]:
         """A local path pyarrow can read the file from, valid inside the context."""
+
+    def read_metadata(self, ref: Any) -> pq.FileMetaData:
+        """One file's Parquet footer (row count, schema, row groups)."""
+        with self.open_part(ref) as path:
+            return pq.read_metadata(path)
 
     @abstractmethod
     def replacing(self, table: str, dt: str) -> contextlib.AbstractContextManager[Path]:
@@ -252,6 +259,23 @@ class S3Backend(PartitionBackend):
             with open(path, "wb") as sink:
                 self._call(f"download s3://{self.bucket}/{ref}", self.client.download_fileobj, self.bucket, ref, sink)
             yield path
+
+    def read_metadata(self, ref: str) -> pq.FileMetaData:
+        # The footer alone, by ranged reads of the object's last bytes: counting a day's rows or reading its schema
+        # does not download its files.
+        tail = self._tail(ref, _FOOTER_GUESS_BYTES)
+        size = int.from_bytes(tail[-8:-4], "little") + 8 if len(tail) >= 8 and tail[-4:] == b"PAR1" else 0
+        if size > len(tail):
+            tail = self._tail(ref, size)
+        try:
+            return pq.read_metadata(pa.BufferReader(tail[-size:] if size else tail))
+        except pa.ArrowException as exc:
+            raise pa.ArrowInvalid(f"s3://{self.bucket}/{ref} is not a Parquet file: {exc}") from exc
+
+    def _tail(self, ref: str, size: int) -> bytes:
+        what = f"read the footer of s3://{self.bucket}/{ref}"
+        response = self._call(what, self.client.get_object, Bucket=self.bucket, Key=ref, Range=f"bytes=-{size}")
+        return self._call(what, response["Body"].read)
 
     @contextlib.contextmanager
     def replacing(self, table: str, dt: str) -> Iterator[Path]:
@@ -504,11 +528,7 @@ class PartitionedParquetStore:
 
     def row_count(self, table: str, dt: str) -> int:
         """Rows of the day, from the Parquet footers."""
-        total = 0
-        for ref in self.partition_files(table, dt):
-            with self.backend.open_part(ref) as path:
-                total += pq.ParquetFile(path).metadata.num_rows
-        return total
+        return sum(self.backend.read_metadata(ref).num_rows for ref in self.partition_files(table, dt))
 
     def column_names(self, table: str, dt: str) -> list[str]:
         """The day's column names, from its first file."""
@@ -519,8 +539,7 @@ class PartitionedParquetStore:
         refs = self.partition_files(table, dt)
         if not refs:
             return pa.schema([])
-        with self.backend.open_part(refs[0]) as path:
-            return pq.read_schema(path)
+        return self.backend.read_metadata(refs[0]).schema.to_arrow_schema()
 
     def write_partition(self, table: str, dt: str, data: pa.Table) -> str:
         """Replace the day's files with `data`, atomically for readers."""

@@ -171,3 +171,42 @@ def test_an_unreachable_endpoint_names_the_endpoint_and_the_bucket(s3_env):
     store = PartitionedParquetStore(f"s3://{s3_env.bucket}/warehouse", s3_client=client)
     with pytest.raises(StorageUnavailableError, match=rf"cannot reach the S3 endpoint {closed} \(bucket '{s3_env.bucket}'\)"):
         store.has_partition("predictions", DAY)
+
+
+class _Counting:
+    """The S3 client as it is, with each call's name recorded (what the store asked the server for)."""
+
+    def __init__(self, client) -> None:
+        self._client, self.calls = client, []
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if callable(attribute):
+            self.calls.append(name)
+        return attribute
+
+
+@pytest.mark.parametrize("footer_bigger_than_the_first_read", [False, True])
+def test_a_days_rows_and_schema_come_from_the_footers_without_downloading_the_files(s3_env, footer_bigger_than_the_first_read):
+    client = _Counting(s3_env.client)
+    store = PartitionedParquetStore(f"s3://{s3_env.bucket}/warehouse", s3_client=client)
+    columns = 3_000 if footer_bigger_than_the_first_read else 3  # a 3,000-column footer is over the first 64 KiB read
+    rows = 1 if footer_bigger_than_the_first_read else 250_000
+    table = pa.table({f"c{i}": pa.array(range(rows), pa.int64()) for i in range(columns)})
+    store.write_partition("t", DAY, table)
+    client.calls.clear()
+
+    assert store.row_count("t", DAY) == table.num_rows
+    assert store.schema("t", DAY).names == table.column_names
+
+    assert "download_fileobj" not in client.calls
+    # One ranged read of the object's end per footer (row count, then schema), two when the footer is bigger.
+    assert client.calls.count("get_object") == (4 if footer_bigger_than_the_first_read else 2)
+    assert store.read_partition("t", DAY).equals(table)
+
+
+def test_a_file_that_is_not_parquet_is_named_when_its_rows_are_counted(s3_env):
+    store = _store(s3_env)
+    s3_env.client.put_object(Bucket=s3_env.bucket, Key=f"warehouse/t/dt={DAY}/part-00000.parquet", Body=b"not parquet at all")
+    with pytest.raises(pa.ArrowInvalid, match=f"s3://{s3_env.bucket}/warehouse/t/dt={DAY}/part-00000.parquet is not a Parquet file"):
+        store.row_count("t", DAY)

@@ -82,7 +82,7 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
         def output(asset: str, table: pa.Table, ordered: bool) -> PartitionWriter | RowOrderedSpill:
             if asset not in outputs:
                 outputs[asset] = stack.enter_context(
-                    RowOrderedSpill(table.schema, run.spill_dir) if ordered else run.store.partition_writer(asset, state.day, table.schema)
+                    RowOrderedSpill(table.schema, run.spill_dir, run.day_chunk_rows // part.parts) if ordered else run.store.partition_writer(asset, state.day, table.schema)
                 )
             return outputs[asset]
 
@@ -198,6 +198,7 @@ class ValidatedPart:
     bad: pd.DataFrame
     valid_rows: np.ndarray | None = None
     bad_rows: np.ndarray | None = None
+    parts: int = 1
 
 
 def validated_parts(run: PipelineRun, state: DayState) -> Iterator[ValidatedPart]:
@@ -241,7 +242,7 @@ def validated_parts(run: PipelineRun, state: DayState) -> Iterator[ValidatedPart
             frame = part.drop_columns([_ROW]).to_pandas()
             reasons = quarantine_reasons(frame, state.date, domain, lengths, repeated=np.isin(numbers, repeated))
             quarantined = reasons.notna().to_numpy()
-            yield ValidatedPart(*split_by_reasons(frame, reasons), numbers[~quarantined], numbers[quarantined])
+            yield ValidatedPart(*split_by_reasons(frame, reasons), numbers[~quarantined], numbers[quarantined], count)
 
 
 def _repeated_rows(ids: DayBuckets, id_column: str) -> np.ndarray:

@@ -110,8 +110,10 @@ class RowOrderedSpill:
     Each part's row numbers must rise; parts may interleave (a bucket holds rows from all over the day).
     """
 
-    def __init__(self, schema: pa.Schema, spill_dir: str | Path | None = None) -> None:
+    def __init__(self, schema: pa.Schema, spill_dir: str | Path | None = None, rows_per_read: int = 64 * 1024) -> None:
         self.schema = schema
+        # The merge holds a row group of every part at once: `rows_per_read` times the parts, about a chunk.
+        self.rows_per_read = max(1024, rows_per_read)
         self._folder = tempfile.TemporaryDirectory(prefix="batchinfer-order-", dir=spill_dir)
         self._schema = schema.append(pa.field(ROW_NUMBER, pa.int64()))
         self._parts = 0
@@ -134,14 +136,15 @@ class RowOrderedSpill:
             raise ValueError("a part's row numbers must rise")
         table = table.cast(self.schema) if table.schema != self.schema else table
         table = table.append_column(ROW_NUMBER, pa.array(row_numbers, pa.int64()))
-        pq.write_table(table, self._path(self._parts), compression="lz4", write_statistics=False, row_group_size=_MERGE_READ_ROWS)
+        pq.write_table(table, self._path(self._parts), compression="lz4", write_statistics=False, row_group_size=self.rows_per_read)
         self._parts += 1
         self.rows += len(row_numbers)
 
     def merged(self, chunk_rows: int) -> Iterator[pa.Table]:
         """Every row added, in row-number order, in tables of at most `chunk_rows` rows (the row numbers dropped).
 
-        Each part is read a row group at a time, so memory holds one chunk plus a row group per part.
+        Each part is read a row group (`rows_per_read` rows) at a time, so memory holds one chunk plus a row group per
+        part.
         """
         cursors = [_PartCursor(self._path(part)) for part in range(self._parts)]
         try:
@@ -162,8 +165,6 @@ class RowOrderedSpill:
 
 
 ROW_NUMBER = "__batchinfer_row"
-# Rows per row group of a spilled part, and so read from a part at a time while merging.
-_MERGE_READ_ROWS = 64 * 1024
 
 
 class _PartCursor:

@@ -71,6 +71,10 @@ class DayBlocked(Exception):
         self.reason = reason
         super().__init__(f"{stage}: {reason}")
 
+    def __reduce__(self) -> tuple:
+        # Pickled with its own arguments: a day's stage computed in a Ray task hands its DayBlocked back to the step.
+        return type(self), (self.stage, self.reason)
+
 
 class InputsDisagree(DayBlocked):
     """Stored inputs of a stage come from another version of the day's raw data than the day's current one."""

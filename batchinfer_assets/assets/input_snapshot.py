@@ -48,14 +48,14 @@ SIGNATURE_CHECK_SPEC = dg.AssetCheckSpec(
 def snapshot_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Validate the day's features into its snapshot, record its hash, and check it fits the run's model.
 
-    Part by part as the features come (`feature_parts`): the hash is taken as the rows stream into storage.
+    Part by part as the features come (`feature_parts`, validated on the cluster for a big day on the Ray engine): the
+    hash is taken as the rows stream into storage.
     """
     hasher = ContentHasher()
     rows, dtypes, snapshot = 0, {}, None
     with contextlib.ExitStack() as stack:
         writer = None
-        for features in feature_parts(run, state):
-            snapshot = validated_snapshot(features, state.day, run.domain)
+        for snapshot in feature_parts(run, state, validated_snapshot, (state.day, run.domain)):
             table = pa.Table.from_pandas(snapshot, preserve_index=False)
             if writer is None:
                 writer = stack.enter_context(run.store.partition_writer(INPUT_SNAPSHOT, state.day, table.schema))

@@ -1,9 +1,10 @@
 """Row validation with quarantine, and the model-ready features of the valid rows."""
 
 import contextlib
+import datetime as dt
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import dagster as dg
 import numpy as np
@@ -15,7 +16,7 @@ from batchinfer_assets.assets._run import DayBlocked, DayState, PipelineRun
 from batchinfer_assets.assets.raw_transactions import raw_of
 from batchinfer_assets.assets.stage import Stage
 from batchinfer_assets.lib.parquet_store import PartitionWriter
-from batchinfer_assets.lib.spill import ROW_NUMBER, DayBuckets, RowOrderedSpill, bucket_count, bucket_of
+from batchinfer_assets.lib.spill import ROW_NUMBER, DayBuckets, RowOrderedSpill, bucket_count, bucket_of, later_occurrences
 from batchinfer_assets.resources.prediction_db import published_text_lengths
 from batchinfer_assets.schemas import quarantine_reasons, split_by_reasons, split_valid_rows
 from batchinfer_assets.tables import (
@@ -86,10 +87,10 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
                 )
             return outputs[asset]
 
-        for part in validated_parts(run, state):
-            valid, bad = part.valid, part.bad
+        for part in validated_parts(run, state, wants_features):
+            bad = part.bad
             ordered = part.valid_rows is not None
-            rows += len(valid) + len(bad)
+            rows += part.valid_count + len(bad)
             bad_rows += len(bad)
             reasons.update(reason_counts(bad))
             sample = _first_failing(sample, bad, part.bad_rows)
@@ -98,8 +99,8 @@ def featurize_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMateria
                 _write(output(QUARANTINED_TRANSACTIONS, table, ordered), table, part.bad_rows)
             if not wants_features:
                 continue
-            features = domain.feature_frame(valid, state.day)
-            unknown.update(vocabulary_misses(domain, valid))
+            features = part.features
+            unknown.update(part.outside_vocabulary)
             table = pa.Table.from_pandas(features, preserve_index=False)
             _write(output(TRANSACTION_FEATURES, table, ordered), table, part.valid_rows)
             state.features = None if ordered else features
@@ -192,21 +193,50 @@ def _write(out: PartitionWriter | RowOrderedSpill, table: pa.Table, row_numbers:
 
 @dataclass(frozen=True)
 class ValidatedPart:
-    """Valid and quarantined rows of the day, or of one bucket of it with the rows' numbers in the day."""
+    """The day, or one bucket of it with the rows' numbers in the day, validated: its valid rows' count, its quarantined
+    rows, and the valid rows' features and vocabulary misses (None and empty when the features are not wanted)."""
 
-    valid: pd.DataFrame
+    valid_count: int
     bad: pd.DataFrame
+    features: pd.DataFrame | None = None
+    outside_vocabulary: dict[str, int] = field(default_factory=dict)
     valid_rows: np.ndarray | None = None
     bad_rows: np.ndarray | None = None
     parts: int = 1
 
 
-def validated_parts(run: PipelineRun, state: DayState) -> Iterator[ValidatedPart]:
-    """The day's valid and quarantined rows: once for a day that fits in memory, else once per bucket.
+def validated_part(
+    frame: pd.DataFrame,
+    row_numbers: np.ndarray | None,
+    repeated: np.ndarray | None,
+    day: str,
+    domain,
+    lengths: dict[str, int],
+    with_features: bool,
+    parts: int,
+) -> ValidatedPart:
+    """Validate the day (`row_numbers` None) or one bucket of whole groups, quarantine its bad rows, and build the
+    features of the rest when `with_features`."""
+    date = dt.date.fromisoformat(day)
+    if row_numbers is None:
+        (valid, bad), valid_rows, bad_rows = split_valid_rows(frame, date, domain, lengths), None, None
+    else:
+        reasons = quarantine_reasons(frame, date, domain, lengths, repeated=repeated)
+        quarantined = reasons.notna().to_numpy()
+        (valid, bad), valid_rows, bad_rows = split_by_reasons(frame, reasons), row_numbers[~quarantined], row_numbers[quarantined]
+    if not with_features:
+        return ValidatedPart(len(valid), bad, None, {}, valid_rows, bad_rows, parts)
+    features = domain.feature_frame(valid, day)
+    return ValidatedPart(len(valid), bad, features, vocabulary_misses(domain, valid), valid_rows, bad_rows, parts)
+
+
+def validated_parts(run: PipelineRun, state: DayState, with_features: bool) -> Iterator[ValidatedPart]:
+    """The day validated (and featurized when `with_features`): once for a day that fits in memory, else once per bucket.
 
     A bigger day is split by the domain's `group_column` (each group whole, so its features are those of the whole
     day) into buckets spilled to local disk; an id repeated across buckets is found in a second, id-keyed split of
-    (id, row number) and quarantined as within one part: every occurrence after the day's first.
+    (id, row number) and quarantined as within one part: every occurrence after the day's first. An engine with a
+    day runner (Ray) computes the buckets on its cluster instead, the same parts with the same results.
     """
     domain, day = run.domain, state.day
     lengths = published_text_lengths(domain)
@@ -220,13 +250,19 @@ def validated_parts(run: PipelineRun, state: DayState) -> Iterator[ValidatedPart
         )
         count = 1
     if count == 1:
-        yield ValidatedPart(*split_valid_rows(raw_of(run, state), state.date, domain, lengths))
+        yield validated_part(raw_of(run, state), None, None, day, domain, lengths, with_features, 1)
         return
     id_column, key = domain.id_column, domain.group_column
+    runner = run.scoring_engine.day_runner(run.context)
+    where = "on the cluster" if runner is not None else "in this process"
+    run.context.log.info(f"{day}: {rows:,} rows in {count} buckets of whole {key} groups {where} (day_chunk_rows={run.day_chunk_rows:,})")
+    compute_args = (day, domain, lengths, with_features, count)
+    if runner is not None:
+        yield from runner.bucket_results(run.store, RAW_TRANSACTIONS, day, key, id_column, count, validated_part, compute_args)
+        return
     schema = run.store.schema(RAW_TRANSACTIONS, day)
     spilled = schema.append(pa.field(_ROW, pa.int64()))
     id_schema = pa.schema([schema.field(id_column), pa.field(_ROW, pa.int64())])
-    run.context.log.info(f"{day}: {rows:,} rows in {count} buckets of whole {key} groups (day_chunk_rows={run.day_chunk_rows:,})")
     with DayBuckets(count, spilled, run.spill_dir) as buckets, DayBuckets(count, id_schema, run.spill_dir) as ids:
         offset = 0
         for batch in run.store.iter_batches(RAW_TRANSACTIONS, day, batch_size=min(run.day_chunk_rows, _READ_ROWS)):
@@ -236,24 +272,11 @@ def validated_parts(run: PipelineRun, state: DayState) -> Iterator[ValidatedPart
             buckets.add(table, bucket_of(batch.column(key), count))
             if key != id_column:
                 ids.add(pa.table([batch.column(id_column), numbers], schema=id_schema), bucket_of(batch.column(id_column), count))
-        repeated = _repeated_rows(ids, id_column) if key != id_column else np.empty(0, dtype=np.int64)
+        repeated = later_occurrences(ids, id_column) if key != id_column else np.empty(0, dtype=np.int64)
         for part in buckets:
             numbers = part.column(_ROW).to_numpy()
             frame = part.drop_columns([_ROW]).to_pandas()
-            reasons = quarantine_reasons(frame, state.date, domain, lengths, repeated=np.isin(numbers, repeated))
-            quarantined = reasons.notna().to_numpy()
-            yield ValidatedPart(*split_by_reasons(frame, reasons), numbers[~quarantined], numbers[quarantined], count)
-
-
-def _repeated_rows(ids: DayBuckets, id_column: str) -> np.ndarray:
-    """The row numbers whose (non-null) id an earlier row of the day has, from the id-keyed buckets."""
-    found = []
-    for part in ids:
-        frame = part.to_pandas()
-        present = frame[id_column].notna()
-        later = frame[id_column].duplicated(keep="first") & present
-        found.append(frame.loc[later, _ROW].to_numpy())
-    return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+            yield validated_part(frame, numbers, np.isin(numbers, repeated), *compute_args)
 
 
 def vocabulary_misses(domain, valid: pd.DataFrame) -> dict[str, int]:
@@ -272,15 +295,15 @@ def stored_invalid_share(run: PipelineRun, state: DayState) -> tuple[float, int,
     return (bad / rows if rows else 0.0), bad, rows
 
 
-def feature_parts(run: PipelineRun, state: DayState) -> Iterator[pd.DataFrame]:
-    """The day's features: from this run's memory, else from storage (in parts of `day_chunk_rows` rows) after
-    re-applying the quarantine gate.
+def feature_parts(run: PipelineRun, state: DayState, compute: Callable[..., pd.DataFrame], args: tuple) -> Iterator[pd.DataFrame]:
+    """`compute(features, *args)` of the day's features: from this run's memory, else from storage (in parts of
+    `day_chunk_rows` rows, computed on the cluster by an engine with a day runner) after re-applying the quarantine gate.
 
     A day blocked by `invalid_share_within_limit` stays blocked for every later run until its raw data is
     fixed and its features rebuilt, whatever is selected.
     """
     if state.features is not None:
-        yield state.features
+        yield compute(state.features, *args)
         return
     # The stored counts judge the day only when the quarantine and the features come from the same raw data.
     run.require_inputs_agree(state, INPUT_SNAPSHOT, (TRANSACTION_FEATURES, QUARANTINED_TRANSACTIONS))
@@ -294,10 +317,14 @@ def feature_parts(run: PipelineRun, state: DayState) -> Iterator[pd.DataFrame]:
         )
     if rows - bad <= run.day_chunk_rows:
         state.features = run.store.read_partition(TRANSACTION_FEATURES, state.day).to_pandas()
-        yield state.features
+        yield compute(state.features, *args)
+        return
+    runner = run.scoring_engine.day_runner(run.context)
+    if runner is not None:
+        yield from runner.chunk_results(run.store, TRANSACTION_FEATURES, state.day, run.day_chunk_rows, compute, args)
         return
     for batch in run.store.iter_batches(TRANSACTION_FEATURES, state.day, batch_size=run.day_chunk_rows):
-        yield batch.to_pandas()
+        yield compute(batch.to_pandas(), *args)
 
 
 def sample_markdown(quarantined: pd.DataFrame) -> str:

@@ -122,5 +122,18 @@ def no_progress_message(
     )
 
 
+def stages_no_progress_message(
+    timeout_s: float, nodes: Sequence[NodeResources], available: Mapping[str, float], cpus_per_task: float, what: str
+) -> str:
+    """Why the Ray tasks of a day's stage were cancelled for making no progress, and what to change."""
+    return (
+        f"the Ray tasks that {what} made no progress for {timeout_s:g} s ({SETTINGS}.no_progress_timeout_s) and were "
+        f"cancelled: none of them finished. The cluster has {describe_cluster(nodes, available)}; each task asks "
+        f"{cpus_per_task:g} CPU ({SETTINGS}.num_cpus_per_stage_task). Usually other jobs hold the cluster's CPUs (see "
+        f"`ray status`), a node went away, or a domain's feature function is stuck. Free or add resources, lower "
+        f"{SETTINGS}.num_cpus_per_stage_task, or raise {SETTINGS}.no_progress_timeout_s if a bucket may take longer."
+    )
+
+
 def _units(value: float) -> int:
     return math.floor(value * _UNITS + 1e-6)

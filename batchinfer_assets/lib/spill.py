@@ -7,7 +7,7 @@ order they were added, so what is computed bucket by bucket is the same in every
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,17 @@ def split_by_bucket(table: pa.Table, buckets: np.ndarray, count: int) -> Iterato
         if size:
             yield bucket, ordered.slice(start, int(size))
             start += int(size)
+
+
+def later_occurrences(parts: Iterable[pa.Table], id_column: str) -> np.ndarray:
+    """The row numbers (`ROW_NUMBER`) whose (non-null) id an earlier row of the day has, from id-keyed buckets of (id, row number)."""
+    found = []
+    for part in parts:
+        frame = part.to_pandas()
+        present = frame[id_column].notna()
+        later = frame[id_column].duplicated(keep="first") & present
+        found.append(frame.loc[later, ROW_NUMBER].to_numpy())
+    return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
 
 class DayBuckets:

@@ -1,5 +1,8 @@
 """Scores a day on a Ray cluster: Ray Data reads the snapshot's files, a pool of actors scores, the step commits.
 
+A day of more than `day_chunk_rows` rows is also validated, featurized and its snapshot validated there, as Ray
+tasks (`ray_day_stages`, through `RayScoringEngine.day_runner`).
+
 Needs the `ray` extra (`pip install -e '.[ray]'`); `build_resources` imports this module only when
 `BATCHINFER_SCORING_ENGINE=ray`.
 
@@ -46,7 +49,7 @@ from batchinfer_assets.lib.ray_pool import (
     pool_size,
 )
 from batchinfer_assets.lib.redaction import redact
-from batchinfer_assets.resources.scoring_engine import RayClusterUnreachableError, RemoteScoringEngine
+from batchinfer_assets.resources.scoring_engine import DayRunner, RayClusterUnreachableError, RemoteScoringEngine
 from batchinfer_assets.resources.torch_scorer import LoadedModel, MissingInputColumnsError, ModelOutputError, TorchScorerResource
 from batchinfer_assets.tables import INPUT_SNAPSHOT, PREDICTIONS
 
@@ -202,6 +205,22 @@ class RayScoringEngine(RemoteScoringEngine):
         description="Times Ray restarts a dead actor and retries its batches (Ray Data's own default is forever).",
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, description="Seconds to wait for the cluster's address to answer.")
+    num_cpus_per_stage_task: float = Field(
+        default=0.5,
+        gt=0,
+        description=(
+            "CPUs Ray reserves per task of a big day's validation, features and snapshot (one task per slice of the raw "
+            "files, per bucket, per snapshot part). A bucket task holds about day_chunk_rows rows."
+        ),
+    )
+    stage_tasks_in_flight: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Buckets (or snapshot parts) the cluster computes ahead of the step, which takes their results in order: "
+            "more keeps more CPUs busy and more results waiting in the object store."
+        ),
+    )
 
     @property
     def engine(self) -> str:
@@ -227,6 +246,13 @@ class RayScoringEngine(RemoteScoringEngine):
             f"{resources.get('GPU', 0):g} GPU(s) on {len([n for n in ray.nodes() if n.get('Alive')])} node(s)"
         )
 
+    def day_runner(self, context: Any) -> DayRunner:
+        """A big day's validation, features and snapshot as Ray tasks on this engine's cluster, joined first."""
+        from batchinfer_assets.resources.ray_day_stages import RayDayRunner
+
+        self.prepare(context)
+        return RayDayRunner(context, self.num_cpus_per_stage_task, self.stage_tasks_in_flight, self.no_progress_timeout_s)
+
     def score_day(
         self,
         context: Any,
@@ -248,7 +274,7 @@ class RayScoringEngine(RemoteScoringEngine):
                 missing, resolved.pinned_uri, where=f"input_snapshot dt={day} ({store.partition_uri(INPUT_SNAPSHOT, day)})"
             )
         self.prepare(context)
-        paths, filesystem = snapshot_files(store, day)
+        paths, filesystem = day_files(store, INPUT_SNAPSHOT, day)
         gpus = self.gpus_per_actor(torch_scorer)
         request = PoolRequest(self.num_cpus_per_actor, gpus, self.num_cpus_per_read_task)
         nodes = nodes_from_ray(ray.nodes())
@@ -407,14 +433,14 @@ def actor_scorer_config(torch_scorer: TorchScorerResource, gpus: float) -> dict[
     }
 
 
-def snapshot_files(store: PartitionedParquetStore, day: str) -> tuple[list[str], Any]:
-    """The day's snapshot files as paths for `ray.data.read_parquet`, and the filesystem to read them with.
+def day_files(store: PartitionedParquetStore, table: str, day: str) -> tuple[list[str], Any]:
+    """The day's files of `table` as paths for Ray's readers (`ray.data.read_parquet`, pyarrow), and the filesystem to read them with.
 
     On S3 the filesystem carries the endpoint and region (not secret) and no credentials: each node reads with
     its own AWS credential chain (the same variables boto3 reads, an IAM role), so no secret travels in tasks.
     """
     backend = store.backend
-    refs = store.partition_files(INPUT_SNAPSHOT, day)
+    refs = store.partition_files(table, day)
     if isinstance(backend, LocalBackend):
         return [str(ref) for ref in refs], None
     if isinstance(backend, S3Backend):

@@ -1,4 +1,5 @@
-"""Where a day is scored: in the step's own process (`local`) or on a Ray cluster (`ray`, in `ray_engine`).
+"""Where a day is scored, and a big day validated and featurized: in the step's own process (`local`) or on a Ray
+cluster (`ray`, in `ray_engine` and `ray_day_stages`).
 
 This module imports no Ray: the package, its settings and its retry policy load without the `ray` extra.
 """
@@ -6,7 +7,7 @@ This module imports no Ray: the package, its settings and its retry policy load 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import dagster as dg
@@ -26,6 +27,34 @@ class RayClusterUnreachableError(ConnectionError):
     """
 
 
+class DayRunner(ABC):
+    """Runs the row work of a day too big for one part where the engine computes, and hands the results back in order."""
+
+    @abstractmethod
+    def bucket_results(
+        self,
+        store: PartitionedParquetStore,
+        table: str,
+        day: str,
+        key: str,
+        id_column: str,
+        count: int,
+        compute: Callable[..., Any],
+        args: Sequence[Any],
+    ) -> Iterator[Any]:
+        """`compute(rows, row_numbers, repeated, *args)` of each non-empty bucket of the day split by `key`
+        (`spill.bucket_of`), in bucket order, each bucket's rows in the day's order with their numbers in the day;
+        `repeated` marks the rows whose (non-null) `id_column` value an earlier row of the day has. What the step's own
+        loop over `DayBuckets` computes."""
+
+    @abstractmethod
+    def chunk_results(
+        self, store: PartitionedParquetStore, table: str, day: str, chunk_rows: int, compute: Callable[..., Any], args: Sequence[Any]
+    ) -> Iterator[Any]:
+        """`compute(rows, *args)` of each part of up to `chunk_rows` rows of each of the day's files, in order (the
+        parts `store.iter_batches` reads)."""
+
+
 class ScoringEngineResource(dg.ConfigurableResource, ABC):
     """The engine the `predictions` stage hands a day to; the pipeline step asks it to get ready before any day."""
 
@@ -36,6 +65,10 @@ class ScoringEngineResource(dg.ConfigurableResource, ABC):
 
     def prepare(self, context: Any) -> None:
         """Reach whatever scores the days before the first day is touched, so a bad setting fails the run at once."""
+
+    def day_runner(self, context: Any) -> Optional[DayRunner]:
+        """What validates and featurizes a day too big for one part, and validates its snapshot (None: the step itself)."""
+        return None
 
 
 class LocalScoringEngine(ScoringEngineResource):

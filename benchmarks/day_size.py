@@ -1,6 +1,6 @@
-"""What a day's size costs: one day of N rows through the real CLI, for several N, on the local engine.
+"""What a day's size costs: one day of N rows through the real CLI, for several N, on the local or the Ray engine.
 
-    python benchmarks/day_size.py --rows 1000000 20000000 [--chunk-rows 1000000] [--day 2025-03-03]
+    python benchmarks/day_size.py --rows 1000000 20000000 [--chunk-rows 1000000] [--day 2025-03-03] [--engine ray]
 
 The demo model is registered once (outside the timings). For each N, in a fresh BATCHINFER_HOME and DAGSTER_HOME:
 the synthetic card day is landed as Parquet files of 1,000,000 rows each (outside the timings; file k drawn with
@@ -12,6 +12,11 @@ of the largest process while each stage ran. Ratios are against the first N of t
 and storage of each N are removed before the next (disk).
 Goals (issue 25): largest process 20M / 1M <= 1.5; a 100M-row day completes with a peak <= 4 GiB and rows/s
 within 20% of the 1M-row day's.
+
+`--engine ray` starts the tests' two-node loopback cluster (1 CPU each, `batchinfer_assets_tests/ray/cluster.py`) for
+the invocation and runs with `BATCHINFER_SCORING_ENGINE=ray` on it: the CLI's process tree is then the step and its
+driver threads only (the Ray workers are the nodes' children), so its largest process is the step's; the nodes'
+own peak (each node's process tree, summed) is reported beside it. Goal: the step's peak stays flat as the day grows.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import time
 from pathlib import Path
 
 from batchinfer_assets.lib.spill import DEFAULT_DAY_CHUNK_ROWS
-from whole_day import DAY, ROOT, STAGES, bench_env, fresh_dagster_home, read_run, register_model, run_cli, stage_memory
+from batchinfer_assets_tests.ray.cluster import LOOPBACK_ENV, start_cluster, stop_cluster
+from whole_day import DAY, ROOT, STAGES, TreeMonitor, bench_env, fresh_dagster_home, read_run, register_model, run_cli, stage_memory
 
 FILE_ROWS = 1_000_000
 
@@ -53,14 +59,22 @@ while left > 0:
     return time.perf_counter() - started
 
 
-def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: str) -> dict:
+def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: str, cluster=None) -> dict:
     landing = workdir / "landing"
     land_s = land(rows, day, landing)
     home = workdir / "home"
     dagster_home = fresh_dagster_home(workdir / "dagster_home")
     env = bench_env(home, dagster_home, rows, tracking_uri, landing=landing)
     env["BATCHINFER_DAY_CHUNK_ROWS"] = str(chunk_rows)
+    nodes = []
+    if cluster is not None:
+        env.update({**LOOPBACK_ENV, "BATCHINFER_SCORING_ENGINE": "ray", "RAY_ADDRESS": cluster.address})
+        nodes = [TreeMonitor(node.pid, interval_s=0.2) for node in cluster.nodes]
+        for monitor in nodes:
+            monitor.start()
     cli = run_cli(["--partition", day], env, workdir / "cli.log")
+    for monitor in nodes:
+        monitor.stop()
     run = read_run(dagster_home)
     if cli["rc"] != 0 or run["status"] != "SUCCESS":
         tail = (workdir / "cli.log").read_text(errors="replace")[-4000:]
@@ -79,6 +93,8 @@ def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: s
         "loadavg_1m_before": cli["loadavg_1m_before"],
         "loadavg_1m_after": cli["loadavg_1m_after"],
         "command": cli["command"],
+        "engine": "ray" if cluster is not None else "local",
+        "ray_nodes_mib": sum(m.peak_sum_kib for m in nodes) / 1024 if nodes else None,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "stages"}), flush=True)
     shutil.rmtree(landing, ignore_errors=True)
@@ -88,17 +104,21 @@ def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: s
 
 def report(results: list[dict]) -> str:
     base = results[0]
+    on_ray = base["engine"] == "ray"
     lines = [
-        f"`BATCHINFER_DAY_CHUNK_ROWS={base['chunk_rows']:,}`, local engine, one day per run (`{base['command']}`):",
+        f"`BATCHINFER_DAY_CHUNK_ROWS={base['chunk_rows']:,}`, {base['engine']} engine, one day per run (`{base['command']}`):",
         "",
-        "| rows | wall s | step s | rows/s (step) | vs first | largest process peak MiB | vs first | tree peak MiB | load avg before/after |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| rows | wall s | step s | rows/s (step) | vs first | largest process peak MiB | vs first | tree peak MiB | "
+        + ("Ray nodes' peak MiB | " if on_ray else "")
+        + "load avg before/after |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if on_ray else "") + " --- |",
     ]
     for r in results:
         lines.append(
             f"| {r['rows']:,} | {r['wall_s']:.1f} | {r['step_s']:.1f} | {r['rows_per_s']:,.0f} | "
             f"{r['rows_per_s'] / base['rows_per_s']:.2f} | {r['largest_mib']:,.0f} | {r['largest_mib'] / base['largest_mib']:.2f} | "
-            f"{r['tree_mib']:,.0f} | {r['loadavg_1m_before']:.1f} / {r['loadavg_1m_after']:.1f} |"
+            f"{r['tree_mib']:,.0f} | " + (f"{r['ray_nodes_mib']:,.0f} | " if on_ray else "")
+            + f"{r['loadavg_1m_before']:.1f} / {r['loadavg_1m_after']:.1f} |"
         )
     lines += ["", "Each stage's seconds and the largest process's peak while it ran (MiB):", ""]
     lines.append("| rows | " + " | ".join(STAGES) + " |")
@@ -119,16 +139,23 @@ def main() -> None:
     parser.add_argument("--day", default=DAY)
     parser.add_argument("--workdir", type=Path, default=None, help="kept when given; a temporary folder otherwise")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: on a two-node loopback cluster started for the invocation")
+    parser.add_argument("--object-store-mb", type=int, default=2048, help="each Ray node's object store (--engine ray)")
     args = parser.parse_args()
     workdir = args.workdir.absolute() if args.workdir else Path(tempfile.mkdtemp(prefix="bench-day-size-"))
+    cluster = None
     try:
         tracking_uri, seconds = register_model(workdir / "model")
         print(f"demo model registered in {seconds:.1f} s (not timed below)", flush=True)
-        results = [measure(workdir / f"rows{rows}", rows, args.day, args.chunk_rows, tracking_uri) for rows in args.rows]
+        if args.engine == "ray":
+            cluster = start_cluster(head_cpus=1, worker_cpus=1, object_store_mb=args.object_store_mb)
+        results = [measure(workdir / f"rows{rows}", rows, args.day, args.chunk_rows, tracking_uri, cluster) for rows in args.rows]
         print(report(results), flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1, default=str))
     finally:
+        if cluster is not None:
+            stop_cluster(cluster)
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -23,8 +23,10 @@ from batchinfer_assets.settings import Settings
 from batchinfer_assets_tests.assets.test_big_days import DAY, ROWS, SMALL_CHUNK, _landed_day
 from batchinfer_assets_tests.ray.day_stage_domains import MARKER_AMOUNT, RAISED, STEP_PID_VARIABLE
 from batchinfer_assets_tests.ray.cluster import LoopbackRayCluster
+from batchinfer_assets_tests.s3.conftest import REGION, S3Env
 from batchinfer_assets_tests.support import materializations
 
+AWAY_FROM_STEP = "batchinfer_assets_tests.ray.day_stage_domains:away_from_step"
 STAGES = ["raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot"]
 DAY_TABLES = ("transaction_features", "quarantined_transactions", "input_snapshot")
 BUCKETS = -(-ROWS // SMALL_CHUNK)
@@ -46,9 +48,16 @@ def landing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _settings(base: Settings, home: Path, landing: Path, **changes) -> Settings:
-    values = {"day_chunk_rows": SMALL_CHUNK, "max_invalid_fraction": 0.05, **changes}
-    storage = {"storage_uri": str(home / "storage"), "predictions_db_url": f"sqlite:///{home / 'predictions.db'}"}
-    return dataclasses.replace(base, home=home, landing_uri=str(landing), **storage, **values)
+    values = {
+        "home": home,
+        "landing_uri": str(landing),
+        "storage_uri": str(home / "storage"),
+        "predictions_db_url": f"sqlite:///{home / 'predictions.db'}",
+        "day_chunk_rows": SMALL_CHUNK,
+        "max_invalid_fraction": 0.05,
+        **changes,
+    }
+    return dataclasses.replace(base, **values)
 
 
 def _on_ray(settings: Settings, cluster: LoopbackRayCluster) -> Settings:
@@ -79,8 +88,7 @@ def test_a_big_day_on_the_ray_engine_gives_the_local_engines_files(
 ):
     local = _settings(demo_model_store, tmp_path / "local", landing)
     # The built-in features, refusing to run in this process: on Ray they are computed by the cluster's workers.
-    away = "batchinfer_assets_tests.ray.day_stage_domains:away_from_step"
-    on_ray = _on_ray(_settings(demo_model_store, tmp_path / "ray", landing, domain=away), ray_cluster)
+    on_ray = _on_ray(_settings(demo_model_store, tmp_path / "ray", landing, domain=AWAY_FROM_STEP), ray_cluster)
     whole = _settings(demo_model_store, tmp_path / "whole", landing, day_chunk_rows=10_000_000)
     results = {}
     with dg.instance_for_test() as instance:
@@ -113,6 +121,26 @@ def test_a_big_day_on_the_ray_engine_gives_the_local_engines_files(
     scores = {name: _table(s, "predictions") for name, s in (("local", local), ("ray", on_ray))}
     assert scores["ray"]["transaction_id"].equals(scores["local"]["transaction_id"])
     np.testing.assert_allclose(scores["ray"]["score"], scores["local"]["score"], rtol=0, atol=1e-6)
+
+
+def test_a_big_day_on_s3_is_read_by_the_nodes_and_gives_the_local_engines_objects(
+    ray_cluster: LoopbackRayCluster, demo_model_store: Settings, landing: Path, tmp_path: Path, s3_env: S3Env, monkeypatch: pytest.MonkeyPatch
+):
+    objects = {}
+    with dg.instance_for_test() as instance:
+        for name in ("local", "ray"):
+            settings = _settings(demo_model_store, tmp_path / name, landing, storage_uri=f"s3://{s3_env.bucket}/{name}", aws_region=REGION)
+            with monkeypatch.context() as env:
+                if name == "ray":
+                    settings = _on_ray(dataclasses.replace(settings, domain=AWAY_FROM_STEP), ray_cluster)
+                    env.setenv(STEP_PID_VARIABLE, str(os.getpid()))
+                assert _run(settings, STAGES, instance).success, name
+            for table in DAY_TABLES:
+                # On S3 a day is one object: the map slices and snapshot parts are row groups of it (200 rows each).
+                key = f"{name}/{table}/dt={DAY}/part-00000.parquet"
+                objects[name, table] = s3_env.client.get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
+    for table in DAY_TABLES:
+        assert objects["ray", table] == objects["local", table], table
 
 
 @pytest.mark.parametrize(

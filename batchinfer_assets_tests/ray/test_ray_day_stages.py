@@ -19,10 +19,12 @@ from batchinfer_assets.definitions import build_definitions, build_resources
 from batchinfer_assets.lib import parquet_store
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.lib.spill import bucket_of
+from batchinfer_assets.resources.ray_engine import RayScoringEngine, ray_cluster_for
 from batchinfer_assets.settings import Settings
 from batchinfer_assets_tests.assets.test_big_days import DAY, ROWS, SMALL_CHUNK, _landed_day
 from batchinfer_assets_tests.ray.day_stage_domains import MARKER_AMOUNT, RAISED, STEP_PID_VARIABLE
 from batchinfer_assets_tests.ray.cluster import LoopbackRayCluster
+from batchinfer_assets_tests.ray.test_ray_engine import _hold_cpus, _release
 from batchinfer_assets_tests.s3.conftest import REGION, S3Env
 from batchinfer_assets_tests.support import materializations
 
@@ -179,3 +181,34 @@ def test_a_failing_stage_on_ray_fails_as_on_the_local_engine_and_writes_nothing_
         assert f"a Ray task failed to validate transaction_features dt={DAY}" in logs["ray"]
         assert f"{DAY}: input_snapshot: features fail validation, nothing is passed to the model: " in failures["ray"]
         assert "finite (1 rows)" in failures["ray"]
+
+
+def test_day_stage_tasks_that_cannot_start_are_cancelled_by_the_watchdog_naming_why(
+    ray_cluster: LoopbackRayCluster, demo_model_store: Settings, landing: Path, tmp_path: Path
+):
+    settings = _on_ray(_settings(demo_model_store, tmp_path / "ray", landing), ray_cluster)
+    engine = RayScoringEngine(cluster=ray_cluster_for(ray_cluster.address), no_progress_timeout_s=5)
+    resources = {**build_resources(settings), "scoring_engine": engine}
+    # Another job holds every CPU of the cluster: no task of the day's stages can start.
+    holder = _hold_cpus(ray_cluster, 2)
+    try:
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                list(build_definitions(settings).assets), resources=resources, partition_key=DAY, selection=STAGES,
+                instance=instance, raise_on_error=False,
+            )
+    finally:
+        _release(holder)
+
+    assert not result.success
+    assert "STEP_UP_FOR_RETRY" not in [event.event_type_value for event in result.all_events]
+    message = result.failure_data_for_node("daily_pipeline").error.message
+    assert (
+        f"RayNoProgressError: the Ray tasks that split, validate and featurize raw_transactions dt={DAY} made no progress "
+        "for 5 s (RayScoringEngine.no_progress_timeout_s) and were cancelled"
+    ) in message
+    assert "The cluster has 2 node(s), 2 CPU(s) (1 + 1), 0 GPU(s); free now: 0 CPU(s), 0 GPU(s)" in message
+    assert "each task asks 0.5 CPU (RayScoringEngine.num_cpus_per_stage_task)" in message
+    store = PartitionedParquetStore(settings.storage_uri)
+    assert store.has_partition("raw_transactions", DAY)
+    assert not store.has_partition("transaction_features", DAY) and not store.has_partition("quarantined_transactions", DAY)

@@ -17,6 +17,9 @@ within 20% of the 1M-row day's.
 the invocation and runs with `BATCHINFER_SCORING_ENGINE=ray` on it: the CLI's process tree is then the step and its
 driver threads only (the Ray workers are the nodes' children), so its largest process is the step's; the nodes'
 own peak (each node's process tree, summed) is reported beside it. Goal: the step's peak stays flat as the day grows.
+A Ray driver maps the object store's shared memory to read results, so its RSS also counts object store pages it
+has read (up to the head node's object store size, whatever the day): the largest process's own (RssAnon) and
+shared (RssShmem) peaks are reported apart.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: s
         tail = (workdir / "cli.log").read_text(errors="replace")[-4000:]
         raise RuntimeError(f"{cli['command']} failed (rc {cli['rc']}, {run['status']}): {run.get('errors')}\n{tail}")
     per_stage = {stage: (seconds, peak) for _, stage, seconds, peak in stage_memory(cli, run)}
+    own = {stage: max((anon for t, _, _, anon in cli["samples"] if start <= t <= end + 0.05), default=0) / 1024 for _, stage, start, end in run["windows"]}
     result = {
         "rows": rows,
         "chunk_rows": chunk_rows,
@@ -90,12 +94,15 @@ def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: s
         "largest_mib": cli["largest_process_peak_mib"],
         "tree_mib": cli["tree_sum_peak_mib"],
         "stages": per_stage,
+        "stages_own_mib": own,
         "loadavg_1m_before": cli["loadavg_1m_before"],
         "loadavg_1m_after": cli["loadavg_1m_after"],
         "command": cli["command"],
         "engine": "ray" if cluster is not None else "local",
         "ray_nodes_mib": sum(m.peak_sum_kib for m in nodes) / 1024 if nodes else None,
     }
+    largest = max(cli["processes"].values(), key=lambda e: e["peak_mib"])
+    result["largest_anon_mib"], result["largest_shmem_mib"] = largest["anon_peak_mib"], largest["shmem_peak_mib"]
     print(json.dumps({k: v for k, v in result.items() if k != "stages"}), flush=True)
     shutil.rmtree(landing, ignore_errors=True)
     shutil.rmtree(home, ignore_errors=True)
@@ -108,26 +115,26 @@ def report(results: list[dict]) -> str:
     lines = [
         f"`BATCHINFER_DAY_CHUNK_ROWS={base['chunk_rows']:,}`, {base['engine']} engine, one day per run (`{base['command']}`):",
         "",
-        "| rows | wall s | step s | rows/s (step) | vs first | largest process peak MiB | vs first | tree peak MiB | "
-        + ("Ray nodes' peak MiB | " if on_ray else "")
-        + "load avg before/after |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if on_ray else "") + " --- |",
+        "| rows | wall s | step s | rows/s (step) | vs first | largest process peak MiB | vs first | its own (anon) / shared peak MiB | "
+        "tree peak MiB | " + ("Ray nodes' peak MiB | " if on_ray else "") + "load avg before/after |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if on_ray else "") + " --- |",
     ]
     for r in results:
         lines.append(
             f"| {r['rows']:,} | {r['wall_s']:.1f} | {r['step_s']:.1f} | {r['rows_per_s']:,.0f} | "
             f"{r['rows_per_s'] / base['rows_per_s']:.2f} | {r['largest_mib']:,.0f} | {r['largest_mib'] / base['largest_mib']:.2f} | "
+            f"{r['largest_anon_mib']:,.0f} / {r['largest_shmem_mib']:,.0f} | "
             f"{r['tree_mib']:,.0f} | " + (f"{r['ray_nodes_mib']:,.0f} | " if on_ray else "")
             + f"{r['loadavg_1m_before']:.1f} / {r['loadavg_1m_after']:.1f} |"
         )
-    lines += ["", "Each stage's seconds and the largest process's peak while it ran (MiB):", ""]
+    lines += ["", "Each stage's seconds and the largest process's peak while it ran (MiB; its own part after the slash on Ray):", ""]
     lines.append("| rows | " + " | ".join(STAGES) + " |")
     lines.append("| ---: |" + " ---: |" * len(STAGES))
     for r in results:
         cells = []
         for stage in STAGES:
             seconds, peak = r["stages"].get(stage, (float("nan"), float("nan")))
-            cells.append(f"{seconds:.1f} s / {peak:,.0f}")
+            cells.append(f"{seconds:.1f} s / {peak:,.0f}" + (f" / {r['stages_own_mib'].get(stage, float('nan')):,.0f}" if on_ray else ""))
         lines.append(f"| {r['rows']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -74,7 +74,7 @@ def _status_kib(pid: int) -> dict[str, int]:
     out = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssShmem:")):
                 key, value = line.split(":", 1)
                 out[key] = int(value.split()[0])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -114,7 +114,7 @@ class TreeMonitor(threading.Thread):
         self.peak_sum_kib = 0
         self.peak_sum_at_s = 0.0
         self.per_process: dict[int, dict] = {}
-        # (epoch, summed RSS, RSS of the largest single process) per poll, in KiB.
+        # (epoch, summed RSS, RSS of the largest single process, its own (anonymous) part) per poll, in KiB.
         self.samples: list[tuple[float, int, int]] = []
         self._halt = threading.Event()
         self._t0 = time.perf_counter()
@@ -130,18 +130,22 @@ class TreeMonitor(threading.Thread):
             pid = queue.pop()
             pids.append(pid)
             queue += _children(pid)
-        total = largest = 0
+        total = largest = largest_anon = 0
         for pid in pids:
             status = _status_kib(pid)
             if not status:
                 continue
             total += status.get("VmRSS", 0)
-            largest = max(largest, status.get("VmRSS", 0))
+            if status.get("VmRSS", 0) > largest:
+                largest, largest_anon = status["VmRSS"], status.get("RssAnon", 0)
             now = time.time()
             entry = self.per_process.setdefault(pid, {"cmd": _cmdline(pid), "hwm_kib": 0, "first_seen": now})
             entry["hwm_kib"] = max(entry["hwm_kib"], status.get("VmHWM", 0))
+            # RSS splits into the process's own memory and shared pages it maps (a Ray driver's view of the object store).
+            entry["anon_peak_kib"] = max(entry.get("anon_peak_kib", 0), status.get("RssAnon", 0))
+            entry["shmem_peak_kib"] = max(entry.get("shmem_peak_kib", 0), status.get("RssShmem", 0))
             entry["last_seen"] = now
-        self.samples.append((time.time(), total, largest))
+        self.samples.append((time.time(), total, largest, largest_anon))
         if total > self.peak_sum_kib:
             self.peak_sum_kib = total
             self.peak_sum_at_s = time.perf_counter() - self._t0
@@ -230,7 +234,14 @@ def run_cli(partition_args: list[str], env: dict[str, str], log_path: Path, job:
         "tree_sum_peak_mib": monitor.peak_sum_kib / 1024,
         "tree_sum_peak_at_s": monitor.peak_sum_at_s,
         "processes": {
-            str(pid): {"cmd": e["cmd"], "peak_mib": round(e["hwm_kib"] / 1024, 1), "first_seen": e["first_seen"], "last_seen": e["last_seen"]}
+            str(pid): {
+                "cmd": e["cmd"],
+                "peak_mib": round(e["hwm_kib"] / 1024, 1),
+                "anon_peak_mib": round(e.get("anon_peak_kib", 0) / 1024, 1),
+                "shmem_peak_mib": round(e.get("shmem_peak_kib", 0) / 1024, 1),
+                "first_seen": e["first_seen"],
+                "last_seen": e["last_seen"],
+            }
             for pid, e in monitor.per_process.items()
         },
         "samples": monitor.samples,
@@ -312,7 +323,7 @@ def stage_memory(cli: dict, run: dict) -> list[tuple[str, str, float, float]]:
     """(day, stage, seconds, peak RSS MiB of the largest process while it ran) from the poll's time series."""
     out = []
     for day, stage, start, end in run["windows"]:
-        inside = [largest for t, _, largest in cli["samples"] if start <= t <= end + 0.05]
+        inside = [largest for t, _, largest, _ in cli["samples"] if start <= t <= end + 0.05]
         out.append((day, stage, end - start, max(inside, default=0) / 1024))
     return out
 

@@ -33,9 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from batchinfer_assets.lib.spill import DEFAULT_DAY_CHUNK_ROWS
-from batchinfer_assets_tests.ray.cluster import LOOPBACK_ENV, start_cluster, stop_cluster
-from whole_day import DAY, ROOT, STAGES, TreeMonitor, bench_env, fresh_dagster_home, read_run, register_model, run_cli, stage_memory
+# The repo root, for the tests' loopback Ray cluster (`--engine ray`): importable however the script is started.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from batchinfer_assets.lib.spill import DEFAULT_DAY_CHUNK_ROWS  # noqa: E402
+from batchinfer_assets_tests.ray.cluster import LOOPBACK_ENV, start_cluster, stop_cluster  # noqa: E402
+from whole_day import DAY, ROOT, STAGES, TreeMonitor, bench_env, fresh_dagster_home, read_run, register_model, run_cli, stage_memory  # noqa: E402
 
 FILE_ROWS = 1_000_000
 

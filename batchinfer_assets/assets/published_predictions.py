@@ -128,25 +128,17 @@ def publishable_rows(run: PipelineRun, state: DayState, in_raw_order: bool = Tru
     raw_schema = pa.schema(
         [predictions_schema.field(id_column), *(stored.field(name).remove_metadata() for name in business_columns)]
     )
-    if in_raw_order:
-        yield from joined_in_raw_order(
-            run.store.iter_batches(PREDICTIONS, state.day, run.day_chunk_rows, columns=predicted),
-            predictions_schema,
-            run.store.iter_batches(RAW_TRANSACTIONS, state.day, run.day_chunk_rows, columns=raw_schema.names),
-            raw_schema,
-            id_column,
-            _RAW_ORDER_WINDOW * run.day_chunk_rows,
-        )
-        return
-    yield from joined_by_bucket(
+    sides = (
         run.store.iter_batches(PREDICTIONS, state.day, run.day_chunk_rows, columns=predicted),
         predictions_schema,
         run.store.iter_batches(RAW_TRANSACTIONS, state.day, run.day_chunk_rows, columns=raw_schema.names),
         raw_schema,
         id_column,
-        bucket_count(rows, run.day_chunk_rows),
-        run.spill_dir,
     )
+    if in_raw_order:
+        yield from joined_in_raw_order(*sides, _RAW_ORDER_WINDOW * run.day_chunk_rows)
+    else:
+        yield from joined_by_bucket(*sides, bucket_count(rows, run.day_chunk_rows), run.spill_dir)
 
 
 class OutOfRawOrder(Exception):

@@ -20,9 +20,7 @@ Needs the `ray` extra (`pip install -e '.[ray]'`); `build_resources` imports thi
 from __future__ import annotations
 
 import functools
-import math
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -267,49 +265,41 @@ class RayScoringEngine(RemoteScoringEngine):
         import ray
         import ray.data
 
+        from batchinfer_assets.resources.ray_snapshot_read import SnapshotDatasource, pieces
+
         columns = list(resolved.input_columns)
-        missing = [c for c in columns if c not in set(store.column_names(INPUT_SNAPSHOT, day))]
+        footers = [store.backend.read_metadata(ref) for ref in store.partition_files(INPUT_SNAPSHOT, day)]
+        missing = [c for c in columns if c not in set(footers[0].schema.names if footers else [])]
         if missing:
             raise MissingInputColumnsError(
                 missing, resolved.pinned_uri, where=f"input_snapshot dt={day} ({store.partition_uri(INPUT_SNAPSHOT, day)})"
             )
         self.prepare(context)
         paths, filesystem = day_files(store, INPUT_SNAPSHOT, day)
+        read_columns = [schema.names[0], *columns]
+        day_pieces = pieces(paths, footers, read_columns, self.rows_per_batch)
         gpus = self.gpus_per_actor(torch_scorer)
         request = PoolRequest(self.num_cpus_per_actor, gpus, self.num_cpus_per_read_task)
         nodes = nodes_from_ray(ray.nodes())
-        batches = max(1, math.ceil(store.row_count(INPUT_SNAPSHOT, day) / self.rows_per_batch))
+        batches = max(1, len(day_pieces))
         actors = pool_size(nodes, request, self.actors, batches)
         context.log.info(f"{day}: scoring on Ray with {request.describe(actors)} ({batches:,} batch(es) of up to {self.rows_per_batch:,} rows)")
         data_context = ray.data.DataContext.get_current()
         # Blocks come back in snapshot order, so the day's files hold the rows in the order the local engine writes.
         data_context.execution_options.preserve_order = True
-        # Ray 2.60's default Parquet reader (datasource V2) bin-packs row groups into read tasks by size, across
-        # files, whatever preserve_order says: on a 5M-row day (files of 2M, 2M and 1M rows) the first block came
-        # from another file than the first. The V1 reader makes its read tasks in file and row-group order.
-        data_context.use_datasource_v2 = False
         data_context.enable_progress_bars = False
-        # Ray Data's own no-progress guard cancels the job (its tasks and actors) and raises in this process.
+        # Ray Data's own no-progress guard cancels the job (its tasks and actors) and raises in this process. The
+        # read is planned from footers the step read (`SnapshotDatasource`), so no Ray task runs outside the guard.
         data_context.execution_no_progress_timeout_s = self.no_progress_timeout_s
         watchdog = functools.partial(_no_progress_named, self.no_progress_timeout_s, nodes, request, actors)
-        with watchdog():
-            read = _within(
-                self.no_progress_timeout_s,
-                "Ray Data's tasks that read the snapshot files' Parquet metadata (before the job starts) did not finish",
-                lambda: ray.data.read_parquet(
-                    paths,
-                    filesystem=filesystem,
-                    partitioning=None,
-                    num_cpus=self.num_cpus_per_read_task,
-                    # About one call's rows per block: the read tasks split their files' rows (in order), so a file
-                    # spreads over the whole pool instead of one actor taking the block its read task produced. (Not
-                    # `repartition`: its tasks ask 1 CPU each, which a small cluster next to the pool does not have.)
-                    override_num_blocks=batches,
-                ),
-            )
+        read = ray.data.read_datasource(
+            SnapshotDatasource(day_pieces, filesystem, read_columns),
+            num_cpus=self.num_cpus_per_read_task,
+            # One task and one block per piece of up to one call's rows, so a file spreads over the pool.
+            override_num_blocks=batches,
+        )
         dataset = (
-            read.select_columns([schema.names[0], *columns])
-            .map_batches(
+            read.map_batches(
                 DayScorer,
                 fn_constructor_kwargs={
                     "scorer_config": actor_scorer_config(torch_scorer, gpus),
@@ -392,32 +382,6 @@ def _no_progress_named(timeout_s: float, nodes: list[NodeResources], request: Po
         raise RayNoProgressError(no_progress_message(timeout_s, nodes, ray.available_resources(), request, actors, detail)) from None
 
 
-def _within(timeout_s: float, what: str, planning: Callable[[], Any]) -> Any:
-    """`planning()`, or Ray Data's no-progress error after `timeout_s`.
-
-    Planning a read runs Ray tasks (reading Parquet footers) outside Ray Data's no-progress guard: on a cluster with
-    no free CPU they wait forever. The thread left waiting is a daemon and ends when the step leaves the cluster.
-    """
-    from ray.data.exceptions import ExecutionTimeoutError
-
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = planning()
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, name="ray-data-planning", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise ExecutionTimeoutError(f"{what} in {timeout_s:g} s.")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 def actor_scorer_config(torch_scorer: TorchScorerResource, gpus: float) -> dict[str, Any]:
     """The step's scorer settings for an actor: its device is the GPU Ray gave it, or the CPU.
 
@@ -434,7 +398,7 @@ def actor_scorer_config(torch_scorer: TorchScorerResource, gpus: float) -> dict[
 
 
 def day_files(store: PartitionedParquetStore, table: str, day: str) -> tuple[list[str], Any]:
-    """The day's files of `table` as paths for Ray's readers (`ray.data.read_parquet`, pyarrow), and the filesystem to read them with.
+    """The day's files of `table` as paths for the cluster's readers (pyarrow), and the filesystem to read them with.
 
     On S3 the filesystem carries the endpoint and region (not secret) and no credentials: each node reads with
     its own AWS credential chain (the same variables boto3 reads, an IAM role), so no secret travels in tasks.

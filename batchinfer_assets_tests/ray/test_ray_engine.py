@@ -6,6 +6,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -372,6 +373,7 @@ def test_a_job_that_cannot_be_scheduled_is_cancelled_by_the_watchdog_naming_why(
     resources = pipeline_resources(tmp_path, registry, scoring_engine=ray_engine(ray_cluster.address, no_progress_timeout_s=5))
 
     holder = _hold_cpus(ray_cluster, 2)
+    threads_before = set(threading.enumerate())
     try:
         result = materialize_pipeline(resources, ["predictions"], partition_key=DAY, raise_on_error=False)
     finally:
@@ -385,6 +387,9 @@ def test_a_job_that_cannot_be_scheduled_is_cancelled_by_the_watchdog_naming_why(
     assert "the pool asked 2 actor(s) x 0.25 CPU, and 0.25 CPU per read task" in message
     assert "raise RayScoringEngine.no_progress_timeout_s" in message
     assert day_files(tmp_path) == before
+    # Nothing of the job is left waiting inside Ray: a thread still blocked in Ray after the step left the cluster
+    # crashes the process (SIGSEGV) when it joins a cluster again (ray-project/ray#31145), as CI once saw.
+    assert [thread.name for thread in set(threading.enumerate()) - threads_before] == []
 
 
 def test_a_model_that_stops_scoring_is_cancelled_by_the_watchdog_naming_why(ray_cluster, tiny_versions, tmp_path):

@@ -268,14 +268,15 @@ class RayScoringEngine(RemoteScoringEngine):
         from batchinfer_assets.resources.ray_snapshot_read import SnapshotDatasource, pieces
 
         columns = list(resolved.input_columns)
-        footers = [store.backend.read_metadata(ref) for ref in store.partition_files(INPUT_SNAPSHOT, day)]
+        refs = store.partition_files(INPUT_SNAPSHOT, day)
+        footers = [store.backend.read_metadata(ref) for ref in refs]
         missing = [c for c in columns if c not in set(footers[0].schema.names if footers else [])]
         if missing:
             raise MissingInputColumnsError(
                 missing, resolved.pinned_uri, where=f"input_snapshot dt={day} ({store.partition_uri(INPUT_SNAPSHOT, day)})"
             )
         self.prepare(context)
-        paths, filesystem = day_files(store, INPUT_SNAPSHOT, day)
+        paths, filesystem = day_files(store, INPUT_SNAPSHOT, day, refs)
         read_columns = [schema.names[0], *columns]
         day_pieces = pieces(paths, footers, read_columns, self.rows_per_batch)
         gpus = self.gpus_per_actor(torch_scorer)
@@ -397,14 +398,15 @@ def actor_scorer_config(torch_scorer: TorchScorerResource, gpus: float) -> dict[
     }
 
 
-def day_files(store: PartitionedParquetStore, table: str, day: str) -> tuple[list[str], Any]:
-    """The day's files of `table` as paths for the cluster's readers (pyarrow), and the filesystem to read them with.
+def day_files(store: PartitionedParquetStore, table: str, day: str, refs: Optional[list[Any]] = None) -> tuple[list[str], Any]:
+    """The day's files of `table` (or `refs`, as the store listed them) as paths for the cluster's readers (pyarrow),
+    and the filesystem to read them with.
 
     On S3 the filesystem carries the endpoint and region (not secret) and no credentials: each node reads with
     its own AWS credential chain (the same variables boto3 reads, an IAM role), so no secret travels in tasks.
     """
     backend = store.backend
-    refs = store.partition_files(table, day)
+    refs = store.partition_files(table, day) if refs is None else refs
     if isinstance(backend, LocalBackend):
         return [str(ref) for ref in refs], None
     if isinstance(backend, S3Backend):

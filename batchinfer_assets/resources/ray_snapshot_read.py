@@ -4,12 +4,14 @@
 no-progress guard is armed: on a cluster with no free CPU those tasks wait forever. A thread left waiting for them
 would stay inside Ray after the step leaves the cluster, and Ray crashes the process (SIGSEGV) when such a thread
 outlives `ray.shutdown` and the process joins a cluster again (ray-project/ray#31145). Here the step reads the
-footers itself (one ranged read per file on S3, with the store's own client), so planning is pure Python and
-every Ray task of the job runs under the guard.
+footers itself (one or two ranged reads per file on S3, with the store's own client), so planning is pure Python
+and every Ray task of the job runs under the guard.
 
-One read task per `rows_per_block` rows of a row group, in file and row order: each makes one block (a read task's
-output is one block however many tables it yields), so a file spreads over the whole actor pool, each actor call
-gets one block, and with `preserve_order` blocks come back in the snapshot's order. A row group split into k
+One read task per `rows_per_block` rows of a row group, in file and row order, each yielding one table. (A task
+that yields smaller tables gets them merged into one block up to Ray Data's target block size: on the tests' 1,200
+rows read per row group, a single block, so one actor task scored the whole day.) So a file spreads over
+the whole actor pool, each actor call gets one block, and with `preserve_order` blocks come back in the
+snapshot's order. A row group split into k
 pieces is decoded k times; with the default 65,536 rows a block and the store's 262,144-row groups that is 4
 decodes of the few columns read, small beside scoring them.
 

@@ -3,7 +3,8 @@
 One store, two backends. Both fill a local spool folder through the same writer and publish it only
 when it is complete, so a failed run never changes a day and readers never see a mix of old and new:
 - local: the spool is a hidden staging folder (names starting with `_` are ignored by pyarrow.dataset,
-  Spark, DuckDB and Athena) swapped in with renames;
+  Spark, DuckDB and Athena) swapped in with one atomic exchange of folders (two renames where the
+  system has none);
 - S3, which has no rename: a day is exactly one object, `part-00000.parquet`, uploaded in one (multipart
   for big files) upload that S3 makes visible atomically on completion, replacing the previous object
   under the same key in one step; stale `*.parquet` keys of an older layout are deleted afterwards.
@@ -12,11 +13,15 @@ when it is complete, so a failed run never changes a day and readers never see a
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import hashlib
 import os
 import re
-import socket
 import shutil
+import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -110,7 +115,8 @@ class PartitionBackend(ABC):
 
 
 class LocalBackend(PartitionBackend):
-    """Day folders on a local file system, replaced with two renames."""
+    """Day folders on a local file system, replaced in one atomic exchange of folders (Linux `renameat2`
+    with `RENAME_EXCHANGE`), or with two renames where the system has no exchange."""
 
     def __init__(self, base: Path):
         self.base = base
@@ -154,9 +160,18 @@ class LocalBackend(PartitionBackend):
             yield staging
             _fsync_dir(staging)
             final = self.partition_dir(table, dt)
-            if final.exists():
+            if not final.exists():
+                os.rename(staging, final)
+            elif _exchange(staging, final):
+                # The day's folder never goes missing: a reader reading the folder directly (DuckDB, Spark)
+                # sees the old day or the new one. `staging` now holds the old day, removed below (or, if
+                # this process dies first, by the next writer of the day once it sees this one gone).
+                os.rename(staging, previous)
+            else:
+                # No exchange here: between these renames the day is only in `.previous`, which the store's
+                # readers restore (`_restore_interrupted_swap`) if this process dies in between.
                 os.rename(final, previous)
-            os.rename(staging, final)
+                os.rename(staging, final)
             _fsync_dir(table_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -674,6 +689,38 @@ def _write_file(path: Path, data: pa.Table) -> None:
         pq.write_table(data, sink, row_group_size=ROW_GROUP_SIZE, compression="zstd")
         sink.flush()
         os.fsync(sink.fileno())
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`); False where the system or file system
+    has no such call, so the caller falls back to renames. Any other failure is raised."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, f"could not swap {b} for its replacement: {os.strerror(err)}", str(a), None, str(b))
+
+
+@functools.cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, some musl builds)
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _fsync_dir(path: Path) -> None:

@@ -88,6 +88,52 @@ def test_interrupted_swap_is_restored(tmp_path):
     assert store.read_partition("t", "2025-01-01").equals(_table(2))
 
 
+def test_a_replace_never_moves_the_day_folder_away(tmp_path, monkeypatch):
+    """A reader of the folder itself (DuckDB over `dt=*/*.parquet`) must find the day at every instant of a
+    replace. With two renames, a writer killed between them left no `dt=` folder until the store's next read
+    restored it (seen as a day read as absent in system/test_sigkill.py). Every rename is recorded: none may
+    take the day's folder as its source."""
+    from batchinfer_assets.lib import parquet_store as ps
+
+    if ps._renameat2() is None:
+        pytest.skip("this system has no renameat2 (not Linux, or a C library without it): the two-rename fallback is used")
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+    day = tmp_path / "t" / "dt=2025-01-01"
+    inode = day.stat().st_ino
+    sources = []
+    real_rename = os.rename
+    monkeypatch.setattr(ps.os, "rename", lambda a, b: (sources.append(os.fspath(a)), real_rename(a, b))[1])
+
+    store.write_partition("t", "2025-01-01", _table(3, offset=10))
+
+    assert os.fspath(day) not in sources
+    assert day.stat().st_ino != inode, "the folder at the day's path is the new one"
+    assert store.read_partition("t", "2025-01-01").equals(_table(3, offset=10))
+    assert os.listdir(tmp_path / "t" / STAGING_DIR) == [], "the replaced day is removed"
+
+
+def test_without_an_atomic_exchange_a_replace_falls_back_to_two_renames(tmp_path, monkeypatch):
+    from batchinfer_assets.lib import parquet_store as ps
+
+    monkeypatch.setattr(ps, "_renameat2", lambda: None)
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+    store.write_partition("t", "2025-01-01", _table(3, offset=10))
+
+    assert store.read_partition("t", "2025-01-01").equals(_table(3, offset=10))
+    assert os.listdir(tmp_path / "t" / STAGING_DIR) == []
+
+
+def test_a_failed_exchange_is_raised_naming_the_day(tmp_path):
+    from batchinfer_assets.lib import parquet_store as ps
+
+    if ps._renameat2() is None:
+        pytest.skip("this system has no renameat2: nothing to fail")
+    with pytest.raises(FileNotFoundError, match="dt=2025-01-01"):
+        ps._exchange(tmp_path / "staging", tmp_path / "dt=2025-01-01")
+
+
 def test_replaced_day_of_a_writer_killed_after_its_swap_is_removed_by_the_next_writer(tmp_path):
     """SIGKILL between the swap's second rename and removing the replaced folder left it forever (measured by
     benchmarks/faults.py kill --at-write): the next writer of the day removes it once its owner is gone."""

@@ -53,6 +53,7 @@ TRAILING_ROWS_PER_DAY = 50_000
 SCORE_COLUMN = "score"
 # Rows read from storage at a time when a day is too big to read whole.
 _READ_ROWS = 1 << 20
+_MIN_READ_ROWS = 1 << 16
 REPORT_FILE = "report.html"
 DRIFT_CONFIG = DriftConfig()
 
@@ -215,10 +216,13 @@ def _streamed_sample(
     chosen by a hash of their id; with the scores' model versions and the rows seen. No predictions: scores NaN."""
     rows = store.row_count(INPUT_SNAPSHOT, day)
     every = bucket_count(rows, target)
-    snapshots = store.iter_batches(INPUT_SNAPSHOT, day, batch_size=_READ_ROWS, columns=[id_column, *columns])
+    # Read in pieces no bigger than the sample (at least _MIN_READ_ROWS): a piece, hashed by id, costs several
+    # times its rows in memory, which at _READ_ROWS was more than the sample of a small day_chunk_rows.
+    read_rows = min(_READ_ROWS, max(target, _MIN_READ_ROWS))
+    snapshots = store.iter_batches(INPUT_SNAPSHOT, day, batch_size=read_rows, columns=[id_column, *columns])
     scored = store.has_partition(PREDICTIONS, day)
     predictions = (
-        store.iter_batches(PREDICTIONS, day, batch_size=_READ_ROWS, columns=[id_column, SCORE_COLUMN, "model_version"])
+        store.iter_batches(PREDICTIONS, day, batch_size=read_rows, columns=[id_column, SCORE_COLUMN, "model_version"])
         if scored
         else None
     )

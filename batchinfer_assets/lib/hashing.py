@@ -6,6 +6,7 @@ import hashlib
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 HASH_PREFIX = "sha256:"
 
@@ -25,9 +26,10 @@ class _HashSink:
         pass
 
 
-# A table is hashed as Arrow IPC record batches of this many rows: a day is hashed as it streams past, and any
-# table of at most this many rows hashes as one batch (as every day did before days were streamed).
-HASH_CHUNK_ROWS = 1 << 21
+# A table is hashed as Arrow IPC record batches of this many rows, so a day is hashed as it streams past holding
+# at most one batch (and its copy in one piece) whatever the day's size. Until 0.9 this was 2,097,152 rows, which
+# held up to 2 x 2M rows (about 0.4 GiB of card rows) in the step; tables of at most 65,536 rows hash as before.
+HASH_CHUNK_ROWS = 1 << 16
 
 
 class ContentHasher:
@@ -57,8 +59,11 @@ class ContentHasher:
     def _emit(self, rows: int) -> None:
         pending = pa.concat_tables(self._pending)
         chunk, rest = pending.slice(0, rows), pending.slice(rows)
-        assert self._writer is not None
-        self._writer.write_table(chunk.combine_chunks())
+        assert self._writer is not None and self._schema is not None
+        # Each column copied into buffers of exactly its rows: the IPC writer writes a slice's whole value buffer
+        # (a string column sliced from a bigger one hashed differently from the same rows read another way).
+        batch = pa.RecordBatch.from_arrays([_exact(column) for column in chunk.columns], schema=self._schema)
+        self._writer.write_batch(batch)
         self._pending, self._pending_rows = [rest], rest.num_rows
 
     def hexdigest(self, schema: pa.Schema | None = None) -> str:
@@ -70,6 +75,33 @@ class ContentHasher:
         assert self._writer is not None
         self._writer.close()
         return HASH_PREFIX + self._sink.digest.hexdigest()
+
+
+def _exact(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array in new buffers sized to its rows (Arrow's concatenation copies even one chunk), its
+    null slots holding zero, an empty string or False: the IPC body carries the bytes under a null, which differ
+    with where the rows came from (pandas' NaN, Parquet's zero)."""
+    array = pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
+    blank = _blank(array.type)
+    if array.null_count == 0 or blank is None:
+        return array
+    filled = pc.fill_null(array, blank)
+    return pa.Array.from_buffers(array.type, len(array), [array.buffers()[0], *filled.buffers()[1:]], null_count=array.null_count)
+
+
+def _blank(kind: pa.DataType) -> pa.Scalar | None:
+    """The value stored under a null of a flat type (None: a type whose nulls are left as they are)."""
+    if pa.types.is_boolean(kind):
+        return pa.scalar(False)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return pa.scalar(0, kind)
+    if pa.types.is_temporal(kind):
+        return pa.scalar(0, pa.int64() if kind.bit_width == 64 else pa.int32()).cast(kind)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.scalar("", kind)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pa.scalar(b"", kind)
+    return None
 
 
 def table_content_hash(table: pa.Table) -> str:

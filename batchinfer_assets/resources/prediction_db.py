@@ -232,9 +232,10 @@ _COPY_CHUNK_ROWS = 65_536
 _PG_CONNECT_TIMEOUT_S = 15
 # A publish holds SQLite's write lock for seconds; another writer waits this long before failing.
 _SQLITE_BUSY_TIMEOUT_S = 120
-# Per connection, grown only as used: a 1M-row day's B-tree pages stay in memory through the load
-# (with SQLite's default 2 MiB the same load took 8.7 s instead of about 6 s).
-_SQLITE_CACHE_KIB = 256 * 1024
+# Per connection, grown only as used. A day's table is appended in rowid order and indexed once loaded, so a big
+# cache buys nothing: measured (benchmarks/publish_memory.py's day, chunks of 1M rows), 256 MiB against 16 MiB took
+# 3.2 / 2.7 s and peaked 758 / 603 MiB for 1M rows, 20.4 / 16.0 s and 1,242 / 909 MiB for 5M rows.
+_SQLITE_CACHE_KIB = 16 * 1024
 _SQLITE_JOURNAL_MODE = "WAL"
 _SQLITE_WAL_LIMIT_BYTES = 64 * 1024 * 1024
 _SCHEMA_LOCK_KEY = zlib.crc32(b"batchinfer:predictions:schema")

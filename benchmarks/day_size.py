@@ -19,7 +19,9 @@ driver threads only (the Ray workers are the nodes' children), so its largest pr
 own peak (each node's process tree, summed) is reported beside it. Goal: the step's peak stays flat as the day grows.
 A Ray driver maps the object store's shared memory to read results, so its RSS also counts object store pages it
 has read (up to the head node's object store size, whatever the day): the largest process's own (RssAnon) and
-shared (RssShmem) peaks are reported apart.
+shared (RssShmem) peaks are reported apart. `--check-local` then runs the same landing on the local engine (outside
+the timings) and compares the day's files: byte for byte for the tables written row for row, and predictions row by
+row (issue 25: "files equal to the local engine's", scores within 1e-6).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ while left > 0:
     return time.perf_counter() - started
 
 
-def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: str, cluster=None) -> dict:
+def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: str, cluster=None, check_local: bool = False) -> dict:
     landing = workdir / "landing"
     land_s = land(rows, day, landing)
     home = workdir / "home"
@@ -106,10 +108,56 @@ def measure(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: s
     }
     largest = max(cli["processes"].values(), key=lambda e: e["peak_mib"])
     result["largest_anon_mib"], result["largest_shmem_mib"] = largest["anon_peak_mib"], largest["shmem_peak_mib"]
+    if cluster is not None and check_local:
+        result["local_check"] = check_against_local(workdir, rows, day, chunk_rows, tracking_uri, home / "storage")
     print(json.dumps({k: v for k, v in result.items() if k != "stages"}), flush=True)
     shutil.rmtree(landing, ignore_errors=True)
     shutil.rmtree(home, ignore_errors=True)
     return result
+
+
+# The tables a day's run writes row for row; their files must be byte-identical between engines.
+EQUAL_FILES = ("raw_transactions", "transaction_features", "quarantined_transactions", "input_snapshot")
+
+
+def check_against_local(workdir: Path, rows: int, day: str, chunk_rows: int, tracking_uri: str, ray_storage: Path) -> dict:
+    """The same landing through the local engine (not timed), then every table of the day compared with the Ray run's:
+    the files of EQUAL_FILES byte for byte (sha256), and predictions row by row (ids, order, labels equal; scores
+    within 1e-6)."""
+    import hashlib
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    home = workdir / "home-local"
+    env = bench_env(home, fresh_dagster_home(workdir / "dagster_home_local"), rows, tracking_uri, landing=workdir / "landing")
+    env["BATCHINFER_DAY_CHUNK_ROWS"] = str(chunk_rows)
+    cli = run_cli(["--partition", day], env, workdir / "cli-local.log")
+    if cli["rc"] != 0:
+        raise RuntimeError(f"the local engine's run failed (rc {cli['rc']}): see {workdir / 'cli-local.log'}")
+
+    def digests(storage: Path, table: str) -> dict[str, str]:
+        folder = storage / table / f"dt={day}"
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
+
+    check: dict = {"local_step_s": read_run(workdir / "dagster_home_local").get("step_s")}
+    for table in EQUAL_FILES:
+        ours, theirs = digests(ray_storage, table), digests(home / "storage", table)
+        check[table] = "equal files" if ours == theirs and ours else f"DIFFERENT ({len(ours)} / {len(theirs)} files)"
+    folder = f"predictions/dt={day}"
+    ray_scored = pq.read_table(ray_storage / folder, columns=["transaction_id", "score", "label"])
+    local_scored = pq.read_table(home / "storage" / folder, columns=["transaction_id", "score", "label"])
+    same_rows = ray_scored.column("transaction_id").equals(local_scored.column("transaction_id"))
+    diff = float(np.abs(ray_scored.column("score").to_numpy() - local_scored.column("score").to_numpy()).max()) if same_rows else None
+    check["predictions"] = {
+        "rows": ray_scored.num_rows,
+        "same_ids_in_order": same_rows,
+        "labels_equal": same_rows and ray_scored.column("label").equals(local_scored.column("label")),
+        "max_score_diff": diff,
+        "files_equal": digests(ray_storage, "predictions") == digests(home / "storage", "predictions"),
+    }
+    shutil.rmtree(home, ignore_errors=True)
+    return check
 
 
 def report(results: list[dict]) -> str:
@@ -139,6 +187,9 @@ def report(results: list[dict]) -> str:
             seconds, peak = r["stages"].get(stage, (float("nan"), float("nan")))
             cells.append(f"{seconds:.1f} s / {peak:,.0f}" + (f" / {r['stages_own_mib'].get(stage, float('nan')):,.0f}" if on_ray else ""))
         lines.append(f"| {r['rows']:,} | " + " | ".join(cells) + " |")
+    for r in results:
+        if "local_check" in r:
+            lines += ["", f"Against the local engine, {r['rows']:,} rows: {json.dumps(r['local_check'])}"]
     return "\n".join(lines)
 
 
@@ -150,6 +201,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="kept when given; a temporary folder otherwise")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: on a two-node loopback cluster started for the invocation")
+    parser.add_argument(
+        "--check-local", action="store_true", help="ray: also run each day on the local engine (not timed) and compare the files"
+    )
     parser.add_argument("--object-store-mb", type=int, default=2048, help="each Ray node's object store (--engine ray)")
     args = parser.parse_args()
     workdir = args.workdir.absolute() if args.workdir else Path(tempfile.mkdtemp(prefix="bench-day-size-"))
@@ -159,7 +213,9 @@ def main() -> None:
         print(f"demo model registered in {seconds:.1f} s (not timed below)", flush=True)
         if args.engine == "ray":
             cluster = start_cluster(head_cpus=1, worker_cpus=1, object_store_mb=args.object_store_mb)
-        results = [measure(workdir / f"rows{rows}", rows, args.day, args.chunk_rows, tracking_uri, cluster) for rows in args.rows]
+        results = [
+            measure(workdir / f"rows{rows}", rows, args.day, args.chunk_rows, tracking_uri, cluster, args.check_local) for rows in args.rows
+        ]
         print(report(results), flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1, default=str))

@@ -263,6 +263,11 @@ def _run_days(run: PipelineRun, stages: list[Stage], stopped: dict[str, str]) ->
                     context.log.error(f"{day}: {stopped[day]}{going_on}")
                     break
                 context.log.debug(f"{day}: {stage.name} in {time.perf_counter() - started:.2f} s")
+                if state.raw is None and state.features is None and state.snapshot is None:
+                    # A streamed day (over day_chunk_rows, or a stage run alone): what a stage freed goes back
+                    # before the next one, so each stage starts from the step's floor (a 20M-row day on the Ray
+                    # engine otherwise carried the features stage's freed blocks into drift and publishing).
+                    release_freed_memory()
             run.where = ""
             progress.end_day(stopped=day in stopped)
             del state

@@ -140,7 +140,10 @@ def check_against_local(workdir: Path, rows: int, day: str, chunk_rows: int, tra
         folder = storage / table / f"dt={day}"
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
 
-    check: dict = {"local_step_s": read_run(workdir / "dagster_home_local").get("step_s")}
+    check: dict = {
+        "local_step_s": read_run(workdir / "dagster_home_local").get("step_s"),
+        "local_largest_mib": cli["largest_process_peak_mib"],
+    }
     for table in EQUAL_FILES:
         ours, theirs = digests(ray_storage, table), digests(home / "storage", table)
         check[table] = "equal files" if ours == theirs and ours else f"DIFFERENT ({len(ours)} / {len(theirs)} files)"

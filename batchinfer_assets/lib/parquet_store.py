@@ -589,6 +589,18 @@ class PartitionedParquetStore:
         return self.backend.url_of((folder, f"{self.backend.key_column}={dt}", filename), expires_s)
 
 
+# Arrow's Parquet writer cuts pages where its input's chunks end: the same rows written in other pieces gave other
+# bytes (measured: chunks of 50,000 against 65,536 rows). Each row group is written in chunks of this many rows
+# from its start, so a day's files depend on its rows only (the Ray engine's blocks, the local engine's batches).
+# Chunks of 65,536 are what the local engine's CPU scoring always wrote, so its earlier files stay byte-identical.
+CANONICAL_CHUNK_ROWS = 1 << 16
+
+
+def _canonical(rows: pa.Table) -> pa.Table:
+    """`rows` in chunks of CANONICAL_CHUNK_ROWS from its first row (one copy of a row group: a few MB)."""
+    return pa.Table.from_batches(rows.combine_chunks().to_batches(max_chunksize=CANONICAL_CHUNK_ROWS), schema=rows.schema)
+
+
 class PartitionWriter:
     """Streams record batches into a spool folder: row groups of ROW_GROUP_SIZE, a new file every `rows_per_file` rows."""
 
@@ -633,7 +645,7 @@ class PartitionWriter:
             if self._writer is None or self._file_rows >= self.rows_per_file:
                 self._open_file()
             take = min(group.num_rows - offset, self.rows_per_file - self._file_rows)
-            self._writer.write_table(group.slice(offset, take), row_group_size=ROW_GROUP_SIZE)
+            self._writer.write_table(_canonical(group.slice(offset, take)), row_group_size=ROW_GROUP_SIZE)
             self._file_rows += take
             self.rows_written += take
             offset += take

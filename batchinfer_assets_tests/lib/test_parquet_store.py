@@ -134,6 +134,37 @@ def test_a_failed_exchange_is_raised_naming_the_day(tmp_path):
         ps._exchange(tmp_path / "staging", tmp_path / "dt=2025-01-01")
 
 
+@pytest.mark.parametrize("pieces", [65_536, 50_000, 12_345, 131_072, 600_000])
+def test_a_days_files_depend_on_its_rows_not_on_the_pieces_they_came_in(tmp_path, pieces):
+    """Arrow's Parquet writer cut pages where its input's chunks ended: the Ray engine's blocks and the local
+    engine's batches gave the same predictions different bytes, and a reproduction compares bytes. Every way of
+    cutting the rows gives the bytes of the local engine's 65,536-row batches, written straight with pyarrow."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(7)
+    rows = 600_000
+    table = pa.table(
+        {
+            "transaction_id": pa.array([f"t{i:09d}" for i in range(rows)], pa.large_string()),
+            "score": pa.array(rng.random(rows, dtype=np.float32)),
+            "label": pa.array(rng.integers(0, 2, rows).astype(np.int8)),
+        }
+    )
+    store = PartitionedParquetStore(tmp_path / "store")
+    with store.partition_writer("predictions", "2025-01-01", table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=pieces):
+            writer.write(batch)
+    expected = tmp_path / "expected.parquet"
+    with pq.ParquetWriter(expected, table.schema, compression="zstd") as direct:
+        for offset in range(0, rows, 262_144):
+            group = table.slice(offset, 262_144)
+            direct.write_table(pa.Table.from_batches(group.to_batches(max_chunksize=65_536)), row_group_size=262_144)
+
+    [written] = (tmp_path / "store" / "predictions" / "dt=2025-01-01").glob("*.parquet")
+    assert written.read_bytes() == expected.read_bytes()
+
+
 def test_replaced_day_of_a_writer_killed_after_its_swap_is_removed_by_the_next_writer(tmp_path):
     """SIGKILL between the swap's second rename and removing the replaced folder left it forever (measured by
     benchmarks/faults.py kill --at-write): the next writer of the day removes it once its owner is gone."""

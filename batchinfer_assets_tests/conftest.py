@@ -25,6 +25,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses_servers = "postgres_server" in getattr(item, "fixturenames", ())
         if path.parent.name in SYSTEM_FOLDERS or path.stem in SYSTEM_MODULES or uses_servers:
             item.add_marker(pytest.mark.system)
+        if path.parent.name == "ray":
+            # With pytest-xdist (scripts/test.sh runs two workers), every Ray test goes to one worker: one loopback
+            # cluster for the session, as when run serially, instead of one per worker on the same two cores.
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,44 @@ def test_parts_come_back_merged_in_the_order_of_the_days_rows(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the spill files are gone
 
 
+def test_more_parts_than_the_fan_in_merge_in_passes_holding_at_most_the_fan_in_open(tmp_path, monkeypatch):
+    """A day of N buckets merged N files at once: open files and read buffers grew with the day (a billion rows in
+    chunks of 250,000 is 4,000 buckets). Past MERGE_FAN_IN parts the merge runs in passes."""
+    from batchinfer_assets.lib import spill as spill_module
+
+    monkeypatch.setattr(spill_module, "MERGE_FAN_IN", 4)
+    open_now, most = [0], [0]
+    real_init, real_close = spill_module._PartCursor.__init__, spill_module._PartCursor.close
+
+    def counted_init(self, path):
+        real_init(self, path)
+        open_now[0] += 1
+        most[0] = max(most[0], open_now[0])
+
+    def counted_close(self):
+        real_close(self)
+        open_now[0] -= 1
+
+    monkeypatch.setattr(spill_module._PartCursor, "__init__", counted_init)
+    monkeypatch.setattr(spill_module._PartCursor, "close", counted_close)
+    rng = np.random.default_rng(5)
+    rows = np.flatnonzero(rng.random(20_000) > 0.1)
+    parts = rng.integers(0, 30, len(rows))
+    schema = pa.schema([("row", pa.int64()), ("text", pa.string())])
+    with RowOrderedSpill(schema, tmp_path, rows_per_read=1_000) as spill:
+        for part in range(30):
+            numbers = rows[parts == part]
+            spill.add(pa.table({"row": numbers, "text": [f"r{n}" for n in numbers]}, schema=schema), numbers)
+        chunks = list(spill.merged(3_000))
+
+    merged = pa.concat_tables(chunks)
+    assert merged.column("row").to_pylist() == rows.tolist()
+    assert merged.column("text").to_pylist() == [f"r{n}" for n in rows]
+    assert max(chunk.num_rows for chunk in chunks) <= 3_000
+    assert most[0] == 4 and open_now[0] == 0
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_part_whose_rows_do_not_rise_is_refused(tmp_path):
     with RowOrderedSpill(pa.schema([("v", pa.int64())]), tmp_path) as spill, pytest.raises(ValueError, match="must rise"):
         spill.add(pa.table({"v": [1, 2]}), np.array([5, 3]))

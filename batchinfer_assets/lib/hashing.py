@@ -27,7 +27,7 @@ class _HashSink:
 
 
 # A table is hashed as Arrow IPC record batches of this many rows, so a day is hashed as it streams past holding
-# at most one batch (and its copy in one piece) whatever the day's size. Until 0.9 this was 2,097,152 rows, which
+# at most one batch (and its copy in one piece) whatever the day's size. Before 0.5.0 this was 2,097,152 rows, which
 # held up to 2 x 2M rows (about 0.4 GiB of card rows) in the step; tables of at most 65,536 rows hash as before.
 HASH_CHUNK_ROWS = 1 << 16
 

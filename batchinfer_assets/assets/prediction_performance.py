@@ -7,7 +7,10 @@ version comes from its predictions, never from the run's model: this stage loads
 by an older version is judged against that version's own hold-out figure. Predictions and labels are joined on the
 domain's id column; the label is the domain's label column. A day of more predictions than `day_chunk_rows` is streamed,
 joined batch by batch and spilled into buckets of score ranges, evaluated from the highest range down: the same figures
-as the whole day's, in the memory of one bucket (the day's labels are still held whole).
+as the whole day's, in the memory of one bucket. A day of more labels than `day_chunk_rows` is read piece by piece into
+id-range buckets on disk (`lib/label_buckets.py`); the predictions are split at the same ids, each range joined to its
+own labels, and the joined rows evaluated by score range in the day's row order: the same figures, counts and labels
+hash, in the memory of one bucket of each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -27,6 +31,7 @@ from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib import labels as labels_lib
 from batchinfer_assets.lib import performance as performance_lib
 from batchinfer_assets.lib.hashing import ContentHasher, table_content_hash
+from batchinfer_assets.lib.label_buckets import IdSample, SpilledLabels, labels_schema
 from batchinfer_assets.lib.labels import DayLabels, labels_table
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
@@ -46,6 +51,10 @@ PERFORMANCE_SCHEMA = pa.schema(
 )
 # A day's predictions as its metrics need them: version (a code in order of appearance), score, flagged, label or -1.
 _ENCODED = pa.schema([("version", pa.int32()), ("score", pa.float64()), ("flagged", pa.int8()), ("y", pa.int8())])
+# The same with each row's number in the day, for rows joined out of order (by id range) and put back in it.
+_ENCODED_ROWS = _ENCODED.append(pa.field("row", pa.int64()))
+# A day's predictions split by id range before their join: id (as text, as labels hold ids), the encoding but y, row.
+_BY_ID = pa.schema([("id", pa.string()), *(_ENCODED.field(c) for c in ("version", "score", "flagged")), ("row", pa.int64())])
 # Rows read from storage at a time when a day is evaluated in score ranges.
 _READ_ROWS = 1 << 20
 # The labels the evaluation saw, as the re-evaluation sensor compares them.
@@ -111,13 +120,19 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     rows_scored = run.store.row_count(PREDICTIONS, day)
     # Taken before the read: a file landing meanwhile changes the fingerprint, and the sensor evaluates the day again.
     fingerprint = run.labels.label_files_fingerprint(state.date, domain)
-    known = run.labels.labels_for(state.date, domain)
+    labels = run.labels.labels_within(state.date, domain, run.day_chunk_rows, run.spill_dir)
     recorded_version = run.latest_version(PREDICTIONS, day, state)
-    tally = _Tally(domain, known, hash_predictions=recorded_version is None)
-    if rows_scored <= run.day_chunk_rows:
-        tally.feed(tally.encode(run.store.read_partition(PREDICTIONS, day, columns=tally.columns)))
+    tally = _Tally(domain, hash_predictions=recorded_version is None)
+    if isinstance(labels, SpilledLabels):
+        with labels:
+            known = _feed_by_id_range(run, day, tally, labels, rows_scored)
     else:
-        _feed_by_score_range(run, day, tally, rows_scored)
+        tally.know(labels)
+        if rows_scored <= run.day_chunk_rows:
+            tally.feed(tally.encode(run.store.read_partition(PREDICTIONS, day, columns=tally.columns)))
+        else:
+            _feed_by_score_range(run, day, tally, rows_scored)
+        known = _LabelsSeen.of(labels, tally.unknown_ids)
 
     versions = sorted(tally.versions)
     # The run of the registration that scored the day, as recorded: its version number may name another model now.
@@ -159,7 +174,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
                 "labelled": n_labelled,
                 "read": known.rows_read,
                 "positives": positives,
-                "unknown_ids": tally.unknown_ids,
+                "unknown_ids": known.unknown_ids,
                 "duplicates": known.duplicates,
                 "contradictory": known.contradictory,
                 "in_future": known.future,
@@ -175,9 +190,9 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         "performance": dg.MetadataValue.md(performance_markdown(rows)),
         "uri": dg.MetadataValue.path(uri),
     }
-    if tally.unknown_ids:
+    if known.unknown_ids:
         run.context.log.warning(
-            f"{day}: {tally.unknown_ids} label(s) name {domain.rows_name} that were not scored ({domain.id_column} not in the "
+            f"{day}: {known.unknown_ids} label(s) name {domain.rows_name} that were not scored ({domain.id_column} not in the "
             "day's predictions); counted, not joined"
         )
     if known.future or known.before_day:
@@ -194,7 +209,7 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
         metadata,
         inputs=(PREDICTIONS,),
         data_version=performance_version(
-            run.code_versions[PREDICTION_PERFORMANCE], predictions_version, table_content_hash(labels_table(known))
+            run.code_versions[PREDICTION_PERFORMANCE], predictions_version, known.content_hash
         ),
     )
     judged = headline[JUDGEMENT_KEY].value if headline else {}
@@ -215,26 +230,53 @@ def performance_day(run: PipelineRun, state: DayState) -> Iterator[dg.AssetMater
     )
 
 
+@dataclass(frozen=True)
+class _LabelsSeen:
+    """What the evaluation saw of the day's labels: the counts and content hash its metadata and data version record."""
+
+    rows_read: int
+    duplicates: int
+    contradictory: int
+    future: int
+    before_day: int
+    unknown_ids: int
+    latest_labelled_at: pd.Timestamp | None
+    content_hash: str
+
+    @classmethod
+    def of(cls, known: DayLabels, unknown_ids: int) -> _LabelsSeen:
+        return cls(
+            rows_read=known.rows_read,
+            duplicates=known.duplicates,
+            contradictory=known.contradictory,
+            future=known.future,
+            before_day=known.before_day,
+            unknown_ids=unknown_ids,
+            latest_labelled_at=known.latest_labelled_at,
+            content_hash=table_content_hash(labels_table(known)),
+        )
+
+
 class _Tally:
     """The day's predictions joined to its known labels piece by piece, and their metrics per model version."""
 
-    def __init__(self, domain: Domain, known: DayLabels, hash_predictions: bool) -> None:
+    def __init__(self, domain: Domain, hash_predictions: bool) -> None:
         self.columns = [domain.id_column, "score", "label", "model_name", "model_version"]
         self.versions: dict[str, VersionPerformance] = {}
         self.names: dict[str, str] = {}
-        self._known = known
+        self._known: DayLabels | None = None
         self._label_ids: pa.Array | None = None
-        self._truth = known.labels[known.label_column].to_numpy(dtype=np.int8)
-        self._matched = np.zeros(len(self._truth), dtype=bool)
         self._codes: dict[str, int] = {}
         self._hasher = ContentHasher() if hash_predictions else None
 
-    def encode(self, predictions: pa.Table | pa.RecordBatch) -> pa.Table:
-        """A piece of the day's predictions (in `columns`) as (version code, score, flagged, label or -1), in its order."""
-        ids = predictions.column(self.columns[0])
-        if self._label_ids is None:
-            self._label_ids = pa.array(self._known.labels[self._known.id_column]).cast(ids.type)
-        y = self._join(ids)
+    def know(self, known: DayLabels) -> None:
+        """The day's labels, held whole, for `encode` to join."""
+        self._known = known
+        self._truth = known.labels[known.label_column].to_numpy(dtype=np.int8)
+        self._matched = np.zeros(len(self._truth), dtype=bool)
+
+    def code(self, predictions: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A piece of the day's predictions (in `columns`, in the day's order) as (version code, score, flagged)."""
         # Versions coded in Arrow: turning a million-row string column into numpy strings took 0.6 s a column.
         versions = predictions.column("model_version")
         present = pc.unique(versions)
@@ -249,34 +291,21 @@ class _Tally:
             codes[k] = self._codes[version]
         if self._hasher is not None:
             self._hasher.update(predictions)
-        return pa.table(
-            [
-                pa.array(codes[local]),
-                pa.array(predictions.column("score").to_numpy(zero_copy_only=False).astype(np.float64)),
-                pa.array(predictions.column("label").to_numpy(zero_copy_only=False).astype(np.int8)),
-                pa.array(y),
-            ],
-            schema=_ENCODED,
+        return (
+            codes[local],
+            predictions.column("score").to_numpy(zero_copy_only=False).astype(np.float64),
+            predictions.column("label").to_numpy(zero_copy_only=False).astype(np.int8),
         )
 
-    def _join(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Each id's label (-1 where none is known yet), marking the labels (one per id) that name a scored id."""
-        assert self._label_ids is not None
-        y = np.full(len(ids), -1, dtype=np.int8)
-        # The smaller side is hashed: a batch of a big day has fewer ids than the day has labels (hashing the labels
-        # again for each of a 10M-row day's batches made the day in batches 60% slower than whole). Only for ids
-        # that are each there once, as the pipeline writes them: a repeated id gets its label at every occurrence.
-        if len(ids) < len(self._label_ids) and pc.count_distinct(ids, mode="all").as_py() == len(ids):
-            row = pc.index_in(self._label_ids, value_set=ids)
-            found = row.is_valid().to_numpy(zero_copy_only=False)
-            y[row.drop_null().to_numpy()] = self._truth[found]
-            self._matched |= found
-            return y
-        position = pc.index_in(ids, value_set=self._label_ids)
-        matched = position.drop_null().to_numpy()
-        y[position.is_valid().to_numpy(zero_copy_only=False)] = self._truth[matched]
-        self._matched[matched] = True
-        return y
+    def encode(self, predictions: pa.Table | pa.RecordBatch) -> pa.Table:
+        """A piece of the day's predictions as (version code, score, flagged, label or -1), joined to the labels held."""
+        assert self._known is not None, "encode joins the labels held whole: call know() first"
+        ids = predictions.column(self.columns[0])
+        if self._label_ids is None:
+            self._label_ids = pa.array(self._known.labels[self._known.id_column]).cast(ids.type)
+        y = _join(ids, self._label_ids, self._truth, self._matched)
+        codes, scores, flagged = self.code(predictions)
+        return pa.table([pa.array(codes), pa.array(scores), pa.array(flagged), pa.array(y)], schema=_ENCODED)
 
     def feed(self, piece: pa.Table) -> None:
         """Encoded rows to their versions' metrics; each piece scored at or below every earlier one."""
@@ -301,6 +330,25 @@ class _Tally:
         return self._hasher.hexdigest()
 
 
+def _join(ids: pa.Array | pa.ChunkedArray, label_ids: pa.Array, truth: np.ndarray, matched: np.ndarray) -> np.ndarray:
+    """Each id's label (-1 where none is known yet), marking in `matched` the labels (one per id) that name a scored id."""
+    y = np.full(len(ids), -1, dtype=np.int8)
+    # The smaller side is hashed: a batch of a big day has fewer ids than the day has labels (hashing the labels
+    # again for each of a 10M-row day's batches made the day in batches 60% slower than whole). Only for ids
+    # that are each there once, as the pipeline writes them: a repeated id gets its label at every occurrence.
+    if len(ids) < len(label_ids) and pc.count_distinct(ids, mode="all").as_py() == len(ids):
+        row = pc.index_in(label_ids, value_set=ids)
+        found = row.is_valid().to_numpy(zero_copy_only=False)
+        y[row.drop_null().to_numpy()] = truth[found]
+        matched |= found
+        return y
+    position = pc.index_in(ids, value_set=label_ids)
+    hit = position.drop_null().to_numpy()
+    y[position.is_valid().to_numpy(zero_copy_only=False)] = truth[hit]
+    matched[hit] = True
+    return y
+
+
 def _feed_by_score_range(run: PipelineRun, day: str, tally: _Tally, rows: int) -> None:
     """A day of more than `day_chunk_rows` predictions to the tally in buckets of score ranges spilled to local disk,
     from the highest range down: tied scores always share a bucket, so the metrics are those of the whole day."""
@@ -318,13 +366,70 @@ def _feed_by_score_range(run: PipelineRun, day: str, tally: _Tally, rows: int) -
             tally.feed(part)
 
 
-def _score_cuts(store: PartitionedParquetStore, day: str, parts: int) -> np.ndarray:
-    """Scores that split the day's scores into about `parts` ranges of equal size: quantiles of every `parts`-th score."""
+def _feed_by_id_range(run: PipelineRun, day: str, tally: _Tally, labels: SpilledLabels, rows: int) -> _LabelsSeen:
+    """Labels past `day_chunk_rows`: the predictions split at the labels' id cuts into buckets on local disk, each id
+    range joined to its own labels alone, and the joined rows evaluated by score range, from the highest down, each
+    range in the day's row order (so the figures are those of the day in memory)."""
+    chunk = run.day_chunk_rows
+    ids = IdSample()
+    cuts = _score_cuts(run.store, day, bucket_count(rows, chunk), ids=(tally.columns[0], ids))
+    labels.split(bucket_count(labels.kept + rows, chunk), with_samples=[ids])
+    run.context.log.info(
+        f"{day}: {labels.kept:,} labels and {rows:,} predictions, over day_chunk_rows={chunk:,}: joined in {labels.count} id "
+        f"ranges, evaluated in {len(cuts) + 1} score ranges"
+    )
+    hasher, duplicates, contradictory, unknown, latest = ContentHasher(), 0, 0, 0, None
+    with DayBuckets(labels.count, _BY_ID, run.spill_dir) as by_id, DayBuckets(len(cuts) + 1, _ENCODED_ROWS, run.spill_dir) as by_score:
+        row = 0
+        for batch in run.store.iter_batches(PREDICTIONS, day, batch_size=min(chunk, _READ_ROWS), columns=tally.columns):
+            codes, scores, flagged = tally.code(batch)
+            id_text = pc.cast(batch.column(tally.columns[0]), pa.string())
+            numbers = np.arange(row, row + batch.num_rows, dtype=np.int64)
+            row += batch.num_rows
+            piece = pa.table([id_text, pa.array(codes), pa.array(scores), pa.array(flagged), pa.array(numbers)], schema=_BY_ID)
+            by_id.add(piece, labels.bucket_of(id_text))
+        for k in range(labels.count):
+            known, part = labels.bucket(k), by_id.take(k)
+            hasher.update(labels_table(known))
+            duplicates, contradictory = duplicates + known.duplicates, contradictory + known.contradictory
+            if known.latest_labelled_at is not None and (latest is None or known.latest_labelled_at > latest):
+                latest = known.latest_labelled_at
+            truth = known.labels[known.label_column].to_numpy(dtype=np.int8)
+            matched = np.zeros(len(truth), dtype=bool)
+            label_ids = pa.array(known.labels[known.id_column], pa.string())
+            y = _join(part.column("id"), label_ids, truth, matched)
+            unknown += int(len(matched) - matched.sum())
+            scores = part.column("score").to_numpy()
+            joined = pa.table([*part.select(["version", "score", "flagged"]).columns, pa.array(y), part.column("row")], schema=_ENCODED_ROWS)
+            by_score.add(joined, len(cuts) - np.searchsorted(cuts, scores, side="right"))
+        for part in by_score:
+            in_day_order = part.take(pa.array(np.argsort(part.column("row").to_numpy(), kind="stable")))
+            tally.feed(in_day_order.drop_columns(["row"]))
+    return _LabelsSeen(
+        rows_read=labels.rows_read,
+        duplicates=duplicates,
+        contradictory=contradictory,
+        future=labels.future,
+        before_day=labels.before_day,
+        unknown_ids=unknown,
+        latest_labelled_at=latest,
+        content_hash=hasher.hexdigest(labels_schema(labels.id_column, labels.label_column)),
+    )
+
+
+def _score_cuts(store: PartitionedParquetStore, day: str, parts: int, ids: tuple[str, IdSample] | None = None) -> np.ndarray:
+    """Scores that split the day's scores into about `parts` ranges of equal size: quantiles of every `parts`-th score.
+    With `ids` (a column and a sample), the same read samples the day's ids."""
     sample, seen = [], 0
-    for batch in store.iter_batches(PREDICTIONS, day, batch_size=_READ_ROWS, columns=["score"]):
-        scores = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64)
+    columns = ["score"] if ids is None else ["score", ids[0]]
+    for batch in store.iter_batches(PREDICTIONS, day, batch_size=_READ_ROWS, columns=columns):
+        scores = batch.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
         sample.append(scores[(-seen) % parts :: parts])
         seen += len(scores)
+        if ids is not None:
+            ids[1].add(pc.cast(batch.column(ids[0]), pa.string()))
+    if parts <= 1 or not sample:
+        return np.empty(0, dtype=np.float64)
     return np.unique(np.quantile(np.concatenate(sample), np.arange(1, parts) / parts))
 
 

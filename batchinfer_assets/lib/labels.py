@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,23 +182,33 @@ def files_fingerprint(files: Sequence[DayFile]) -> str:
     return f"{len(files)}:{digest.hexdigest()[:16]}"
 
 
+def read_label_pieces(
+    files: Sequence[DayFile], *, id_column: str, label_column: str, batch_rows: int = 1 << 20
+) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(file name, conformed labels) for every batch of at most `batch_rows` rows of each label file, in file order
+    (a file with no rows gives one empty piece): a day's labels read without holding more than a batch."""
+    columns = label_columns(id_column, label_column)
+    for f in files:
+        with f.open() as path:
+            try:
+                parquet = pq.ParquetFile(path)
+            except (pa.ArrowException, OSError) as exc:
+                raise LabelsDataError(f"unreadable labels file {f.name}: {exc}") from exc
+            missing = [c for c in columns if c not in parquet.schema_arrow.names]
+            if missing:
+                raise LabelsDataError(f"labels file {f.name}: required column(s) missing: {', '.join(missing)}")
+            if parquet.metadata.num_rows == 0:
+                yield f.name, conform_labels(parquet.schema_arrow.empty_table().select(list(columns)).to_pandas(), f.name, id_column=id_column, label_column=label_column)
+                continue
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns)):
+                yield f.name, conform_labels(batch.to_pandas(), source=f.name, id_column=id_column, label_column=label_column)
+
+
 def read_label_files(
     files: Sequence[DayFile], *, id_column: str, label_column: str, day: dt.date | None = None, now: pd.Timestamp | None = None
 ) -> DayLabels:
     """Every label file of a day, checked and reduced to the latest plausible label per id (see `latest_labels`)."""
-    columns = label_columns(id_column, label_column)
-    frames = []
-    for f in files:
-        with f.open() as path:
-            try:
-                schema = pq.read_schema(path)
-            except (pa.ArrowException, OSError) as exc:
-                raise LabelsDataError(f"unreadable labels file {f.name}: {exc}") from exc
-            missing = [c for c in columns if c not in schema.names]
-            if missing:
-                raise LabelsDataError(f"labels file {f.name}: required column(s) missing: {', '.join(missing)}")
-            table = pq.read_table(path, columns=list(columns))
-        frames.append(conform_labels(table.to_pandas(), source=f.name, id_column=id_column, label_column=label_column))
+    frames = [frame for _, frame in read_label_pieces(files, id_column=id_column, label_column=label_column)]
     return latest_labels(frames, [f.name for f in files], id_column=id_column, label_column=label_column, day=day, now=now)
 
 

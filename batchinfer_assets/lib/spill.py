@@ -102,6 +102,18 @@ class DayBuckets:
                 path.unlink()
                 yield table
 
+    def take(self, bucket: int) -> pa.Table:
+        """One bucket's rows in the order they were added (none: an empty table), its file removed; adding ends here."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        path = self._path(bucket)
+        if not path.exists():
+            return self.schema.empty_table()
+        table = _read_spill(path)
+        path.unlink()
+        return table
+
     def close(self) -> None:
         """Close the writers and remove the folder with whatever is left in it."""
         for writer in self._writers.values():

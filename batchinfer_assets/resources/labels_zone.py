@@ -24,8 +24,10 @@ from batchinfer_assets.lib.labels import (
     label_files,
     latest_labels,
     read_label_files,
+    read_label_pieces,
     released_by,
 )
+from batchinfer_assets.lib.label_buckets import SpilledLabels, gather_labels
 from batchinfer_assets.lib.parquet_store import is_s3_uri
 from batchinfer_assets.resources.table_storage import S3_FIELD_DESCRIPTION
 
@@ -52,6 +54,11 @@ class LabelsResource(dg.ConfigurableResource, ABC):
     @abstractmethod
     def label_files_fingerprint(self, day: dt.date, domain: Domain) -> str:
         """A short string that changes whenever the day's known labels may have changed (cheap: no data read)."""
+
+    def labels_within(self, day: dt.date, domain: Domain, chunk_rows: int, spill_dir: str | None = None) -> DayLabels | SpilledLabels:
+        """The labels known now for the day, as `labels_for` gives them while they hold at most `chunk_rows` rows; past
+        that, read piece by piece into `SpilledLabels` on local disk (in `spill_dir`), never whole in memory."""
+        return self.labels_for(day, domain)
 
 
 class SyntheticLabelsResource(LabelsResource):
@@ -82,12 +89,29 @@ class SyntheticLabelsResource(LabelsResource):
         stamp = stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
         return stamp.floor("D")
 
-    def labels_for(self, day: dt.date, domain: Domain) -> DayLabels:
-        location, columns = self.location(day), {"id_column": domain.id_column, "label_column": domain.label_column}
+    def _released(self, day: dt.date, domain: Domain) -> pd.DataFrame:
+        location = self.location(day)
         schedule = _source(domain).label_schedule(day, self.rows_per_day, self.seed)
         # The source is the domain author's code: what it released is checked as a landed file would be.
-        released = conform_labels(released_by(schedule, self.as_of(), location), location, **columns)
-        return latest_labels([released], [location], **columns)
+        return conform_labels(
+            released_by(schedule, self.as_of(), location), location, id_column=domain.id_column, label_column=domain.label_column
+        )
+
+    def labels_for(self, day: dt.date, domain: Domain) -> DayLabels:
+        released = self._released(day, domain)
+        return latest_labels([released], [self.location(day)], id_column=domain.id_column, label_column=domain.label_column)
+
+    def labels_within(self, day: dt.date, domain: Domain, chunk_rows: int, spill_dir: str | None = None) -> DayLabels | SpilledLabels:
+        # The synthetic drop is made whole (it is the generator's day); past a chunk it is reduced on disk like a zone's.
+        location = self.location(day)
+        return gather_labels(
+            [(location, self._released(day, domain))],
+            id_column=domain.id_column,
+            label_column=domain.label_column,
+            chunk_rows=chunk_rows,
+            spill_dir=spill_dir,
+            sources=[location],
+        )
 
     def label_files_fingerprint(self, day: dt.date, domain: Domain) -> str:
         # No files: the last daily drop that can have released labels for the day plays their part. It changes
@@ -122,6 +146,19 @@ class ParquetLabelsResource(LabelsResource):
             label_files(self.uri, day, s3_client=self._client()),
             id_column=domain.id_column,
             label_column=domain.label_column,
+            day=day,
+            now=pd.Timestamp.now(tz="UTC"),
+        )
+
+    def labels_within(self, day: dt.date, domain: Domain, chunk_rows: int, spill_dir: str | None = None) -> DayLabels | SpilledLabels:
+        files = label_files(self.uri, day, s3_client=self._client())
+        columns = {"id_column": domain.id_column, "label_column": domain.label_column}
+        return gather_labels(
+            read_label_pieces(files, **columns, batch_rows=chunk_rows),
+            **columns,
+            chunk_rows=chunk_rows,
+            spill_dir=spill_dir,
+            sources=[f.name for f in files],
             day=day,
             now=pd.Timestamp.now(tz="UTC"),
         )

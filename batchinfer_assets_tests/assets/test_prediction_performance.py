@@ -467,22 +467,30 @@ def _evaluate_with_chunk(storage: Path, registry, labels_root: Path, chunk: int)
     return rows.sort_values(["model_version", "kind"]).reset_index(drop=True), materializations(result, PERFORMANCE)[DAY], logs
 
 
-def _assert_same_whole_and_in_ranges(storage: Path, registry, labels_root: Path, rows: int) -> pd.DataFrame:
+def _assert_same_whole_and_in_ranges(storage: Path, registry, labels_root: Path, rows: int, labels_chunk: int) -> pd.DataFrame:
+    """The day evaluated whole, in score ranges with its labels whole (`labels_chunk` rows a chunk: at least the
+    labels, fewer than the predictions), and with its labels split by id range too (SMALL_CHUNK): the same rows."""
     whole, whole_event, whole_logs = _evaluate_with_chunk(storage, registry, labels_root, 10_000_000)
-    split, split_event, split_logs = _evaluate_with_chunk(storage, registry, labels_root, SMALL_CHUNK)
-
-    assert any(f"{rows:,} predictions, over day_chunk_rows={SMALL_CHUNK}: evaluated in " in m for m in split_logs), split_logs
     assert not any("score ranges" in m for m in whole_logs)
-    pd.testing.assert_frame_equal(whole, split, check_exact=False, rtol=1e-12, atol=1e-12)
+    labels = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((labels_root / f"dt={DAY}").glob("*.parquet")))
+    assert SMALL_CHUNK < labels <= labels_chunk < rows
+    for chunk, said in (
+        (labels_chunk, f"{rows:,} predictions, over day_chunk_rows={labels_chunk:,}: evaluated in "),
+        (SMALL_CHUNK, f"labels and {rows:,} predictions, over day_chunk_rows={SMALL_CHUNK}: joined in "),
+    ):
+        split, split_event, split_logs = _evaluate_with_chunk(storage, registry, labels_root, chunk)
+        assert any(said in m for m in split_logs), split_logs
+        pd.testing.assert_frame_equal(whole, split, check_exact=False, rtol=1e-12, atol=1e-12)
+        whole_meta, split_meta = whole_event.metadata, split_event.metadata
+        assert whole_meta.keys() == split_meta.keys()
+        for key in whole_meta:
+            if key != "uri":
+                assert whole_meta[key].value == split_meta[key].value, (chunk, key)
+        # No recorded predictions version in these runs: the data version hashes the predictions and the labels
+        # known, streamed or whole alike.
+        assert whole_event.tags["dagster/data_version"] == split_event.tags["dagster/data_version"], chunk
     assert whole["n_predictions"].groupby(whole["kind"]).sum().to_dict() == {"estimated": rows, "realized": rows}
     assert whole["roc_auc"].notna().all(), "both classes labelled and unlabelled rows left, in every version"
-    whole_meta, split_meta = whole_event.metadata, split_event.metadata
-    assert whole_meta.keys() == split_meta.keys()
-    for key in whole_meta:
-        if key != "uri":
-            assert whole_meta[key].value == split_meta[key].value, key
-    # No recorded predictions version in these runs: the data version hashes the predictions, streamed or whole alike.
-    assert whole_event.tags["dagster/data_version"] == split_event.tags["dagster/data_version"]
     return whole
 
 
@@ -516,7 +524,7 @@ def test_a_scored_day_over_day_chunk_rows_gets_the_rows_of_the_whole_day(tmp_pat
         np.random.default_rng(5),
     )
 
-    _assert_same_whole_and_in_ranges(storage, registry, tmp_path / "labels", scored)
+    _assert_same_whole_and_in_ranges(storage, registry, tmp_path / "labels", scored, labels_chunk=2500)
 
 
 def test_tied_scores_of_two_versions_over_day_chunk_rows_get_the_rows_of_the_whole_day(tmp_path, unloadable_registry):
@@ -541,6 +549,6 @@ def test_tied_scores_of_two_versions_over_day_chunk_rows_get_the_rows_of_the_who
     _land_truth(tmp_path / "labels", np.unique(ids), scores[np.unique(ids, return_index=True)[1]], rng)
     _land_labels(tmp_path / "labels", DAY, "part-3.parquet", [ids[10], ids[3]], [1, 0], "2025-03-25")
 
-    whole = _assert_same_whole_and_in_ranges(tmp_path / "storage", unloadable_registry, tmp_path / "labels", rows)
+    whole = _assert_same_whole_and_in_ranges(tmp_path / "storage", unloadable_registry, tmp_path / "labels", rows, labels_chunk=3000)
     labelled = set(pq.read_table(tmp_path / "labels" / f"dt={DAY}").column("transaction_id").to_pylist())
     assert whole["n_labelled"].sum() == 2 * np.isin(ids, list(labelled)).sum(), "every occurrence of a labelled id, in both rows"

@@ -12,7 +12,8 @@ check compares against.
 Phase 2 runs in a fresh process: one `dg.materialize` of `prediction_performance` alone over the whole window as
 one single-run range (what the sensor's backfill does), with `ParquetLabelsResource` on the zone. It prints the
 step's wall time, each day's evaluation time (between consecutive materializations of the asset in the event
-log) and the process's peak RSS (`ru_maxrss`), as one JSON line. With `--day-chunk-rows`, phase 2 runs once per
+log) and the process's peak RSS (`VmHWM`: `ru_maxrss` would carry over the generating parent's peak, which Linux
+keeps across the child's exec), as one JSON line. With `--day-chunk-rows`, phase 2 runs once per
 value given, each in its own fresh process on the same data: a day of more rows than the value is streamed and
 evaluated in score ranges, e.g. `--rows 5000000 --days 1 --day-chunk-rows 10000000 1000000` compares the whole day
 in memory with the day in buckets of about a million rows.
@@ -25,7 +26,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -100,6 +100,12 @@ def _write_labels(path: Path, ids: pa.Array, fraud: np.ndarray, stamp: np.dateti
     pq.write_table(pa.table({"transaction_id": ids, "is_fraud": fraud, "labelled_at": pa.array(at, pa.timestamp("us", tz="UTC"))}), path)
 
 
+def _peak_rss_kib() -> int:
+    """This process's own peak RSS since its exec (VmHWM)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
 def evaluate(workdir: Path, days: list[str], version: str, day_chunk_rows: int | None) -> dict:
     """One single-run range of prediction_performance over the window, timed, with the process's peak RSS."""
     import dagster as dg
@@ -132,7 +138,7 @@ def evaluate(workdir: Path, days: list[str], version: str, day_chunk_rows: int |
         "step_wall_s": round(wall, 2),
         "per_day_s": {"min": round(float(per_day.min()), 3), "median": round(float(np.median(per_day)), 3), "max": round(float(per_day.max()), 3)},
         "sum_days_s": round(float(per_day.sum()), 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(_peak_rss_kib() / 1024, 1),
         "last_day": {
             "n_predictions": meta["label_counts"].value["predictions"],
             "n_labelled": meta["label_counts"].value["labelled"],

@@ -57,6 +57,10 @@ class IdSample:
     def add(self, ids: pa.Array | pa.ChunkedArray | Sequence[str]) -> None:
         n = len(ids)
         first = (-self.seen) % self.stride
+        # A big piece is thinned before it is picked from (the same ids as after), so it never costs more than the sample.
+        while len(range(first, n, self.stride)) > 2 * self.target:
+            self._thin(self.stride * 2)
+            first = (-self.seen) % self.stride
         picked = np.arange(first, n, self.stride)
         if picked.size:
             values = ids.take(pa.array(picked)) if isinstance(ids, (pa.Array, pa.ChunkedArray)) else np.asarray(ids, dtype=object)[picked]

@@ -32,7 +32,7 @@ def _labels(ids, fraud, micros) -> pa.Table:
     )
 
 
-def test_labels_on_s3_are_read_and_fingerprinted_like_local_ones(s3_env):
+def test_labels_on_s3_are_read_and_fingerprinted_like_local_ones(s3_env, tmp_path):
     resource = ParquetLabelsResource(uri=f"s3://{s3_env.bucket}/labels", s3=S3Resource(region_name=REGION))
     assert resource.labels_for(DAY, CARD).labels.empty
     empty = resource.label_files_fingerprint(DAY, CARD)
@@ -55,6 +55,14 @@ def test_labels_on_s3_are_read_and_fingerprinted_like_local_ones(s3_env):
         f"s3://{s3_env.bucket}/labels/dt={DAY.isoformat()}/part-1.parquet",
         f"s3://{s3_env.bucket}/labels/dt={DAY.isoformat()}/part-2.parquet",
     )
+
+    # Past a chunk the same files are read in batches into id ranges on local disk: the same labels and counts.
+    with resource.labels_within(DAY, CARD, chunk_rows=1, spill_dir=str(tmp_path)) as spilled:
+        assert spilled.sources == day.sources and (spilled.rows_read, spilled.before_day) == (4, 1)
+        spilled.split(2)
+        parts = [spilled.bucket(k) for k in range(spilled.count)]
+    assert [i for p in parts for i in p.labels["transaction_id"]] == ["a", "b"]
+    assert [v for p in parts for v in p.labels["is_fraud"]] == [1, 0] and sum(p.contradictory for p in parts) == 1
 
     _put(s3_env, "part-3.parquet", _labels(["c"], [1], [1_739_900_000_000_000]).drop_columns(["labelled_at"]))
     with pytest.raises(LabelsDataError, match=rf"labels file s3://{s3_env.bucket}/labels/dt=2025-02-11/part-3.parquet: required column\(s\) missing: labelled_at"):

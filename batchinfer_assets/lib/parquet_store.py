@@ -27,6 +27,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -569,7 +570,12 @@ class PartitionedParquetStore:
         """Replace the day's files with what is written through the yielded writer, swapped in only on success."""
         with self.backend.replacing(table, dt) as spool:
             writer = PartitionWriter(spool, schema, rows_per_file=self.backend.rows_per_file())
-            yield writer
+            try:
+                yield writer
+            except BaseException:
+                # The spool is thrown away: no write of the writer's thread may still be going into it.
+                writer.abort()
+                raise
             writer.close()
 
     def delete_partition(self, table: str, dt: str) -> None:
@@ -602,9 +608,15 @@ def _canonical(rows: pa.Table) -> pa.Table:
 
 
 class PartitionWriter:
-    """Streams record batches into a spool folder: row groups of ROW_GROUP_SIZE, a new file every `rows_per_file` rows."""
+    """Streams record batches into a spool folder: row groups of ROW_GROUP_SIZE, a new file every `rows_per_file` rows.
 
-    def __init__(self, folder: Path, schema: pa.Schema, rows_per_file: int | None = None) -> None:
+    Each full row group is encoded and compressed on a writer thread while the caller goes on (Arrow's writer releases
+    the GIL), one row group at a time and in order: a stage computes its next rows while the last ones are written
+    (on a 1M-row card day the writes were most of `raw_transactions`). A write's error is raised by the next `write`
+    or by `close`; `abort` waits for the write in flight before the spool is thrown away.
+    """
+
+    def __init__(self, folder: Path, schema: pa.Schema, rows_per_file: int | None = None, background: bool = True) -> None:
         self.folder = folder
         self.schema = schema
         self.rows_per_file = ROWS_PER_FILE if rows_per_file is None else rows_per_file
@@ -615,6 +627,8 @@ class PartitionWriter:
         self._file_rows = 0
         self._sink = None
         self._writer: pq.ParquetWriter | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer") if background else None
+        self._in_flight: Future | None = None
         # The sha256 of each file written, by name, once closed: a record of the exact bytes committed.
         self.files_sha256: dict[str, str] = {}
 
@@ -632,14 +646,54 @@ class PartitionWriter:
 
     def close(self) -> None:
         """Write what is left (an empty file when nothing was written, so the day keeps its schema) and sync."""
-        if self._pending_rows or self._writer is None:
-            self._flush(self._pending_rows)
-        self._close_file()
+        try:
+            self._wait()
+            if self._pending_rows or (self._writer is None and not self._files):
+                self._write_group(self._take(self._pending_rows))
+            self._close_file()
+        finally:
+            self._stop()
 
-    def _flush(self, rows: int) -> None:
+    def abort(self) -> None:
+        """Give up (the stage failed): wait for the write in flight, its own error dropped, and close the file."""
+        try:
+            self._wait()
+        except Exception:  # the stage's own error is the one raised
+            pass
+        finally:
+            self._stop()
+            if self._writer is not None:
+                with contextlib.suppress(Exception):
+                    self._writer.close()
+                self._sink.close()
+                self._writer = self._sink = None
+
+    def _take(self, rows: int) -> pa.Table:
         pending = pa.Table.from_batches(self._pending, schema=self.schema)
         group, rest = pending.slice(0, rows), pending.slice(rows)
         self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
+        return group
+
+    def _flush(self, rows: int) -> None:
+        group = self._take(rows)
+        if self._thread is None:
+            self._write_group(group)
+            return
+        # One row group in flight: its write must end (or raise) before the next is handed over, in order.
+        self._wait()
+        self._in_flight = self._thread.submit(self._write_group, group)
+
+    def _wait(self) -> None:
+        if self._in_flight is not None:
+            done, self._in_flight = self._in_flight, None
+            done.result()
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
+
+    def _write_group(self, group: pa.Table) -> None:
         offset = 0
         while True:
             if self._writer is None or self._file_rows >= self.rows_per_file:

@@ -255,3 +255,88 @@ def test_missing_s3_credentials_name_endpoint_and_bucket(tmp_path, monkeypatch):
     store = PartitionedParquetStore("s3://warehouse-bucket/tables", s3_client=client)
     with pytest.raises(StorageCredentialsError, match=r"no AWS credentials .* endpoint http://127.0.0.1:9 \(bucket 'warehouse-bucket'\)"):
         store.has_partition("predictions", "2025-01-02")
+
+
+def _rows(n: int) -> pa.Table:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    return pa.table({"id": pa.array([f"r{i:08d}" for i in range(n)]), "x": pa.array(rng.random(n))})
+
+
+def _writer_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("parquet-writer")]
+
+
+def test_row_groups_written_on_the_writers_thread_are_the_bytes_written_inline(tmp_path):
+    from batchinfer_assets.lib.parquet_store import PartitionWriter
+
+    table = _rows(700_000)
+    written = {}
+    for background in (True, False):
+        folder = tmp_path / str(background)
+        folder.mkdir()
+        writer = PartitionWriter(folder, table.schema, rows_per_file=300_000, background=background)
+        for batch in table.to_batches(max_chunksize=90_001):
+            writer.write(batch)
+        writer.close()
+        written[background] = ({p.name: p.read_bytes() for p in sorted(folder.iterdir())}, writer.files_sha256, writer.rows_written)
+    assert list(written[True][0]) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert written[True] == written[False]
+    assert not _writer_threads()
+
+
+def test_a_write_failing_on_the_writers_thread_fails_the_day_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    from batchinfer_assets.lib import parquet_store
+
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+    real, calls = parquet_store._canonical, []
+
+    def full_disk(rows):
+        calls.append(rows.num_rows)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(rows)
+
+    monkeypatch.setattr(parquet_store, "_canonical", full_disk)
+    table = _rows(900_000)
+    with pytest.raises(OSError, match="No space left on device"):
+        with store.partition_writer("t", "2025-01-01", table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=100_000):
+                writer.write(batch)
+    assert store.read_partition("t", "2025-01-01").equals(_table(2))
+    assert os.listdir(tmp_path / "t") == ["dt=2025-01-01"], "no staging left behind"
+    assert not _writer_threads()
+
+
+def test_a_stage_failing_while_a_row_group_is_written_raises_its_own_error_after_the_write_ends(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from batchinfer_assets.lib import parquet_store
+
+    store = PartitionedParquetStore(tmp_path)
+    store.write_partition("t", "2025-01-01", _table(2))
+    real, started, ended = parquet_store._canonical, threading.Event(), threading.Event()
+
+    def slow(rows):
+        started.set()
+        time.sleep(0.3)  # keeps the write in flight while the stage fails
+        out = real(rows)
+        ended.set()
+        return out
+
+    monkeypatch.setattr(parquet_store, "_canonical", slow)
+    table = _rows(300_000)
+    with pytest.raises(RuntimeError, match="the model returned NaN"):
+        with store.partition_writer("t", "2025-01-01", table.schema) as writer:
+            writer.write(table)
+            started.wait(10)
+            raise RuntimeError("the model returned NaN")
+    assert ended.is_set(), "the spool was thrown away only after the write in flight ended"
+    assert store.read_partition("t", "2025-01-01").equals(_table(2))
+    assert os.listdir(tmp_path / "t") == ["dt=2025-01-01"]
+    assert not _writer_threads()

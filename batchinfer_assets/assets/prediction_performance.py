@@ -31,8 +31,8 @@ from batchinfer_assets.domain import Domain
 from batchinfer_assets.lib import labels as labels_lib
 from batchinfer_assets.lib import performance as performance_lib
 from batchinfer_assets.lib.hashing import ContentHasher, table_content_hash
-from batchinfer_assets.lib.label_buckets import IdSample, SpilledLabels, labels_schema
-from batchinfer_assets.lib.labels import DayLabels, labels_table
+from batchinfer_assets.lib.label_buckets import IdSample, SpilledLabels
+from batchinfer_assets.lib.labels import DayLabels, labels_schema, labels_table
 from batchinfer_assets.lib.model_loading import ModelNotFoundError
 from batchinfer_assets.lib.parquet_store import PartitionedParquetStore
 from batchinfer_assets.lib.performance import ECE_BINS, ESTIMATED, PERFORMANCE_COLUMNS, REALIZED, VersionPerformance

@@ -23,16 +23,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batchinfer_assets.lib.labels import CLOCK_SKEW, LABELLED_AT, DayLabels, latest_labels
+from batchinfer_assets.lib.labels import LABELLED_AT, DayLabels, implausible, labels_arrow, labels_schema, latest_labels
 from batchinfer_assets.lib.spill import DayBuckets, _SpillWriter
 
 # Ids kept to place the cuts: between this many and twice as many, whatever the day's size.
 SAMPLE_TARGET = 1 << 16
-
-
-def labels_schema(id_column: str, label_column: str) -> pa.Schema:
-    """A day's conformed labels as Arrow (what `labels_table` makes of a `DayLabels`)."""
-    return pa.schema([(id_column, pa.string()), (label_column, pa.int8()), (LABELLED_AT, pa.timestamp("us", tz="UTC"))])
 
 
 def ids_as_text(ids: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:
@@ -138,21 +133,12 @@ class SpilledLabels:
         if self._writer is None:
             raise RuntimeError("labels added after the split")
         self.rows_read += len(frame)
-        at = frame[LABELLED_AT]
-        future = (at > self._now + CLOCK_SKEW).to_numpy() if self._now is not None else np.zeros(len(frame), dtype=bool)
-        early = (at < pd.Timestamp(self._day, tz="UTC")).to_numpy() if self._day is not None else np.zeros(len(frame), dtype=bool)
+        future, early = implausible(frame[LABELLED_AT], self._day, self._now)
         self.future += int(future.sum())
         self.before_day += int((early & ~future).sum())
         if future.any() or early.any():
             frame = frame[~(future | early)]
-        table = pa.table(
-            {
-                self.id_column: pa.array(frame[self.id_column], pa.string()),
-                self.label_column: pa.array(frame[self.label_column].to_numpy(dtype=np.int8)),
-                LABELLED_AT: pa.array(frame[LABELLED_AT].dt.tz_convert(None).to_numpy("datetime64[us]"), self.schema.field(LABELLED_AT).type),
-            },
-            schema=self.schema,
-        )
+        table = labels_arrow(frame, self.id_column, self.label_column)
         self._writer.write(table)
         self.sample.add(table.column(self.id_column))
         self.kept += table.num_rows

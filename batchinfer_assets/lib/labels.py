@@ -75,16 +75,33 @@ def empty_labels(id_column: str, label_column: str) -> pd.DataFrame:
     )
 
 
-def labels_table(known: DayLabels) -> pa.Table:
-    """A day's conformed labels as Arrow, e.g. to hash what a day's evaluation saw."""
-    labels = known.labels
+def labels_schema(id_column: str, label_column: str) -> pa.Schema:
+    """A day's conformed labels as Arrow."""
+    return pa.schema([(id_column, pa.string()), (label_column, pa.int8()), (LABELLED_AT, pa.timestamp("us", tz="UTC"))])
+
+
+def labels_arrow(frame: pd.DataFrame, id_column: str, label_column: str) -> pa.Table:
+    """Conformed labels (`conform_labels`) as Arrow, in `labels_schema`."""
     return pa.table(
         {
-            known.id_column: pa.array(labels[known.id_column], pa.string()),
-            known.label_column: pa.array(labels[known.label_column].to_numpy(dtype=np.int8)),
-            LABELLED_AT: pa.array(labels[LABELLED_AT].dt.tz_convert(None).to_numpy("datetime64[us]"), pa.timestamp("us", tz="UTC")),
-        }
+            id_column: pa.array(frame[id_column], pa.string()),
+            label_column: pa.array(frame[label_column].to_numpy(dtype=np.int8)),
+            LABELLED_AT: pa.array(frame[LABELLED_AT].dt.tz_convert(None).to_numpy("datetime64[us]"), pa.timestamp("us", tz="UTC")),
+        },
+        schema=labels_schema(id_column, label_column),
     )
+
+
+def labels_table(known: DayLabels) -> pa.Table:
+    """A day's conformed labels as Arrow, e.g. to hash what a day's evaluation saw."""
+    return labels_arrow(known.labels, known.id_column, known.label_column)
+
+
+def implausible(labelled_at: pd.Series, day: dt.date | None, now: pd.Timestamp | None) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the labels dated after `now` (beyond CLOCK_SKEW) and of those dated before `day` began (None: no limit)."""
+    future = (labelled_at > now + CLOCK_SKEW).to_numpy() if now is not None else np.zeros(len(labelled_at), dtype=bool)
+    early = (labelled_at < pd.Timestamp(day, tz="UTC")).to_numpy() if day is not None else np.zeros(len(labelled_at), dtype=bool)
+    return future, early
 
 
 def conform_labels(frame: pd.DataFrame, source: str, *, id_column: str, label_column: str) -> pd.DataFrame:
@@ -142,11 +159,7 @@ def latest_labels(
         return DayLabels(empty, rows_read=0, duplicates=0, contradictory=0, sources=tuple(sources), **names)
     stacked = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     rows_read = len(stacked)
-    future = early = np.zeros(len(stacked), dtype=bool)
-    if now is not None:
-        future = (stacked[LABELLED_AT] > now + CLOCK_SKEW).to_numpy()
-    if day is not None:
-        early = (stacked[LABELLED_AT] < pd.Timestamp(day, tz="UTC")).to_numpy()
+    future, early = implausible(stacked[LABELLED_AT], day, now)
     if future.any() or early.any():
         stacked = stacked[~(future | early)].reset_index(drop=True)
     # A stable sort keeps file order among equal times, so the later file wins a tie.

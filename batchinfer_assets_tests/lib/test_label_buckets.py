@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchinfer_assets.lib.hashing import ContentHasher, table_content_hash
-from batchinfer_assets.lib.label_buckets import IdSample, SpilledLabels, gather_labels, id_cuts, labels_schema
-from batchinfer_assets.lib.labels import DayLabels, conform_labels, labels_table, latest_labels, read_label_pieces
+from batchinfer_assets.lib.label_buckets import IdSample, SpilledLabels, gather_labels, id_cuts
+from batchinfer_assets.lib.labels import DayLabels, conform_labels, labels_schema, labels_table, latest_labels, read_label_pieces
 from batchinfer_assets.lib.landing import DayFile
 from batchinfer_assets.lib.spill import DayBuckets
 
